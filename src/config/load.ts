@@ -1,0 +1,197 @@
+/**
+ * Configuration, layered and validated in one place:
+ *
+ *   flag  >  PGWARREN_X (or PGWARREN_X_FILE)  >  DATABASE_URL / AMQP_URL  >  config file  >  default
+ *
+ * For the database, PG* variables then fill whatever the chosen URL leaves out (as in libpq).
+ * Every problem is collected before anything is reported, so an operator fixes them all in one
+ * round; each names the setting as it was given, the bad value (passwords redacted) and what is
+ * expected. The result is a deeply frozen `Config`.
+ */
+import { accessSync, constants } from 'node:fs';
+import { resolve } from 'node:path';
+import type { Op, Plugin } from '../types.js';
+import { readConfigFile, type ConfigFile, type TableRule } from './config-file.js';
+import { databaseSettings, type DatabaseSettings } from './database.js';
+import { checkUnknownEnv, defaultLayer, envLayer, errorCode, fallbackLayer, flagLayer, type Raw } from './layers.js';
+import { OPTIONS, type FLOOD_ACTIONS, type LOG_LEVELS, type OptionName, type OptionValue, type UNROUTABLE_ACTIONS } from './options.js';
+import { redactSecrets, redactUrl } from './redact.js';
+import { quote } from './validators.js';
+
+export { pgClientConfig, SSL_MODES, type DatabaseSettings, type SslMode } from './database.js';
+export type { TableRule } from './config-file.js';
+export { redactUrl } from './redact.js';
+
+export class ConfigError extends Error {
+  constructor(readonly problems: readonly string[]) {
+    super(`invalid configuration (${problems.length} ${problems.length === 1 ? 'problem' : 'problems'}):\n${problems.map((p) => `  - ${p}`).join('\n')}`);
+    this.name = 'ConfigError';
+  }
+}
+
+export interface Config {
+  readonly database: DatabaseSettings;
+  readonly amqpUrls: readonly string[];
+  readonly amqpCa?: string;
+  readonly amqpCert?: string;
+  readonly amqpKey?: string;
+  readonly slot: string;
+  readonly publication: string;
+  readonly plugin: Plugin;
+  /** schema.table globs; empty = every table outside the system schemas. */
+  readonly tables: readonly string[];
+  readonly excludeTables: readonly string[];
+  readonly operations: readonly Op[];
+  readonly exchange: string;
+  readonly exchangeType: string;
+  readonly routingKey: string;
+  readonly unroutable: (typeof UNROUTABLE_ACTIONS)[number];
+  readonly floodThreshold: number;
+  readonly floodAction: (typeof FLOOD_ACTIONS)[number];
+  readonly floodExchange: string;
+  readonly floodBufferEvents: number;
+  readonly httpPort: number;
+  readonly logLevel: (typeof LOG_LEVELS)[number];
+  /** Absolute path of the config file read, if any. */
+  readonly config?: string;
+  /** Seconds. */
+  readonly shutdownTimeout: number;
+  /** Seconds. */
+  readonly reconnectMaxDelay: number;
+  /** Seconds. */
+  readonly statusInterval: number;
+  /** Seconds; 0 = only at start. */
+  readonly publicationSyncInterval: number;
+  readonly lagWarnBytes: number;
+  /** Seconds; 0 = off. */
+  readonly heartbeatInterval: number;
+  readonly maxInflight: number;
+  readonly batchMaxEvents: number;
+  readonly batchMaxBytes: number;
+  readonly rules: readonly TableRule[];
+}
+
+export interface LoadInput {
+  /** Only the flags the user passed, keyed by option name (kebab or camel case). */
+  readonly flags: Readonly<Record<string, unknown>>;
+  readonly env: NodeJS.ProcessEnv;
+  /** Relative paths (config file, secret files, certificates) are resolved against it. */
+  readonly cwd?: string;
+}
+
+const NO_FILE: ConfigFile = { options: new Map(), rules: [] };
+
+export function loadConfig(input: LoadInput): Config {
+  const problems: string[] = [];
+  const { env } = input;
+  const cwd = input.cwd ?? process.cwd();
+  const resolvePath = (p: string) => resolve(cwd, p);
+
+  checkUnknownEnv(env, problems);
+  const flags = flagLayer(input.flags, problems);
+  const fromEnv = new Map<OptionName, Raw | undefined>(OPTIONS.map((spec) => [spec.name, envLayer(env, spec, resolvePath, problems)]));
+
+  // The file's own location is layered like any option, minus the file layer itself.
+  const fileRaw = flags.get('config') ?? fromEnv.get('config');
+  const configPath = fileRaw && resolvePath(fileRaw.value);
+  const file = fileRaw && configPath ? readConfigFile(configPath, fileRaw.label, problems) : NO_FILE;
+
+  const values = new Map<OptionName, unknown>();
+  const labels = new Map<OptionName, string>();
+  for (const spec of OPTIONS) {
+    const raw = flags.get(spec.name) ?? fromEnv.get(spec.name) ?? fallbackLayer(env, spec) ?? file.options.get(spec.name) ?? defaultLayer(spec);
+    if (!raw) continue;
+    const parsed = spec.schema.safeParse(raw.value);
+    if (!parsed.success) {
+      for (const issue of parsed.error.issues) problems.push(`${raw.label}: ${issue.message}`);
+      continue;
+    }
+    labels.set(spec.name, raw.label);
+    values.set(spec.name, spec.type === 'path' && spec.name !== 'config' ? readableFile(resolvePath(parsed.data as string), raw.label, problems) : parsed.data);
+  }
+
+  // Typed by the option's own schema, so the Config below cannot disagree with the table.
+  const get = <N extends OptionName>(name: N) => values.get(name) as OptionValue<N>;
+  const optional = <N extends OptionName>(name: N) => values.get(name) as OptionValue<N> | undefined;
+
+  const urlLabel = labels.get('database-url');
+  const url = optional('database-url');
+  const database = databaseSettings(
+    {
+      url: url !== undefined && urlLabel !== undefined ? { value: url, label: urlLabel } : undefined,
+      sslRootCert: optional('pg-ssl-root-cert'),
+      env,
+      resolveFile: (p, label) => readableFile(resolvePath(p), label, problems),
+    },
+    problems,
+  );
+
+  if (problems.length > 0 || !database) throw new ConfigError(problems.map(redactSecrets));
+
+  return deepFreeze<Config>({
+    database,
+    amqpUrls: get('amqp-url'),
+    ...definedOnly({ amqpCa: optional('amqp-ca'), amqpCert: optional('amqp-cert'), amqpKey: optional('amqp-key') }),
+    slot: get('slot'),
+    publication: get('publication'),
+    plugin: get('plugin'),
+    tables: get('tables'),
+    excludeTables: get('exclude-tables'),
+    operations: get('operations'),
+    exchange: get('exchange'),
+    exchangeType: get('exchange-type'),
+    routingKey: get('routing-key'),
+    unroutable: get('unroutable'),
+    floodThreshold: get('flood-threshold'),
+    floodAction: get('flood-action'),
+    floodExchange: get('flood-exchange'),
+    floodBufferEvents: get('flood-buffer-events'),
+    httpPort: get('http-port'),
+    logLevel: get('log-level'),
+    ...definedOnly({ config: configPath }),
+    shutdownTimeout: get('shutdown-timeout'),
+    reconnectMaxDelay: get('reconnect-max-delay'),
+    statusInterval: get('status-interval'),
+    publicationSyncInterval: get('publication-sync-interval'),
+    lagWarnBytes: get('lag-warn-bytes'),
+    heartbeatInterval: get('heartbeat-interval'),
+    maxInflight: get('max-inflight'),
+    batchMaxEvents: get('batch-max-events'),
+    batchMaxBytes: get('batch-max-bytes'),
+    rules: file.rules,
+  });
+}
+
+/** Certificates and keys are checked now: a typo must exit 2 at start, not fail a reconnect later. */
+function readableFile(path: string, label: string, problems: string[]): string | undefined {
+  try {
+    accessSync(path, constants.R_OK);
+    return path;
+  } catch (err) {
+    problems.push(`${label}: cannot read ${quote(path)} (${errorCode(err)}); expected a readable file`);
+    return undefined;
+  }
+}
+
+/** A log-safe view of the configuration: no passwords, no connection string. */
+export function describeConfig(config: Config): Record<string, unknown> {
+  const { database, amqpUrls, ...rest } = config;
+  const { password, connectionString: _omitted, ...db } = database;
+  return {
+    ...rest,
+    database: { ...db, ...(password !== undefined && { password: '***' }) },
+    amqpUrls: amqpUrls.map(redactUrl),
+  };
+}
+
+function definedOnly<T extends Record<string, unknown>>(fields: T): Partial<T> {
+  return Object.fromEntries(Object.entries(fields).filter(([, v]) => v !== undefined)) as Partial<T>;
+}
+
+function deepFreeze<T>(value: T): T {
+  if (value !== null && typeof value === 'object' && !Object.isFrozen(value)) {
+    Object.freeze(value);
+    for (const v of Object.values(value)) deepFreeze(v);
+  }
+  return value;
+}

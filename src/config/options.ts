@@ -1,0 +1,302 @@
+/**
+ * The option table: the one place that names every setting, its environment variable, default,
+ * meaning and validation. Flags and `--help` (cli-options.ts), env and file parsing (load.ts), the
+ * README option table and the example env file are all derived from it, so they cannot disagree.
+ */
+import * as kinds from './validators.js';
+import type { Kind } from './validators.js';
+
+export type OptionGroup = 'connection' | 'source' | 'routing' | 'flood' | 'operations' | 'performance';
+
+/** Help sections, in the order they are shown. */
+export const GROUP_TITLES: Readonly<Record<OptionGroup, string>> = {
+  connection: 'Connections:',
+  source: 'Source (Postgres):',
+  routing: 'Routing (RabbitMQ):',
+  flood: 'Flood guard:',
+  operations: 'Operations:',
+  performance: 'Performance:',
+};
+
+export interface OptionSpec<N extends string = string, T = unknown> extends Kind<T> {
+  /** kebab-case; the flag is `--name`. */
+  readonly name: N;
+  /** PGWARREN_NAME; PGWARREN_NAME_FILE names a file holding the value. */
+  readonly env: string;
+  readonly group: OptionGroup;
+  /** One line an operator understands; lower case, like the rows of the contract's table. */
+  readonly description: string;
+  /** Raw text fed through the same schema as user input; absent = the setting is optional. */
+  readonly default?: string;
+  /** How the default reads in help and docs when it is not simply `default`. */
+  readonly defaultText?: string;
+  /** Conventional env vars tried, in order, when PGWARREN_NAME is absent. */
+  readonly fallbacks?: readonly string[];
+}
+
+export function envName(option: string): string {
+  return 'PGWARREN_' + option.toUpperCase().replace(/-/g, '_');
+}
+
+function option<const N extends string, T>(spec: Omit<OptionSpec<N, T>, 'env'>): OptionSpec<N, T> {
+  return { ...spec, env: envName(spec.name) };
+}
+
+export const OPERATIONS = ['insert', 'update', 'delete', 'truncate'] as const;
+export const PLUGINS = ['pgoutput', 'wal2json'] as const;
+export const UNROUTABLE_ACTIONS = ['warn', 'block'] as const;
+export const FLOOD_ACTIONS = ['summarize', 'drop', 'divert', 'pass'] as const;
+export const LOG_LEVELS = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'] as const;
+
+const exchangeName: Kind<string> = { type: 'string', schema: kinds.exchangeName };
+
+export const OPTIONS = [
+  // connection
+  option({
+    name: 'database-url',
+    group: 'connection',
+    ...kinds.postgresUrl(),
+    description:
+      'Postgres connection URL for a role with REPLICATION (superuser not needed); parts it leaves out come from the PG* variables, as in libpq',
+    defaultText: 'DATABASE_URL, else PGHOST, PGPORT, PGUSER, PGPASSWORD, PGDATABASE, PGSSLMODE (unset: localhost, 5432, the OS user, database named like the user, no TLS)',
+    fallbacks: ['DATABASE_URL'],
+  }),
+  option({
+    name: 'amqp-url',
+    group: 'connection',
+    ...kinds.amqpUrls(),
+    description: 'RabbitMQ URL (amqps:// for TLS); a comma-separated list for a cluster, tried in turn',
+    default: 'amqp://guest:guest@localhost:5672',
+    fallbacks: ['AMQP_URL'],
+  }),
+  option({
+    name: 'pg-ssl-root-cert',
+    group: 'connection',
+    ...kinds.path(),
+    description: "CA certificate file that Postgres' server certificate must chain to (sslmode require, verify-ca, verify-full)",
+    defaultText: 'sslrootcert in the URL, else PGSSLROOTCERT, else none',
+  }),
+  option({
+    name: 'amqp-ca',
+    group: 'connection',
+    ...kinds.path(),
+    description: "CA certificate file that RabbitMQ's server certificate must chain to (amqps://); default: the system CAs",
+  }),
+  option({ name: 'amqp-cert', group: 'connection', ...kinds.path(), description: 'client certificate file for RabbitMQ (amqps:// with certificate authentication)' }),
+  option({ name: 'amqp-key', group: 'connection', ...kinds.path(), description: 'private key file of the RabbitMQ client certificate' }),
+
+  // source
+  option({
+    name: 'slot',
+    group: 'source',
+    ...kinds.text(/^[a-z0-9_]{1,63}$/, 'a slot name (1 to 63 lowercase letters, digits and underscores)'),
+    description: 'logical replication slot name (lowercase letters, digits, underscores; at most 63)',
+    default: 'pgwarren',
+  }),
+  option({
+    name: 'publication',
+    group: 'source',
+    ...kinds.text(/^[a-z_][a-z0-9_$]{0,62}$/, 'a publication name (a lowercase identifier of at most 63 characters)'),
+    description: 'publication name (pgoutput); a lowercase identifier of at most 63 characters',
+    default: 'pgwarren',
+  }),
+  option({
+    name: 'publication-sync-interval',
+    group: 'source',
+    ...kinds.seconds(true),
+    description: 'seconds between checks that add newly created matching tables to the publication (and drop ones no longer matching); 0 = only at start',
+    default: '10',
+  }),
+  option({ name: 'plugin', group: 'source', ...kinds.oneOf(PLUGINS), description: 'logical decoding output plugin: pgoutput or wal2json', default: 'pgoutput' }),
+  option({
+    name: 'tables',
+    group: 'source',
+    ...kinds.globList(),
+    description: 'comma-separated schema.table globs to publish, * and ? wildcards (public.*, *.orders)',
+    default: '',
+    defaultText: 'all tables outside system schemas',
+  }),
+  option({
+    name: 'exclude-tables',
+    group: 'source',
+    ...kinds.globList(),
+    description: 'comma-separated schema.table globs removed from the included tables',
+    default: '',
+    defaultText: 'none',
+  }),
+  option({
+    name: 'operations',
+    group: 'source',
+    ...kinds.subsetOf(OPERATIONS),
+    description: 'which operations to publish: a comma-separated subset of insert, update, delete, truncate',
+    default: OPERATIONS.join(','),
+  }),
+
+  // routing
+  option({ name: 'exchange', group: 'routing', ...exchangeName, description: 'exchange to publish to; declared durable at start', default: 'pgwarren' }),
+  option({
+    name: 'exchange-type',
+    group: 'routing',
+    ...kinds.text(/^(direct|topic|fanout|headers|x-[A-Za-z0-9_.-]+)$/, 'an exchange type (direct, topic, fanout, headers, or a plugin type x-...)'),
+    description: 'exchange type used when declaring: direct, topic, fanout, headers or a plugin type x-...',
+    default: 'topic',
+  }),
+  option({
+    name: 'routing-key',
+    group: 'routing',
+    type: 'string',
+    schema: kinds.routingKey,
+    description: 'routing key template; placeholders {db} {schema} {table} {op}',
+    default: '{schema}.{table}.{op}',
+  }),
+  option({
+    name: 'unroutable',
+    group: 'routing',
+    ...kinds.oneOf(UNROUTABLE_ACTIONS),
+    description: 'a message no queue is bound for: warn (count, log, move on) or block (hold the slot and retry until routable)',
+    default: 'warn',
+  }),
+
+  // flood
+  option({
+    name: 'flood-threshold',
+    group: 'flood',
+    ...kinds.integer(0),
+    description: "changes of one table in one transaction above which that table's changes in it are a flood; 0 disables the count (not the bulk marker)",
+    default: '10000',
+  }),
+  option({
+    name: 'flood-action',
+    group: 'flood',
+    ...kinds.oneOf(FLOOD_ACTIONS),
+    description: 'what a flood becomes: summarize (one bulk event per flooded table instead of its rows), drop, divert (rows go to the flood exchange) or pass',
+    default: 'summarize',
+  }),
+  option({ name: 'flood-exchange', group: 'flood', ...exchangeName, description: 'exchange for flooded rows when the flood action is divert', default: 'pgwarren.bulk' }),
+  option({
+    name: 'flood-buffer-events',
+    group: 'flood',
+    ...kinds.integer(1),
+    description: 'events held for one transaction while it is not yet known whether a table floods; beyond it the transaction is counted first and read again',
+    default: '20000',
+  }),
+
+  // operations
+  option({ name: 'http-port', group: 'operations', ...kinds.integer(0, 65535, 'a port number from 0 to 65535'), description: 'port of /healthz, /readyz and /metrics; 0 disables', default: '9464' }),
+  option({
+    name: 'log-level',
+    group: 'operations',
+    ...kinds.oneOf(LOG_LEVELS),
+    description: 'pino log level: fatal, error, warn, info, debug, trace or silent',
+    default: 'info',
+  }),
+  option({ name: 'config', group: 'operations', ...kinds.path(), description: 'YAML or JSON file with these options (kebab-case keys) and per-table rules' }),
+  option({
+    name: 'shutdown-timeout',
+    group: 'operations',
+    ...kinds.seconds(false),
+    description: 'seconds to wait for outstanding broker confirms on SIGTERM/SIGINT',
+    default: '30',
+  }),
+  option({
+    name: 'reconnect-max-delay',
+    group: 'operations',
+    ...kinds.seconds(false),
+    description: 'cap in seconds of the exponential backoff between reconnect attempts',
+    default: '30',
+  }),
+  option({
+    name: 'status-interval',
+    group: 'operations',
+    ...kinds.seconds(false),
+    description: 'how often, in seconds, the confirmed position is reported to Postgres',
+    default: '10',
+  }),
+  option({
+    name: 'lag-warn-bytes',
+    group: 'operations',
+    ...kinds.integer(0),
+    description: 'warn (log and metric) when the slot holds back more than this many bytes of WAL; 0 disables',
+    default: '1073741824',
+    defaultText: '1073741824 (1 GiB)',
+  }),
+  option({
+    name: 'heartbeat-interval',
+    group: 'operations',
+    ...kinds.seconds(true),
+    description: 'seconds between heartbeat messages that keep the slot advancing while the published tables are idle; 0 disables',
+    default: '0',
+    defaultText: '0 (off)',
+  }),
+
+  // performance
+  option({
+    name: 'max-inflight',
+    group: 'performance',
+    ...kinds.integer(1),
+    description: 'messages published but not yet confirmed by the broker before reading from the slot pauses',
+    default: '10000',
+  }),
+  option({
+    name: 'batch-max-events',
+    group: 'performance',
+    ...kinds.integer(1),
+    description: 'events per AMQP message (a JSON array of consecutive events sharing a routing key); 1 = one event per message',
+    default: '1',
+  }),
+  option({ name: 'batch-max-bytes', group: 'performance', ...kinds.integer(1024), description: 'upper bound in bytes of a batched message body', default: '1048576' }),
+] as const;
+
+export type AnyOption = (typeof OPTIONS)[number];
+export type OptionName = AnyOption['name'];
+/** The parsed type of an option's value, straight from its schema. */
+export type OptionValue<N extends OptionName> = Extract<AnyOption, { readonly name: N }> extends OptionSpec<N, infer T> ? T : never;
+
+const BY_NAME: ReadonlyMap<string, AnyOption> = new Map(OPTIONS.map((o) => [o.name, o]));
+
+export function findOption(name: string): AnyOption | undefined {
+  return BY_NAME.get(name);
+}
+
+/** The default as help and docs show it: plain text, `undefined` when there is none. */
+export function defaultLabel(o: OptionSpec): string | undefined {
+  return o.defaultText ?? o.default;
+}
+
+/** Options in help order: by group, table order within a group. */
+export function optionsByGroup(): ReadonlyArray<readonly [OptionGroup, readonly AnyOption[]]> {
+  return (Object.keys(GROUP_TITLES) as OptionGroup[]).map((g) => [g, OPTIONS.filter((o) => o.group === g)] as const);
+}
+
+const cell = (s: string) => s.replace(/\|/g, '\\|');
+/** Env var names in prose (DATABASE_URL, PGHOST) become code in Markdown. */
+const codeEnvNames = (s: string) => s.replace(/\b(PG[A-Z]+|[A-Z]+_[A-Z_]+)\b/g, '`$1`');
+
+/** The README's option table, generated so it cannot drift from the code. */
+export function optionsMarkdownTable(): string {
+  const rows = optionsByGroup().flatMap(([, options]) =>
+    options.map((o) => {
+      const name = [o.env, ...(o.fallbacks ?? [])].map((n) => `\`${n}\``).join(' or ');
+      const dflt = o.defaultText !== undefined ? codeEnvNames(o.defaultText) : o.default !== undefined ? `\`${o.default}\`` : 'none';
+      return `| ${cell(name)} | ${cell(dflt)} | ${cell(o.description)} |`;
+    }),
+  );
+  return ['| option (env) | default | meaning |', '|---|---|---|', ...rows].join('\n');
+}
+
+/** An env file with every option commented out at its default, grouped like `--help`. */
+export function exampleEnvFile(): string {
+  const lines = [
+    '# pgwarren settings (generated from src/config/options.ts). Uncomment to change a default.',
+    '# Any setting can instead come from a file, e.g. PGWARREN_DATABASE_URL_FILE=/run/secrets/db_url',
+  ];
+  for (const [group, options] of optionsByGroup()) {
+    lines.push('', `## ${GROUP_TITLES[group].replace(/:$/, '')}`);
+    for (const o of options) {
+      lines.push('', `# ${o.description}`);
+      if (o.defaultText !== undefined) lines.push(`# default: ${o.defaultText}`);
+      lines.push(`#${o.env}=${o.default ?? ''}`);
+    }
+  }
+  return lines.join('\n') + '\n';
+}
