@@ -1,0 +1,218 @@
+/**
+ * The slot and the publication: created when missing, inspected, kept in step with the table
+ * selection, and dropped only by `teardown`. `run` calls the ensure* functions and never a drop.
+ */
+import { PrerequisiteError, classifyPgError, sqlState } from '../errors.js';
+import type { OperationSelection, TableSelection } from '../filter/selection.js';
+import type { Plugin } from '../types.js';
+import { quoteIdent } from './decoder.js';
+import type { QueryFn } from './pg-query.js';
+
+export interface SlotState {
+  readonly exists: boolean;
+  readonly plugin?: string;
+  readonly database?: string;
+  readonly active?: boolean;
+  readonly activePid?: number | null;
+  readonly confirmedFlushLsn?: string | null;
+  readonly restartLsn?: string | null;
+  readonly walStatus?: string | null;
+  readonly lagBytes?: string | null;
+}
+
+export async function walLevel(query: QueryFn): Promise<string> {
+  const { rows } = await query<{ wal_level: string }>('SHOW wal_level');
+  return rows[0]!.wal_level;
+}
+
+export async function requireLogicalWal(query: QueryFn): Promise<void> {
+  const level = await walLevel(query);
+  if (level !== 'logical') {
+    throw new PrerequisiteError(
+      `wal_level is "${level}", logical decoding needs "logical". Run ALTER SYSTEM SET wal_level = logical; and restart Postgres.`,
+    );
+  }
+}
+
+export async function slotState(query: QueryFn, slot: string): Promise<SlotState> {
+  const { rows } = await query<{
+    plugin: string;
+    database: string;
+    active: boolean;
+    active_pid: number | null;
+    confirmed_flush_lsn: string | null;
+    restart_lsn: string | null;
+    wal_status: string | null;
+    lag_bytes: string | null;
+  }>(
+    `SELECT plugin, database, active, active_pid, confirmed_flush_lsn::text, restart_lsn::text, wal_status,
+            (CASE WHEN pg_is_in_recovery() THEN NULL ELSE pg_wal_lsn_diff(pg_current_wal_lsn(), confirmed_flush_lsn) END)::text AS lag_bytes
+       FROM pg_replication_slots WHERE slot_name = $1`,
+    [slot],
+  );
+  const r = rows[0];
+  if (!r) return { exists: false };
+  return {
+    exists: true,
+    plugin: r.plugin,
+    database: r.database,
+    active: r.active,
+    activePid: r.active_pid,
+    confirmedFlushLsn: r.confirmed_flush_lsn,
+    restartLsn: r.restart_lsn,
+    walStatus: r.wal_status,
+    lagBytes: r.lag_bytes,
+  };
+}
+
+/**
+ * Make sure the slot exists and fits. `mayCreate` is false once a session has streamed: a slot
+ * that vanishes while we run was dropped by someone, and re-creating it would hide lost changes.
+ */
+export async function ensureSlot(
+  query: QueryFn,
+  opts: { slot: string; plugin: Plugin; database: string; mayCreate: boolean },
+): Promise<{ created: boolean; state: SlotState }> {
+  const state = await slotState(query, opts.slot);
+  if (state.exists) {
+    if (state.plugin !== opts.plugin) {
+      throw new PrerequisiteError(
+        `slot "${opts.slot}" was created with plugin ${state.plugin}, but PGWARREN_PLUGIN is ${opts.plugin}. ` +
+          `Set PGWARREN_PLUGIN=${state.plugin}, or choose another PGWARREN_SLOT, or drop it deliberately with "pgwarren teardown --yes" (its unread changes are lost).`,
+      );
+    }
+    if (state.database !== opts.database) {
+      throw new PrerequisiteError(
+        `slot "${opts.slot}" belongs to database "${state.database}", not "${opts.database}". Choose another PGWARREN_SLOT.`,
+      );
+    }
+    if (state.walStatus === 'lost') {
+      throw new PrerequisiteError(
+        `slot "${opts.slot}" was invalidated by Postgres (wal_status = lost): WAL it still needed was removed, so changes were lost. ` +
+          `Re-sync consumers from the tables, then drop and re-create the slot deliberately ("pgwarren teardown --yes" and "pgwarren setup"). ` +
+          `Raise max_slot_wal_keep_size to make this less likely.`,
+      );
+    }
+    return { created: false, state };
+  }
+  if (!opts.mayCreate) {
+    throw new PrerequisiteError(
+      `slot "${opts.slot}" disappeared while pgwarren was running; changes made since it was dropped are not in any slot. ` +
+        `Re-create it deliberately with "pgwarren setup" after re-syncing consumers.`,
+    );
+  }
+  try {
+    await query('SELECT pg_create_logical_replication_slot($1, $2)', [opts.slot, opts.plugin]);
+  } catch (err) {
+    if (sqlState(err) === '42710') return { created: false, state: await slotState(query, opts.slot) }; // created concurrently
+    if (sqlState(err) === '58P01' || /could not access file|wal2json/.test(String((err as Error).message))) {
+      throw new PrerequisiteError(
+        `output plugin ${opts.plugin} is not installed on the Postgres server (${(err as Error).message}). Install it (Debian: postgresql-15-wal2json) or use PGWARREN_PLUGIN=pgoutput.`,
+      );
+    }
+    throw classifyPgError(err, `creating replication slot "${opts.slot}"`);
+  }
+  return { created: true, state: await slotState(query, opts.slot) };
+}
+
+export async function dropSlot(query: QueryFn, slot: string): Promise<boolean> {
+  const state = await slotState(query, slot);
+  if (!state.exists) return false;
+  if (state.active) {
+    throw new PrerequisiteError(`slot "${slot}" is in use by process ${state.activePid}; stop that pgwarren first.`);
+  }
+  await query('SELECT pg_drop_replication_slot($1)', [slot]);
+  return true;
+}
+
+export interface TableName {
+  readonly schema: string;
+  readonly table: string;
+}
+
+/** Tables that may go into a publication and match the selection. */
+export async function selectedTables(query: QueryFn, selection: TableSelection): Promise<TableName[]> {
+  const { rows } = await query<TableName>(
+    `SELECT n.nspname AS schema, c.relname AS table
+       FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+      WHERE c.relkind IN ('r', 'p') AND NOT c.relispartition AND c.relpersistence = 'p'
+        AND n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname NOT LIKE 'pg\\_%'
+      ORDER BY 1, 2`,
+  );
+  return rows.filter((t) => selection.includes(t.schema, t.table));
+}
+
+export async function publicationTables(query: QueryFn, publication: string): Promise<TableName[] | null> {
+  const exists = await query<{ puballtables: boolean }>('SELECT puballtables FROM pg_publication WHERE pubname = $1', [publication]);
+  if (exists.rows.length === 0) return null;
+  const { rows } = await query<TableName>(
+    'SELECT schemaname AS schema, tablename AS table FROM pg_publication_tables WHERE pubname = $1 ORDER BY 1, 2',
+    [publication],
+  );
+  return rows;
+}
+
+const tableRef = (t: TableName) => `${quoteIdent(t.schema)}.${quoteIdent(t.table)}`;
+
+/**
+ * Create the publication for the selected tables, or bring an existing one in step: add tables
+ * that now match, remove ones that no longer do. Returns what changed.
+ */
+export async function ensurePublication(
+  query: QueryFn,
+  opts: { publication: string; tables: TableSelection; operations: OperationSelection },
+): Promise<{ created: boolean; added: TableName[]; removed: TableName[] }> {
+  const wanted = await selectedTables(query, opts.tables);
+  const current = await publicationTables(query, opts.publication);
+  const pub = quoteIdent(opts.publication);
+  const doing = `managing publication "${opts.publication}"`;
+  const withClause = `WITH (publish = '${opts.operations.publishParameter()}', publish_via_partition_root = true)`;
+  try {
+    if (current === null) {
+      const forClause = wanted.length > 0 ? ` FOR TABLE ${wanted.map(tableRef).join(', ')}` : '';
+      try {
+        await query(`CREATE PUBLICATION ${pub}${forClause} ${withClause}`);
+      } catch (err) {
+        if (sqlState(err) !== '42710') throw err; // someone else created it meanwhile
+        return ensurePublication(query, opts);
+      }
+      return { created: true, added: wanted, removed: [] };
+    }
+    // Alter only what differs: a role that may read but not own the publication can still run.
+    const settings = await query<{ puballtables: boolean; ops: string; pubviaroot: boolean }>(
+      `SELECT puballtables, pubviaroot,
+              concat_ws(', ', CASE WHEN pubinsert THEN 'insert' END, CASE WHEN pubupdate THEN 'update' END,
+                              CASE WHEN pubdelete THEN 'delete' END, CASE WHEN pubtruncate THEN 'truncate' END) AS ops
+         FROM pg_publication WHERE pubname = $1`,
+      [opts.publication],
+    );
+    const row = settings.rows[0]!;
+    if (row.ops !== opts.operations.publishParameter() || !row.pubviaroot) {
+      await query(`ALTER PUBLICATION ${pub} SET (publish = '${opts.operations.publishParameter()}', publish_via_partition_root = true)`);
+    }
+    if (row.puballtables) return { created: false, added: [], removed: [] };
+    const key = (t: TableName) => `${t.schema}.${t.table}`;
+    const have = new Set(current.map(key));
+    const want = new Set(wanted.map(key));
+    const added = wanted.filter((t) => !have.has(key(t)));
+    const removed = current.filter((t) => !want.has(key(t)));
+    if (added.length > 0) await query(`ALTER PUBLICATION ${pub} ADD TABLE ${added.map(tableRef).join(', ')}`);
+    if (removed.length > 0) await query(`ALTER PUBLICATION ${pub} DROP TABLE ${removed.map(tableRef).join(', ')}`);
+    return { created: false, added, removed };
+  } catch (err) {
+    if (sqlState(err) === '42501') {
+      throw new PrerequisiteError(
+        `${doing}: ${(err as Error).message}. Publications can only list tables the role owns: run "pgwarren setup" as the tables' owner (or a superuser), then run pgwarren as its REPLICATION role.`,
+        { cause: err },
+      );
+    }
+    throw classifyPgError(err, doing);
+  }
+}
+
+export async function dropPublication(query: QueryFn, publication: string): Promise<boolean> {
+  const current = await publicationTables(query, publication);
+  if (current === null) return false;
+  await query(`DROP PUBLICATION ${quoteIdent(publication)}`);
+  return true;
+}
