@@ -1,0 +1,213 @@
+/**
+ * The flood guard decides, per transaction and table, whether a table's changes are a flood and
+ * what becomes of its events. Pure: it never publishes, it tells the pipeline what to publish.
+ *
+ * Why events are held: pgoutput and wal2json send a transaction only once it has committed, but
+ * whether a table floods is known only when its count passes the threshold or a marker arrives,
+ * which may be at the very end. So, unless the action is `pass`, a transaction's events are held
+ * in stream order until commit, and a table's held events leave the buffer the moment it floods.
+ *
+ * The bound: at most `bufferEvents` events are held. When a transaction would need more (many
+ * tables each below the threshold), the guard stops holding and only counts, through to the
+ * commit. The pipeline then reads that transaction again from the slot (nothing of it was
+ * published, and it is not acknowledged) with the counts known up front: a `TxPlan`. With a plan
+ * nothing needs holding, so memory stays bounded whatever the transaction size.
+ *
+ * Per transaction: holding -> (overflow) counting -> commit: replan | flush.
+ *                  planned (second read)    -> commit: flush bulk events.
+ */
+import type { Op } from '../types.js';
+
+export type FloodAction = 'summarize' | 'drop' | 'divert' | 'pass';
+export type FloodReason = 'threshold' | 'marker';
+
+export interface TableCounts {
+  insert: number;
+  update: number;
+  delete: number;
+  /** seq of the table's first change in the transaction */
+  firstSeq: number;
+}
+
+export interface FloodedTable {
+  readonly schema: string;
+  readonly table: string;
+  readonly counts: TableCounts;
+  readonly reason: FloodReason;
+}
+
+/** What a second read of a transaction knows before it starts. */
+export interface TxPlan {
+  readonly commitLsn: bigint;
+  /** `schema.table` -> why it floods; tables not listed do not. */
+  readonly flooded: ReadonlyMap<string, FloodReason>;
+}
+
+/** Where an event goes now. */
+export type Disposition = 'publish' | 'divert' | 'drop';
+
+export interface FloodGuardOptions {
+  readonly action: FloodAction;
+  /** Threshold for a table; 0 disables counting for it (the marker still applies). */
+  readonly thresholdFor: (schema: string, table: string) => number;
+  readonly bufferEvents: number;
+}
+
+interface TableState {
+  readonly schema: string;
+  readonly table: string;
+  readonly counts: TableCounts;
+  flooded: FloodReason | null;
+}
+
+export class FloodGuard<E> {
+  private tables = new Map<string, TableState>();
+  private held: Array<{ key: string; event: E }> = [];
+  private heldCount = 0;
+  private marker = false;
+  private counting = false;
+  private plan: TxPlan | null = null;
+
+  constructor(private readonly opts: FloodGuardOptions) {}
+
+  /** Start a transaction; `plan` when this is a second read after an overflow. */
+  begin(plan: TxPlan | null): void {
+    this.tables = new Map();
+    this.held = [];
+    this.heldCount = 0;
+    this.marker = false;
+    this.counting = false;
+    this.plan = plan;
+  }
+
+  /** Whether events should be held at all (everything but `pass` needs to wait for the verdict). */
+  private holds(): boolean {
+    return this.opts.action !== 'pass' && this.plan === null;
+  }
+
+  /**
+   * The transaction carried the marker: every table floods. Events already held leave now.
+   * Returns the held events to divert (action `divert`), in order.
+   */
+  markMarker(): E[] {
+    this.marker = true;
+    const out: E[] = [];
+    for (const state of this.tables.values()) {
+      if (state.flooded === null && state.counts.insert + state.counts.update + state.counts.delete > 0) {
+        out.push(...this.flood(state, 'marker'));
+      }
+    }
+    return out;
+  }
+
+  /**
+   * A row change (not a truncate) of `schema.table` with its seq. Says what to do with its event
+   * (`hold`: build it and pass it to `keep`), and returns held events that must be diverted now
+   * because the table just flooded. Events for `drop` and `count` need not even be built.
+   */
+  row(schema: string, table: string, op: Exclude<Op, 'truncate'>, seq: number): { now: Disposition | 'hold' | 'count'; divert: E[] } {
+    const key = `${schema}.${table}`;
+    let state = this.tables.get(key);
+    if (!state) {
+      state = { schema, table, counts: { insert: 0, update: 0, delete: 0, firstSeq: seq }, flooded: null };
+      this.tables.set(key, state);
+    }
+    state.counts[op]++;
+    let divert: E[] = [];
+    if (state.flooded === null) {
+      const planned = this.plan?.flooded.get(key);
+      if (planned) state.flooded = planned;
+      else if (this.marker) divert = this.flood(state, 'marker');
+      else {
+        const threshold = this.opts.thresholdFor(schema, table);
+        const total = state.counts.insert + state.counts.update + state.counts.delete;
+        if (threshold > 0 && total > threshold) divert = this.flood(state, 'threshold');
+      }
+    }
+    if (state.flooded !== null) return { now: this.floodDisposition(), divert };
+    return { now: this.holdOrCount(), divert };
+  }
+
+  /**
+   * Hold the event of a change `row` or `truncate` answered `hold` for. `table` is `schema.table`
+   * for a row change, null for a truncate (which must stay even if its table floods later).
+   */
+  keep(event: E, table: string | null): void {
+    this.held.push({ key: table ?? '', event });
+    this.heldCount++;
+  }
+
+  /** A truncate is never part of a flood, but keeps its place among held events. */
+  truncate(): Disposition | 'hold' | 'count' {
+    return this.holdOrCount();
+  }
+
+  /** True once the transaction outgrew the buffer and is only being counted. */
+  isCounting(): boolean {
+    return this.counting;
+  }
+
+  /**
+   * End of the transaction. Either the held events to publish in order plus the flooded tables
+   * (for bulk events and logs), or — after an overflow — the plan for reading it again.
+   */
+  commit(commitLsn: bigint): { publish: E[]; flooded: FloodedTable[]; replan: TxPlan | null } {
+    const flooded: FloodedTable[] = [];
+    const plan = new Map<string, FloodReason>();
+    for (const [key, s] of this.tables) {
+      if (s.flooded) {
+        flooded.push({ schema: s.schema, table: s.table, counts: s.counts, reason: s.flooded });
+        plan.set(key, s.flooded);
+      }
+    }
+    flooded.sort((a, b) => a.counts.firstSeq - b.counts.firstSeq);
+    if (this.counting) {
+      const replan: TxPlan = { commitLsn, flooded: plan };
+      this.begin(null);
+      return { publish: [], flooded, replan };
+    }
+    const publish = this.held.map((h) => h.event);
+    this.begin(null);
+    return { publish, flooded, replan: null };
+  }
+
+  private holdOrCount(): 'publish' | 'hold' | 'count' {
+    if (this.counting) return 'count';
+    if (!this.holds()) return 'publish';
+    if (this.heldCount >= this.opts.bufferEvents) {
+      // Too much to hold: forget what is held (none of it was published) and only count.
+      this.counting = true;
+      this.held = [];
+      this.heldCount = 0;
+      return 'count';
+    }
+    return 'hold';
+  }
+
+  private flood(state: TableState, reason: FloodReason): E[] {
+    state.flooded = reason;
+    const key = `${state.schema}.${state.table}`;
+    const mine: E[] = [];
+    const rest: Array<{ key: string; event: E }> = [];
+    for (const h of this.held) {
+      if (h.key === key) mine.push(h.event);
+      else rest.push(h);
+    }
+    if (mine.length > 0) {
+      this.held = rest;
+      this.heldCount = rest.length;
+    }
+    return this.opts.action === 'divert' ? mine : [];
+  }
+
+  private floodDisposition(): Disposition {
+    switch (this.opts.action) {
+      case 'pass':
+        return 'publish';
+      case 'divert':
+        return 'divert';
+      default:
+        return 'drop';
+    }
+  }
+}

@@ -1,0 +1,70 @@
+/**
+ * Which tables and operations are published. Globs match `schema.table`: `*` is any run of
+ * characters, `?` one character, matched separately on each side of the first dot, so
+ * `public.*` and `*.orders` mean what they look like.
+ *
+ * The same selection is pushed into the publication (so Postgres does not send what would be
+ * dropped) and applied again here, because a publication made by hand may hold more.
+ */
+import { OPS, type Op } from '../types.js';
+
+export const SYSTEM_SCHEMAS = ['pg_catalog', 'information_schema', 'pg_toast'];
+
+export function isSystemSchema(schema: string): boolean {
+  return SYSTEM_SCHEMAS.includes(schema) || schema.startsWith('pg_temp_') || schema.startsWith('pg_toast_temp_');
+}
+
+interface Glob {
+  readonly schema: RegExp;
+  readonly table: RegExp;
+}
+
+function globPart(pattern: string): RegExp {
+  const body = pattern.replace(/[.+^${}()|[\]\\]/g, '\\$&').replace(/\*/g, '.*').replace(/\?/g, '.');
+  return new RegExp(`^${body}$`);
+}
+
+export function compileGlob(glob: string): Glob {
+  const dot = glob.indexOf('.');
+  if (dot < 0) throw new Error(`table glob "${glob}" needs the form schema.table`);
+  return { schema: globPart(glob.slice(0, dot)), table: globPart(glob.slice(dot + 1)) };
+}
+
+export class TableSelection {
+  private readonly include: readonly Glob[];
+  private readonly exclude: readonly Glob[];
+  private readonly cache = new Map<string, boolean>();
+
+  constructor(includeGlobs: readonly string[], excludeGlobs: readonly string[]) {
+    this.include = includeGlobs.map(compileGlob);
+    this.exclude = excludeGlobs.map(compileGlob);
+  }
+
+  includes(schema: string, table: string): boolean {
+    const name = `${schema}.${table}`;
+    let hit = this.cache.get(name);
+    if (hit === undefined) {
+      const matches = (g: Glob) => g.schema.test(schema) && g.table.test(table);
+      hit =
+        !isSystemSchema(schema) &&
+        (this.include.length === 0 || this.include.some(matches)) &&
+        !this.exclude.some(matches);
+      this.cache.set(name, hit);
+    }
+    return hit;
+  }
+}
+
+export class OperationSelection {
+  private readonly ops: ReadonlySet<Op>;
+  constructor(ops: readonly Op[]) {
+    this.ops = new Set(ops);
+  }
+  includes(op: Op): boolean {
+    return this.ops.has(op);
+  }
+  /** The publication's `publish` parameter, in Postgres' canonical order. */
+  publishParameter(): string {
+    return OPS.filter((op) => this.ops.has(op)).join(', ');
+  }
+}
