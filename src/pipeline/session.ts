@@ -1,0 +1,387 @@
+/**
+ * One session: a broker connection, a catalog connection and a replication stream, living and
+ * dying together. Any failure ends the whole session; the supervisor starts a new one, which
+ * resumes from the slot's confirmed position. Nothing survives a session but the slot.
+ *
+ * States:
+ *   connecting  -> check the slot (wait if another pgwarren holds it), open the broker,
+ *                  sync the publication, start replication
+ *   streaming   -> messages flow; confirms move the checkpoint; status reports carry it to Postgres
+ *   draining    -> (stop requested) read nothing more, wait for outstanding confirms (bounded),
+ *                  report the final position
+ *   ended       -> everything closed; `run()` resolved ('stopped') or rejected (the failure)
+ */
+import pg from 'pg';
+import type { Logger } from '../ops/logger.js';
+import type { Metrics } from '../ops/metrics.js';
+import { AmqpSink, SinkError, type AmqpTls } from '../sink/amqp-sink.js';
+import { Checkpoint } from './checkpoint.js';
+import { Pipeline, ReplanRequest } from './pipeline.js';
+import type { FloodAction, TxPlan } from '../filter/flood-guard.js';
+import { EventBuilder } from '../events/envelope.js';
+import { Router, type RouteRule } from '../events/router.js';
+import { OperationSelection, TableSelection } from '../filter/selection.js';
+import { queryFn } from '../source/pg-query.js';
+import { RelationCatalog } from '../source/relation-catalog.js';
+import { TypeCatalog } from '../source/type-catalog.js';
+import { ensurePublication, ensureSlot, requireLogicalWal } from '../source/slot-admin.js';
+import { ReplicationStream } from '../source/replication-stream.js';
+import { PgoutputDecoder } from '../source/pgoutput-decoder.js';
+import { Wal2jsonDecoder, wal2jsonTableFilter } from '../source/wal2json-decoder.js';
+import type { Decoder } from '../source/decoder.js';
+import { formatLsn, parseLsn } from '../source/lsn.js';
+import { classifyPgError, PrerequisiteError } from '../errors.js';
+import { LogThrottle } from '../ops/throttle.js';
+import { PeriodicTask } from '../ops/periodic.js';
+import type { Op, Plugin, SourceInfo } from '../types.js';
+
+export interface SessionSettings {
+  readonly pg: pg.ClientConfig;
+  readonly database: string;
+  readonly amqpUrls: readonly string[];
+  readonly amqpTls?: AmqpTls;
+  readonly slot: string;
+  readonly publication: string;
+  readonly plugin: Plugin;
+  readonly tables: readonly string[];
+  readonly excludeTables: readonly string[];
+  readonly operations: readonly Op[];
+  readonly exchange: string;
+  readonly exchangeType: string;
+  readonly routingKey: string;
+  readonly rules: readonly (RouteRule & { excludeColumns?: readonly string[]; floodThreshold?: number })[];
+  readonly floodThreshold: number;
+  readonly floodAction: FloodAction;
+  readonly floodExchange: string;
+  readonly floodBufferEvents: number;
+  readonly unroutable: 'warn' | 'block';
+  readonly maxInflight: number;
+  readonly shutdownTimeoutSeconds: number;
+  readonly statusIntervalSeconds: number;
+  /** How often new tables matching the selection are added to the publication; 0 = only at start. */
+  readonly publicationSyncSeconds: number;
+}
+
+export type SessionState = 'connecting' | 'streaming' | 'draining' | 'ended';
+
+/** How a session ended without failing: asked to stop, or a transaction must be read again. */
+export type SessionOutcome = 'stopped' | { readonly replan: TxPlan };
+
+/** Which side a session failure came from, for reconnect metrics and logs. */
+export class SessionFailure extends Error {
+  constructor(
+    readonly target: 'postgres' | 'rabbitmq' | 'pipeline',
+    override readonly cause: unknown,
+    /** How long to wait at least before the next attempt (e.g. slot held by another process). */
+    readonly minDelayMs = 0,
+  ) {
+    super(cause instanceof Error ? cause.message : String(cause));
+  }
+}
+
+export interface SessionHooks {
+  onState(state: SessionState): void;
+  onBlocked(blocked: boolean): void;
+  /** The position Postgres was last told, after each report. */
+  onAcknowledged(lsn: bigint): void;
+}
+
+export class Session {
+  private stopRequested = false;
+  private resolveStop!: () => void;
+  private readonly stopSignal = new Promise<void>((resolve) => (this.resolveStop = resolve));
+  private sink: AmqpSink | null = null;
+  private catalogClient: pg.Client | null = null;
+  private stream: ReplicationStream<unknown> | null = null;
+  private lastReported = 0n;
+  private lastReportAt = 0;
+
+  constructor(
+    private readonly settings: SessionSettings,
+    private readonly opts: {
+      mayCreateSlot: boolean;
+      firstUrl: number;
+      plans: ReadonlyMap<bigint, TxPlan>;
+      log: Logger;
+      metrics: Metrics;
+      hooks: SessionHooks;
+    },
+  ) {}
+
+  /** Ask the session to drain and end; `run()` then resolves. */
+  stop(): void {
+    this.stopRequested = true;
+    this.resolveStop();
+  }
+
+  brokerUrlIndex(): number | undefined {
+    return this.sink?.urlIndex;
+  }
+
+  async run(): Promise<SessionOutcome> {
+    try {
+      return await this.runInner();
+    } finally {
+      await this.closeAll();
+      this.setState('ended');
+    }
+  }
+
+  private async runInner(): Promise<SessionOutcome> {
+    const { settings, opts } = this;
+    const log = opts.log;
+
+    // 1. Catalog connection: prerequisites, slot, publication.
+    const client = new pg.Client({ ...settings.pg, application_name: 'pgwarren-catalog' });
+    client.on('error', (err) => log.debug({ err: err.message }, 'catalog connection error'));
+    this.catalogClient = client;
+    try {
+      await client.connect();
+    } catch (err) {
+      throw new SessionFailure('postgres', classifyPgError(err, 'connecting to Postgres'));
+    }
+    const query = queryFn(client);
+    await this.pg(() => requireLogicalWal(query), 'checking wal_level');
+    const slot = await this.pg(
+      () => ensureSlot(query, { slot: settings.slot, plugin: settings.plugin, database: settings.database, mayCreate: opts.mayCreateSlot }),
+      'checking the slot',
+    );
+    if (slot.created) log.info({ slot: settings.slot, plugin: settings.plugin }, 'created replication slot');
+    if (slot.state.active && slot.state.activePid) {
+      throw new SessionFailure(
+        'postgres',
+        new Error(`slot "${settings.slot}" is in use by process ${slot.state.activePid} (another pgwarren?); waiting to take over`),
+        1000,
+      );
+    }
+    const tables = new TableSelection(settings.tables, settings.excludeTables);
+    const operations = new OperationSelection(settings.operations);
+    const syncPublication = async () => {
+      const pub = await ensurePublication(query, { publication: settings.publication, tables, operations });
+      if (pub.created || pub.added.length || pub.removed.length) {
+        log.info(
+          { publication: settings.publication, created: pub.created, added: pub.added.map(nameOf), removed: pub.removed.map(nameOf) },
+          'publication updated',
+        );
+      }
+    };
+    if (settings.plugin === 'pgoutput') await this.pg(syncPublication, 'syncing the publication');
+    if (this.stopRequested) return 'stopped';
+
+    // 2. Broker.
+    const unroutableLog = new LogThrottle();
+    const router = new Router({ exchange: settings.exchange, routingKey: settings.routingKey }, settings.rules);
+    try {
+      this.sink = await AmqpSink.open({
+        urls: settings.amqpUrls,
+        firstUrl: opts.firstUrl,
+        exchanges: [
+          ...router.exchanges(),
+          ...(settings.floodAction === 'divert' && !router.exchanges().includes(settings.floodExchange) ? [settings.floodExchange] : []),
+        ].map((name) => ({ name, type: settings.exchangeType })),
+        unroutable: settings.unroutable,
+        tls: settings.amqpTls,
+        log: log.child({ component: 'broker' }),
+        onUnroutable: (info) => {
+          opts.metrics.unroutable.inc();
+          const count = unroutableLog.hit(`${info.exchange}\u0000${info.routingKey}`);
+          if (count > 0) {
+            log.warn(
+              { ...info, count },
+              `messages returned by the broker: no queue is bound for routing key "${info.routingKey}" on exchange "${info.exchange}" (PGWARREN_UNROUTABLE=${settings.unroutable})`,
+            );
+          }
+        },
+        onBlockedChange: (blocked) => opts.hooks.onBlocked(blocked),
+      });
+    } catch (err) {
+      if (err instanceof SinkError && err.severity === 'fatal') throw new PrerequisiteError(err.message, { cause: err });
+      throw new SessionFailure('rabbitmq', err);
+    }
+    const sink = this.sink;
+    if (this.stopRequested) return 'stopped';
+
+    // 3. Replication.
+    const source: SourceInfo = { name: 'pgwarren', db: settings.database, slot: settings.slot, plugin: settings.plugin };
+    const relations = new RelationCatalog(query);
+    const types = new TypeCatalog(query);
+    const decoder = this.decoder(relations, types);
+    const excludedColumns = ruleLookup(settings.rules, (r) => (r.excludeColumns ? new Set(r.excludeColumns) : undefined), new Set<string>());
+    const builder = new EventBuilder(source, types, excludedColumns);
+    const checkpoint = new Checkpoint(slot.state.confirmedFlushLsn ? parseLsn(slot.state.confirmedFlushLsn) : 0n);
+    opts.metrics.inflightSource = () => checkpoint.outstanding();
+    this.lastReported = checkpoint.safeLsn();
+    const pipeline = new Pipeline({
+      source,
+      tables,
+      operations,
+      builder,
+      prepareRelation: (rel) => types.ensure(builder.typeOids(rel)),
+      router,
+      publisher: sink,
+      checkpoint,
+      maxInflight: settings.maxInflight,
+      metrics: opts.metrics,
+      log,
+      flood: {
+        action: settings.floodAction,
+        exchange: settings.floodExchange,
+        bufferEvents: settings.floodBufferEvents,
+        thresholdFor: ruleLookup(settings.rules, (r) => r.floodThreshold, settings.floodThreshold),
+      },
+      plans: opts.plans,
+    });
+
+    const stream = new ReplicationStream<unknown>(
+      settings.pg,
+      settings.slot,
+      decoder,
+      {
+        onMessage: async (parsed) => {
+          if (this.stopRequested) await new Promise<never>(() => undefined); // read nothing more
+          await pipeline.handle(await decoder.decode(parsed));
+        },
+        onKeepalive: (walEnd, shouldRespond) => {
+          // An idle slot must not hold WAL: with nothing received unhandled and nothing
+          // unconfirmed, the server's position is safe to confirm.
+          if (!this.stopRequested && stream.caughtUp() && !pipeline.inTransaction()) checkpoint.idle(walEnd);
+          if (shouldRespond) void this.report(checkpoint, true);
+        },
+      },
+      log.child({ component: 'replication' }),
+    );
+    this.stream = stream;
+    try {
+      await stream.start();
+    } catch (err) {
+      const e = classifyPgError(err, `starting replication from slot "${settings.slot}"`);
+      if (e instanceof PrerequisiteError) throw e;
+      const inUse = /is active for PID/i.test((err as Error).message ?? '');
+      throw new SessionFailure('postgres', e, inUse ? 1000 : 0);
+    }
+    this.setState('streaming');
+    log.info(
+      { slot: settings.slot, plugin: settings.plugin, from: formatLsn(checkpoint.safeLsn()), broker: sink.urlIndex },
+      'streaming',
+    );
+
+    const ticker = setInterval(() => void this.report(checkpoint, false), 1000);
+    // Tables created later that match the selection join the publication without a restart.
+    // (Rows written to a new table before it joins are not in the slot: see README.)
+    const syncer =
+      settings.plugin === 'pgoutput' && settings.publicationSyncSeconds > 0
+        ? new PeriodicTask(syncPublication, settings.publicationSyncSeconds * 1000, log, 'publication sync')
+        : null;
+    try {
+      const outcome = await Promise.race([
+        stream.ended.then((reason) => ({ kind: 'stream' as const, reason })),
+        sink.failed.then((reason) => ({ kind: 'sink' as const, reason })),
+        this.stopSignal.then(() => ({ kind: 'stop' as const })),
+      ]);
+      if (outcome.kind === 'stop') {
+        await this.drain(checkpoint, pipeline);
+        return 'stopped';
+      }
+      if (this.stopRequested) return 'stopped';
+      if (outcome.kind === 'stream' && outcome.reason instanceof ReplanRequest) {
+        // Settle what came before the oversized transaction so the next read starts at it.
+        await this.drain(checkpoint, pipeline);
+        return { replan: outcome.reason.plan };
+      }
+      if (outcome.kind === 'sink') throw new SessionFailure('rabbitmq', outcome.reason);
+      const pipelineFailure = pipeline.failed();
+      if (pipelineFailure) throw new SessionFailure('rabbitmq', pipelineFailure);
+      const reason = outcome.reason;
+      if (reason instanceof PrerequisiteError) throw reason;
+      throw new SessionFailure(reason instanceof SinkError ? 'rabbitmq' : 'postgres', reason);
+    } finally {
+      clearInterval(ticker);
+      syncer?.stop();
+    }
+  }
+
+  private decoder(relations: RelationCatalog, types: TypeCatalog): Decoder<unknown> {
+    const s = this.settings;
+    if (s.plugin === 'pgoutput') return new PgoutputDecoder(s.publication, relations) as Decoder<unknown>;
+    // Push the selection into wal2json where its syntax allows; the pipeline filters again.
+    const add = s.tables.length > 0 ? wal2jsonTableFilter(s.tables) : null;
+    const exclude = wal2jsonTableFilter(s.excludeTables);
+    return new Wal2jsonDecoder(relations, types, {
+      addTables: add,
+      // Without add-tables, filter-tables only narrows; with an unusable include list, skip both.
+      filterTables: s.tables.length > 0 && add === null ? null : exclude,
+      actions: s.operations,
+    }) as Decoder<unknown>;
+  }
+
+  /** Wait (bounded) for outstanding confirms, then tell Postgres the safe position. */
+  private async drain(checkpoint: Checkpoint, pipeline: Pipeline): Promise<void> {
+    this.setState('draining');
+    const deadline = Date.now() + this.settings.shutdownTimeoutSeconds * 1000;
+    while (checkpoint.outstanding() > 0 && Date.now() < deadline && !pipeline.failed() && !this.sink?.failureReason()) {
+      await new Promise((r) => setTimeout(r, 20));
+    }
+    const left = checkpoint.outstanding();
+    if (left > 0) this.opts.log.warn({ unconfirmed: left }, 'shutdown: gave up waiting for broker confirms; those changes will be sent again');
+    await this.report(checkpoint, true);
+    this.opts.log.info({ slot: this.settings.slot, confirmed: formatLsn(this.lastReported) }, 'confirmed position reported');
+  }
+
+  private async report(checkpoint: Checkpoint, force: boolean): Promise<void> {
+    const stream = this.stream;
+    if (!stream) return;
+    const safe = checkpoint.safeLsn();
+    const due = Date.now() - this.lastReportAt >= this.settings.statusIntervalSeconds * 1000;
+    if (!force && !due && safe === this.lastReported) return;
+    this.lastReportAt = Date.now();
+    try {
+      await stream.acknowledge(safe);
+      this.lastReported = safe;
+      this.opts.hooks.onAcknowledged(safe);
+    } catch (err) {
+      this.opts.log.debug({ err: (err as Error).message }, 'status report failed');
+    }
+  }
+
+  private async pg<T>(fn: () => Promise<T>, doing: string): Promise<T> {
+    try {
+      return await fn();
+    } catch (err) {
+      const e = classifyPgError(err, doing);
+      if (e instanceof PrerequisiteError) throw e;
+      throw new SessionFailure('postgres', e);
+    }
+  }
+
+  private setState(state: SessionState): void {
+    this.opts.hooks.onState(state);
+  }
+
+  private async closeAll(): Promise<void> {
+    const tasks: Promise<unknown>[] = [];
+    if (this.stream) tasks.push(this.stream.stop());
+    if (this.sink) tasks.push(this.sink.close());
+    if (this.catalogClient) tasks.push(this.catalogClient.end().catch(() => undefined));
+    await Promise.allSettled(tasks);
+  }
+
+
+}
+
+const nameOf = (t: { schema: string; table: string }) => `${t.schema}.${t.table}`;
+
+/** Per-table value from the first rule whose glob matches and sets it, else the default. */
+function ruleLookup<R extends { match: string }, V>(rules: readonly R[], pick: (r: R) => V | undefined, fallback: V): (schema: string, table: string) => V {
+  const cache = new Map<string, V>();
+  const compiled = rules.filter((r) => pick(r) !== undefined).map((r) => ({ sel: new TableSelection([r.match], []), value: pick(r)! }));
+  return (schema, table) => {
+    const key = `${schema}.${table}`;
+    let v = cache.get(key);
+    if (v === undefined) {
+      v = compiled.find((c) => c.sel.includes(schema, table))?.value ?? fallback;
+      cache.set(key, v);
+    }
+    return v;
+  };
+}
+
