@@ -1,0 +1,190 @@
+/**
+ * `setup`, `teardown` and `status`: one-shot commands on an ordinary Postgres connection. They
+ * print for people (or JSON with --json) and return the exit code.
+ */
+import pg from 'pg';
+import type { Config } from '../config/load.js';
+import { PrerequisiteError, UsageError, classifyPgError } from '../errors.js';
+import { OperationSelection, TableSelection } from '../filter/selection.js';
+import { quoteIdent } from '../source/decoder.js';
+import { queryFn, type QueryFn } from '../source/pg-query.js';
+import {
+  dropPublication,
+  dropSlot,
+  ensurePublication,
+  ensureSlot,
+  publicationTables,
+  requireLogicalWal,
+  selectedTables,
+  slotState,
+} from '../source/slot-admin.js';
+import { pgConfig } from './settings.js';
+import { REPLICA_IDENTITY } from '../source/relation-catalog.js';
+
+export type Print = (line: string) => void;
+
+export async function withDatabase<T>(config: Config, fn: (query: QueryFn) => Promise<T>): Promise<T> {
+  const client = new pg.Client({ ...pgConfig(config), application_name: 'pgwarren-admin' });
+  client.on('error', () => undefined);
+  try {
+    await client.connect();
+  } catch (err) {
+    const e = classifyPgError(err, 'connecting to Postgres');
+    if (e instanceof PrerequisiteError) throw e;
+    throw new PrerequisiteError(`cannot connect to Postgres: ${(err as Error).message}. Check PGWARREN_DATABASE_URL and that the server is running.`);
+  }
+  try {
+    return await fn(queryFn(client));
+  } finally {
+    await client.end().catch(() => undefined);
+  }
+}
+
+const selectionOf = (config: Config) => new TableSelection(config.tables, config.excludeTables);
+
+export async function setupCommand(config: Config, opts: { replicaIdentityFull: boolean }, print: Print): Promise<number> {
+  return withDatabase(config, async (query) => {
+    try {
+      await requireLogicalWal(query);
+      const tables = selectionOf(config);
+      if (config.plugin === 'pgoutput') {
+        const pub = await ensurePublication(query, { publication: config.publication, tables, operations: new OperationSelection(config.operations) });
+        print(
+          pub.created
+            ? `created publication "${config.publication}" with ${pub.added.length} table(s)`
+            : `publication "${config.publication}" exists${pub.added.length || pub.removed.length ? ` (added ${pub.added.length}, removed ${pub.removed.length})` : ''}`,
+        );
+      }
+      const slot = await ensureSlot(query, { slot: config.slot, plugin: config.plugin, database: config.database.database, mayCreate: true });
+      print(slot.created ? `created slot "${config.slot}" (${config.plugin})` : `slot "${config.slot}" exists (${slot.state.plugin})`);
+      if (opts.replicaIdentityFull) {
+        for (const t of await selectedTables(query, tables)) {
+          await query(`ALTER TABLE ${quoteIdent(t.schema)}.${quoteIdent(t.table)} REPLICA IDENTITY FULL`);
+          print(`replica identity FULL: ${t.schema}.${t.table}`);
+        }
+      }
+      return 0;
+    } catch (err) {
+      throw classifyPgError(err, 'setup');
+    }
+  });
+}
+
+export async function teardownCommand(config: Config, opts: { yes: boolean }, print: Print): Promise<number> {
+  if (!opts.yes) {
+    throw new UsageError(
+      `teardown drops slot "${config.slot}" (changes it holds that were not yet published are lost) and publication "${config.publication}". Re-run with --yes to do it.`,
+    );
+  }
+  return withDatabase(config, async (query) => {
+    print((await dropSlot(query, config.slot)) ? `dropped slot "${config.slot}"` : `slot "${config.slot}" did not exist`);
+    if (config.plugin === 'pgoutput' || (await publicationTables(query, config.publication)) !== null) {
+      print(
+        (await dropPublication(query, config.publication))
+          ? `dropped publication "${config.publication}"`
+          : `publication "${config.publication}" did not exist`,
+      );
+    }
+    return 0;
+  });
+}
+
+export interface TableStatus {
+  schema: string;
+  table: string;
+  replicaIdentity: 'default' | 'full' | 'index' | 'nothing';
+  hasPrimaryKey: boolean;
+  inPublication: boolean;
+  warning: string | null;
+}
+
+export interface StatusReport {
+  slot: {
+    name: string;
+    exists: boolean;
+    plugin: string | null;
+    active: boolean;
+    activePid: number | null;
+    confirmedFlushLsn: string | null;
+    lagBytes: number | null;
+    walStatus: string | null;
+  };
+  publication: { name: string; exists: boolean; tables: string[] };
+  tables: TableStatus[];
+}
+
+
+export async function statusReport(config: Config, query: QueryFn): Promise<StatusReport> {
+  const slot = await slotState(query, config.slot);
+  const pubTables = await publicationTables(query, config.publication);
+  const selected = await selectedTables(query, selectionOf(config));
+  const { rows } = await query<{ schema: string; table: string; ident: string; has_pk: boolean }>(
+    `SELECT n.nspname AS schema, c.relname AS table, c.relreplident AS ident,
+            EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = c.oid AND i.indisprimary) AS has_pk
+       FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+      WHERE c.relkind IN ('r', 'p')`,
+  );
+  const facts = new Map(rows.map((r) => [`${r.schema}.${r.table}`, r]));
+  const inPub = new Set((pubTables ?? []).map((t) => `${t.schema}.${t.table}`));
+  const tables = selected.map((t): TableStatus => {
+    const f = facts.get(`${t.schema}.${t.table}`)!;
+    const ident = REPLICA_IDENTITY[f.ident] ?? 'default';
+    let warning: string | null = null;
+    if (ident === 'nothing') warning = 'REPLICA IDENTITY NOTHING: updates and deletes carry no old values or key';
+    else if (ident === 'default' && !f.has_pk) warning = 'no primary key and REPLICA IDENTITY DEFAULT: updates and deletes carry no old values or key';
+    else if (ident !== 'full') warning = `REPLICA IDENTITY ${ident.toUpperCase()}: "old" holds only key columns; "changed" is null and unchanged TOASTed values are missing from "new" (setup --replica-identity-full fixes this)`;
+    return { schema: t.schema, table: t.table, replicaIdentity: ident, hasPrimaryKey: f.has_pk, inPublication: inPub.has(`${t.schema}.${t.table}`), warning };
+  });
+  return {
+    slot: {
+      name: config.slot,
+      exists: slot.exists,
+      plugin: slot.plugin ?? null,
+      active: slot.active ?? false,
+      activePid: slot.activePid ?? null,
+      confirmedFlushLsn: slot.confirmedFlushLsn ?? null,
+      lagBytes: slot.lagBytes == null ? null : Number(slot.lagBytes),
+      walStatus: slot.walStatus ?? null,
+    },
+    publication: { name: config.publication, exists: pubTables !== null, tables: [...inPub] },
+    tables,
+  };
+}
+
+export async function statusCommand(config: Config, opts: { json: boolean }, print: Print): Promise<number> {
+  return withDatabase(config, async (query) => {
+    const report = await statusReport(config, query);
+    if (opts.json) {
+      print(JSON.stringify(report, null, 2));
+      return 0;
+    }
+    const s = report.slot;
+    print(`slot         ${s.name}: ${s.exists ? `exists, plugin ${s.plugin}, ${s.active ? `active (pid ${s.activePid})` : 'inactive'}` : 'MISSING (run "pgwarren setup")'}`);
+    if (s.exists) {
+      print(`  confirmed  ${s.confirmedFlushLsn ?? '-'}`);
+      print(`  lag        ${s.lagBytes == null ? '-' : formatBytes(s.lagBytes)}`);
+      print(`  wal_status ${s.walStatus ?? '-'}`);
+    }
+    const p = report.publication;
+    if (config.plugin === 'pgoutput') {
+      print(`publication  ${p.name}: ${p.exists ? `${p.tables.length} table(s)` : 'MISSING (run "pgwarren setup")'}`);
+    }
+    print(`tables       ${report.tables.length} selected`);
+    for (const t of report.tables) {
+      const pub = config.plugin === 'pgoutput' && !t.inPublication ? ' (not in publication)' : '';
+      print(`  ${t.schema}.${t.table}  replica identity ${t.replicaIdentity}${pub}${t.warning ? `\n    warning: ${t.warning}` : ''}`);
+    }
+    return 0;
+  });
+}
+
+function formatBytes(n: number): string {
+  const units = ['B', 'KiB', 'MiB', 'GiB', 'TiB'];
+  let i = 0;
+  let v = n;
+  while (v >= 1024 && i < units.length - 1) {
+    v /= 1024;
+    i++;
+  }
+  return `${i === 0 ? v : v.toFixed(1)} ${units[i]}`;
+}

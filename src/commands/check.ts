@@ -1,0 +1,165 @@
+/**
+ * `pgwarren check`: every prerequisite, each printed ok/fail with the fix. Exit 0 only when all
+ * pass, 3 otherwise. Side-effect free except a temporary slot used to prove wal2json is loadable
+ * (temporary slots vanish with the session).
+ */
+import amqp from 'amqplib';
+import type { Config } from '../config/load.js';
+import { redactUrl } from '../config/load.js';
+import { OperationSelection, TableSelection } from '../filter/selection.js';
+import { publicationTables, selectedTables, slotState } from '../source/slot-admin.js';
+import type { QueryFn } from '../source/pg-query.js';
+import { withDatabase, type Print } from './admin.js';
+import { errorText } from '../sink/amqp-sink.js';
+
+interface CheckResult {
+  name: string;
+  ok: boolean;
+  detail: string;
+  fix?: string;
+}
+
+export async function checkCommand(config: Config, opts: { json: boolean }, print: Print): Promise<number> {
+  const results: CheckResult[] = [];
+  const add = (r: CheckResult) => results.push(r);
+  try {
+    await withDatabase(config, (query) => postgresChecks(config, query, add));
+  } catch (err) {
+    add({ name: 'postgres connection', ok: false, detail: errorText(err), fix: 'Check PGWARREN_DATABASE_URL (or DATABASE_URL / PG* variables) and that Postgres accepts the connection.' });
+  }
+  await brokerChecks(config, add);
+  if (opts.json) print(JSON.stringify({ ok: results.every((r) => r.ok), checks: results }, null, 2));
+  else {
+    for (const r of results) {
+      print(`${r.ok ? 'ok  ' : 'FAIL'}  ${r.name}: ${r.detail}`);
+      if (!r.ok && r.fix) print(`      fix: ${r.fix}`);
+    }
+  }
+  return results.every((r) => r.ok) ? 0 : 3;
+}
+
+async function postgresChecks(config: Config, query: QueryFn, add: (r: CheckResult) => void): Promise<void> {
+  add({ name: 'postgres connection', ok: true, detail: 'connected' });
+  const settings = await query<{ name: string; setting: string }>(
+    `SELECT name, setting FROM pg_settings WHERE name IN ('wal_level', 'max_replication_slots', 'max_wal_senders')`,
+  );
+  const s = Object.fromEntries(settings.rows.map((r) => [r.name, r.setting]));
+  add({
+    name: 'wal_level',
+    ok: s.wal_level === 'logical',
+    detail: `wal_level = ${s.wal_level}`,
+    fix: 'ALTER SYSTEM SET wal_level = logical; then restart Postgres.',
+  });
+  const used = await query<{ n: number }>('SELECT count(*)::int AS n FROM pg_replication_slots');
+  const slot = await slotState(query, config.slot);
+  const freeSlots = Number(s.max_replication_slots) - used.rows[0]!.n;
+  add({
+    name: 'replication slots',
+    ok: slot.exists || freeSlots > 0,
+    detail: `max_replication_slots = ${s.max_replication_slots}, ${used.rows[0]!.n} used; max_wal_senders = ${s.max_wal_senders}`,
+    fix: 'Raise max_replication_slots (and max_wal_senders) in postgresql.conf and restart, or drop unused slots.',
+  });
+  const role = await query<{ rolname: string; rolreplication: boolean; rolsuper: boolean }>(
+    'SELECT rolname, rolreplication, rolsuper FROM pg_roles WHERE rolname = current_user',
+  );
+  const r = role.rows[0]!;
+  add({
+    name: 'REPLICATION privilege',
+    ok: r.rolreplication || r.rolsuper,
+    detail: `role ${r.rolname}${r.rolsuper ? ' is superuser' : r.rolreplication ? ' has REPLICATION' : ' lacks REPLICATION'}`,
+    fix: `ALTER ROLE ${r.rolname} WITH REPLICATION;`,
+  });
+  const tables = await selectedTables(query, new TableSelection(config.tables, config.excludeTables));
+  const unreadable: string[] = [];
+  for (const t of tables) {
+    const p = await query<{ ok: boolean }>('SELECT has_table_privilege(format($1, $2::text, $3::text), \'SELECT\') AS ok', ['%I.%I', t.schema, t.table]);
+    if (!p.rows[0]!.ok) unreadable.push(`${t.schema}.${t.table}`);
+  }
+  add({
+    name: 'SELECT on tables',
+    ok: unreadable.length === 0,
+    detail: unreadable.length === 0 ? `${tables.length} selected table(s) readable` : `no SELECT on ${unreadable.join(', ')}`,
+    fix: `GRANT SELECT ON ${unreadable.join(', ') || '<tables>'} TO ${r.rolname};`,
+  });
+  if (slot.exists) {
+    add({
+      name: 'slot',
+      ok: slot.plugin === config.plugin && slot.walStatus !== 'lost' && slot.database === config.database.database,
+      detail: `"${config.slot}" exists, plugin ${slot.plugin}, database ${slot.database}, wal_status ${slot.walStatus}${slot.active ? `, in use by pid ${slot.activePid}` : ''}`,
+      fix:
+        slot.walStatus === 'lost'
+          ? 'The slot was invalidated: re-sync consumers, then "pgwarren teardown --yes" and "pgwarren setup".'
+          : `Set PGWARREN_PLUGIN=${slot.plugin} or choose another PGWARREN_SLOT.`,
+    });
+  } else {
+    add({ name: 'slot', ok: true, detail: `"${config.slot}" does not exist yet; run or setup creates it` });
+    if (config.plugin === 'wal2json') await pluginCheck(query, add);
+  }
+  if (config.plugin === 'pgoutput') {
+    const pub = await publicationTables(query, config.publication);
+    const ops = new OperationSelection(config.operations);
+    if (pub === null) {
+      add({ name: 'publication', ok: true, detail: `"${config.publication}" does not exist yet; run or setup creates it (needs table ownership)` });
+    } else {
+      const want = new Set(tables.map((t) => `${t.schema}.${t.table}`));
+      const have = new Set(pub.map((t) => `${t.schema}.${t.table}`));
+      const missing = [...want].filter((t) => !have.has(t));
+      add({
+        name: 'publication',
+        ok: missing.length === 0,
+        detail: missing.length === 0 ? `"${config.publication}" covers the ${want.size} selected table(s)` : `"${config.publication}" lacks ${missing.join(', ')}`,
+        fix: `Run "pgwarren setup" as the tables' owner (publishes ${ops.publishParameter()}).`,
+      });
+    }
+  }
+}
+
+async function pluginCheck(query: QueryFn, add: (r: CheckResult) => void): Promise<void> {
+  const name = `pgwarren_check_${process.pid}`;
+  try {
+    await query("SET statement_timeout = '10s'");
+    await query('SELECT pg_create_logical_replication_slot($1, $2, true)', [name, 'wal2json']);
+    await query('SELECT pg_drop_replication_slot($1)', [name]);
+    add({ name: 'output plugin', ok: true, detail: 'wal2json loads' });
+  } catch (err) {
+    add({ name: 'output plugin', ok: false, detail: `wal2json: ${errorText(err)}`, fix: 'Install wal2json on the Postgres server (Debian: apt-get install postgresql-15-wal2json) or use PGWARREN_PLUGIN=pgoutput.' });
+  }
+}
+
+async function brokerChecks(config: Config, add: (r: CheckResult) => void): Promise<void> {
+  for (const url of config.amqpUrls) {
+    let model: amqp.ChannelModel | null = null;
+    try {
+      model = await amqp.connect(url);
+      model.on('error', () => undefined);
+      add({ name: 'broker', ok: true, detail: `${redactUrl(url)} reachable` });
+      const exchanges = [config.exchange, ...config.rules.flatMap((r) => (r.exchange ? [r.exchange] : []))];
+      for (const exchange of new Set(exchanges)) add(await exchangeCheck(model, exchange, config.exchangeType));
+    } catch (err) {
+      add({ name: 'broker', ok: false, detail: `${redactUrl(url)}: ${errorText(err)}`, fix: 'Check PGWARREN_AMQP_URL, credentials and that RabbitMQ is running.' });
+    } finally {
+      await model?.close().catch(() => undefined);
+    }
+  }
+}
+
+async function exchangeCheck(model: amqp.ChannelModel, exchange: string, type: string): Promise<CheckResult> {
+  const probe = async (fn: (ch: amqp.Channel) => Promise<unknown>) => {
+    const ch = await model.createChannel();
+    ch.on('error', () => undefined);
+    try {
+      await fn(ch);
+      return null;
+    } catch (err) {
+      return err;
+    } finally {
+      await ch.close().catch(() => undefined);
+    }
+  };
+  const missing = await probe((ch) => ch.checkExchange(exchange));
+  if (missing) return { name: `exchange ${exchange}`, ok: true, detail: 'does not exist yet; run declares it' };
+  const mismatch = await probe((ch) => ch.assertExchange(exchange, type, { durable: true }));
+  return mismatch
+    ? { name: `exchange ${exchange}`, ok: false, detail: `exists but is not a durable ${type} exchange: ${errorText(mismatch)}`, fix: `Delete the exchange or set PGWARREN_EXCHANGE_TYPE to its type.` }
+    : { name: `exchange ${exchange}`, ok: true, detail: `durable ${type} exchange` };
+}

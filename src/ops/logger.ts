@@ -1,0 +1,23 @@
+/**
+ * pino JSON lines for machines; pretty lines when a person watches a terminal. Every component
+ * gets a child logger named for its role, so one grep finds one subsystem.
+ */
+import { pino, type Logger, type LevelWithSilent } from 'pino';
+
+export type { Logger };
+
+export function createLogger(level: LevelWithSilent, options: { pretty?: boolean } = {}): Logger {
+  const pretty = options.pretty ?? (process.stdout.isTTY === true && !process.env.CI);
+  if (pretty) {
+    try {
+      return pino({
+        level,
+        base: undefined,
+        transport: { target: 'pino-pretty', options: { colorize: true, translateTime: 'SYS:HH:MM:ss.l', ignore: 'pid,hostname' } },
+      });
+    } catch {
+      // pino-pretty is optional at run time; plain JSON is always available.
+    }
+  }
+  return pino({ level, base: { pid: process.pid }, timestamp: pino.stdTimeFunctions.isoTime });
+}

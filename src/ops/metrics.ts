@@ -1,0 +1,83 @@
+/**
+ * Every metric pgwarren exports, in one registry per process (tests create their own). Names and
+ * labels are part of the contract (CONTRACT §7).
+ */
+import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
+
+export class Metrics {
+  readonly registry = new Registry();
+
+  readonly eventsPublished = new Counter({
+    name: 'pgwarren_events_published_total',
+    help: 'Events the broker confirmed, by table (schema.table) and operation.',
+    labelNames: ['table', 'op'] as const,
+    registers: [this.registry],
+  });
+  readonly eventsFiltered = new Counter({
+    name: 'pgwarren_events_filtered_total',
+    help: 'Changes read from the slot and not published, by reason (table, operation, flood).',
+    labelNames: ['reason'] as const,
+    registers: [this.registry],
+  });
+  readonly floodTransactions = new Counter({
+    name: 'pgwarren_flood_transactions_total',
+    help: 'Transactions in which at least one table flooded (threshold or marker).',
+    registers: [this.registry],
+  });
+  readonly commitToConfirm = new Histogram({
+    name: 'pgwarren_commit_to_confirm_seconds',
+    help: 'Seconds from a transaction committing in Postgres to the broker confirming its last message.',
+    buckets: [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300],
+    registers: [this.registry],
+  });
+  /** Read at scrape time from `inflightSource`, so the hot path pays nothing for it. */
+  readonly inflight: Gauge = new Gauge({
+    name: 'pgwarren_inflight_messages',
+    help: 'Messages published to the broker and not yet confirmed.',
+    registers: [this.registry],
+    collect: (): void => this.inflight.set(this.inflightSource()),
+  });
+  inflightSource: () => number = () => 0;
+  private readonly publishedChildren = new Map<string, { inc(n?: number): void }>();
+
+  /** A confirmed event; the labelled child is cached because label hashing per event is costly. */
+  published(table: string, op: string): void {
+    const key = `${table}\u0000${op}`;
+    let child = this.publishedChildren.get(key);
+    if (!child) {
+      child = this.eventsPublished.labels(table, op);
+      this.publishedChildren.set(key, child);
+    }
+    child.inc();
+  }
+  readonly slotLagBytes = new Gauge({
+    name: 'pgwarren_slot_lag_bytes',
+    help: "Bytes of WAL between the server's current position and the slot's confirmed position.",
+    registers: [this.registry],
+  });
+  readonly reconnects = new Counter({
+    name: 'pgwarren_reconnects_total',
+    help: 'Sessions ended by a failure of one side, by target (postgres, rabbitmq).',
+    labelNames: ['target'] as const,
+    registers: [this.registry],
+  });
+  readonly unroutable = new Counter({
+    name: 'pgwarren_unroutable_total',
+    help: 'Messages the broker returned because no queue was bound for their routing key.',
+    registers: [this.registry],
+  });
+  readonly confirmedLsn = new Gauge({
+    name: 'pgwarren_confirmed_lsn',
+    help: 'The last LSN acknowledged to Postgres, as a number (for rate() and alerting on a stall).',
+    registers: [this.registry],
+  });
+  readonly streaming = new Gauge({
+    name: 'pgwarren_streaming',
+    help: '1 while a session streams from the slot to the broker, else 0.',
+    registers: [this.registry],
+  });
+
+  constructor(options: { processMetrics?: boolean } = {}) {
+    if (options.processMetrics ?? true) collectDefaultMetrics({ register: this.registry, prefix: 'pgwarren_' });
+  }
+}
