@@ -1,0 +1,200 @@
+#!/usr/bin/env node
+/**
+ * `npm test` after the build: starts a private Postgres cluster with wal_level=logical on a free
+ * port (the machine's own cluster is left alone), checks RabbitMQ, runs the tests with node's test
+ * runner, then removes the cluster and fails the run if the tests left processes, queues or
+ * exchanges behind.
+ *
+ * Usage: node scripts/test.mjs [test files or directories...] [--node-test-flags...]
+ * Without paths: every *.test.ts under test/unit, then under test/integration.
+ */
+import { spawn, spawnSync } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
+import { existsSync, readdirSync, statSync } from 'node:fs';
+import { join, relative, resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import amqp from 'amqplib';
+import { startCluster } from './pg-cluster.mjs';
+
+const root = fileURLToPath(new URL('..', import.meta.url));
+const log = (line) => process.stderr.write(`[test] ${line}\n`);
+const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+// node 20 applies --test-timeout to each test *file* as a whole, so this is a per-file hang guard.
+const FILE_TIMEOUT_MS = 600_000;
+
+function findTests(paths) {
+  const explicit = paths.length > 0;
+  const files = [];
+  const walk = (abs, named) => {
+    if (statSync(abs).isDirectory()) {
+      for (const entry of readdirSync(abs).sort()) walk(join(abs, entry), false);
+    } else if (named || abs.endsWith('.test.ts')) files.push(abs);
+  };
+  for (const p of explicit ? paths : ['test/unit', 'test/integration']) {
+    const abs = resolve(root, p);
+    if (existsSync(abs)) walk(abs, explicit);
+    else if (explicit) throw new Error(`no such test file or directory: ${p}`);
+  }
+  return files;
+}
+
+async function checkBroker(url) {
+  try {
+    const conn = await amqp.connect(url, { timeout: 5000 });
+    conn.on('error', () => {});
+    await conn.close();
+    return null;
+  } catch (err) {
+    return err.message || String(err);
+  }
+}
+
+/** This run's queues and exchanges still on the broker; null when rabbitmqctl cannot tell. */
+function brokerLeftovers(amqpUrl, prefix) {
+  const vhost = decodeURIComponent(new URL(amqpUrl).pathname.slice(1)) || '/';
+  const list = (what) => {
+    const r = spawnSync('rabbitmqctl', [`list_${what}`, '-p', vhost, '-q', '--no-table-headers', 'name'], { encoding: 'utf8', timeout: 60_000 });
+    if (r.status !== 0) return null;
+    return r.stdout.split('\n').map((s) => s.trim()).filter((s) => s.startsWith(prefix));
+  };
+  const queues = list('queues');
+  const exchanges = list('exchanges');
+  return queues && exchanges ? { queues, exchanges } : null;
+}
+
+async function deleteBrokerObjects(amqpUrl, { queues, exchanges }) {
+  const conn = await amqp.connect(amqpUrl);
+  conn.on('error', () => {});
+  for (const [kind, names] of [['queue', queues], ['exchange', exchanges]]) {
+    for (const name of names) {
+      const ch = await conn.createChannel();
+      ch.on('error', () => {});
+      await (kind === 'queue' ? ch.deleteQueue(name) : ch.deleteExchange(name)).catch((e) => log(`could not delete ${kind} ${name}: ${e.message}`));
+      await ch.close().catch(() => {});
+    }
+  }
+  await conn.close();
+}
+
+/** Processes still in a process group, as "pid command" lines. */
+function groupMembers(pgid) {
+  const r = spawnSync('ps', ['-eo', 'pid=,pgid=,args='], { encoding: 'utf8' });
+  return (r.stdout || '')
+    .split('\n')
+    .map((l) => l.trim().split(/\s+/))
+    .filter((f) => f.length >= 3 && Number(f[1]) === pgid)
+    .map((f) => `${f[0]} ${f.slice(2).join(' ')}`);
+}
+
+function killGroup(pgid, signal) {
+  try {
+    process.kill(-pgid, signal);
+  } catch {
+    /* group already empty */
+  }
+}
+
+async function main() {
+  const args = process.argv.slice(2);
+  const nodeFlags = args.filter((a) => a.startsWith('--'));
+  let files;
+  try {
+    files = findTests(args.filter((a) => !a.startsWith('--')));
+  } catch (err) {
+    log(err.message);
+    return 2;
+  }
+  if (files.length === 0) {
+    log('no test files found');
+    return 2;
+  }
+
+  const amqpUrl = process.env.PGWARREN_TEST_AMQP_URL || process.env.AMQP_URL || 'amqp://guest:guest@127.0.0.1:5672';
+  const brokerError = await checkBroker(amqpUrl);
+  if (brokerError) {
+    log(`RabbitMQ is not reachable at ${new URL(amqpUrl).host} (${brokerError}).`);
+    log('Start it with `rabbitmq-server -detached && rabbitmqctl await_startup`, or point AMQP_URL at a running broker.');
+    return 1;
+  }
+
+  let runner = null;
+  let interrupted = null;
+  const onSignal = (sig) => {
+    if (interrupted) return;
+    interrupted = sig;
+    log(`${sig}: stopping the tests`);
+    if (runner) {
+      killGroup(runner.pid, 'SIGTERM');
+      setTimeout(() => killGroup(runner.pid, 'SIGKILL'), 10_000).unref();
+    }
+  };
+  process.on('SIGINT', onSignal);
+  process.on('SIGTERM', onSignal);
+  process.on('SIGHUP', onSignal);
+
+  // Broker names of this run start with this, so a concurrent run's objects are never touched.
+  const runId = randomBytes(3).toString('hex');
+  const brokerPrefix = `pgwarren-test-${runId}-`;
+  let cluster = null;
+  // Whatever happens from here on, the cluster goes, even if this process is on its way out.
+  process.on('exit', () => cluster?.stop());
+  let code = 1;
+  try {
+    const t0 = Date.now();
+    cluster = await startCluster();
+    const { port, bindir, datadir, wal2json } = cluster;
+    log(`private Postgres ${bindir} on 127.0.0.1:${port} ready in ${Date.now() - t0} ms; wal2json ${wal2json ? 'available' : 'missing: its tests are skipped'}; run ${runId}`);
+    if (interrupted) throw new Error(`interrupted by ${interrupted}`);
+
+    const env = {
+      ...process.env,
+      PGWARREN_TEST_PG_URL: cluster.url,
+      PGWARREN_TEST_PG_BINDIR: bindir,
+      PGWARREN_TEST_PG_DATADIR: datadir,
+      PGWARREN_TEST_AMQP_URL: amqpUrl,
+      PGWARREN_TEST_WAL2JSON: wal2json ? '1' : '0',
+      PGWARREN_TEST_RUN: runId,
+    };
+    const argv = ['--import', 'tsx', '--test', '--test-concurrency=1', `--test-timeout=${FILE_TIMEOUT_MS}`, ...nodeFlags, ...files];
+    log(`node --test ${files.map((f) => relative(root, f)).join(' ')}`);
+    // Its own process group: afterwards, whatever the tests started and left running can be found and ended.
+    runner = spawn(process.execPath, argv, { cwd: root, env, stdio: 'inherit', detached: true });
+    code = await new Promise((done) => runner.on('exit', (c, signal) => done(c ?? (signal ? 1 : 0))));
+
+    let left = groupMembers(runner.pid);
+    for (let i = 0; i < 20 && left.length > 0; i++) {
+      await sleep(100); // a test process's helpers (esbuild) may still be on their way out
+      left = groupMembers(runner.pid);
+    }
+    if (left.length > 0) {
+      log(`the tests left processes running (killing them):\n  ${left.join('\n  ')}`);
+      killGroup(runner.pid, 'SIGKILL');
+      code = code || 1;
+    }
+  } catch (err) {
+    log(`setup failed: ${err.message}`);
+    code = 1;
+  } finally {
+    cluster?.stop();
+    cluster = null;
+  }
+
+  const left = brokerLeftovers(amqpUrl, brokerPrefix);
+  if (!left) {
+    log('rabbitmqctl is not usable here: leftover queues and exchanges were not checked');
+  } else if (left.queues.length > 0 || left.exchanges.length > 0) {
+    log(`the tests left RabbitMQ objects behind (deleting them): queues ${left.queues.join(', ') || '-'}; exchanges ${left.exchanges.join(', ') || '-'}`);
+    await deleteBrokerObjects(amqpUrl, left).catch((e) => log(`broker cleanup failed: ${e.message}`));
+    code = code || 1;
+  }
+  if (interrupted) code = 128 + ({ SIGHUP: 1, SIGINT: 2, SIGTERM: 15 }[interrupted] ?? 0);
+  return code;
+}
+
+main().then(
+  (code) => process.exit(code),
+  (err) => {
+    log(err.stack || String(err));
+    process.exit(1);
+  },
+);

@@ -1,0 +1,115 @@
+/**
+ * The one-shot commands and exit codes (CONTRACT §2, §8) against real Postgres and RabbitMQ.
+ */
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { createTestDatabase, slotInfo } from '../support/pg.js';
+import { createTestBroker } from '../support/amqp.js';
+import { runCli, start } from '../support/daemon.js';
+import { testEnv, uniqueName } from '../support/env.js';
+
+async function setupFixture(prefix: string) {
+  const db = await createTestDatabase(prefix);
+  await db.query('CREATE TABLE orders (id int PRIMARY KEY, note text)');
+  await db.query('CREATE TABLE logs (line text)');
+  await db.query('CREATE SCHEMA audit');
+  await db.query('CREATE TABLE audit.events (id int PRIMARY KEY)');
+  const slot = uniqueName(prefix);
+  const env = { PGWARREN_DATABASE_URL: db.url, PGWARREN_AMQP_URL: testEnv().amqpUrl, PGWARREN_SLOT: slot, PGWARREN_PUBLICATION: slot };
+  return { db, slot, env };
+}
+
+test('setup is idempotent, status reports it, teardown needs --yes', async (t) => {
+  const { db, slot, env } = await setupFixture('cmds');
+  t.after(() => db.drop());
+  const first = await runCli(['setup', '--tables', 'public.*'], env);
+  assert.equal(first.code, 0, first.stderr);
+  assert.match(first.stdout, /created publication .* with 2 table\(s\)/);
+  assert.match(first.stdout, /created slot/);
+  const again = await runCli(['setup', '--tables', 'public.*'], env);
+  assert.equal(again.code, 0, again.stderr);
+  assert.match(again.stdout, /publication .* exists/);
+  assert.match(again.stdout, /slot .* exists/);
+  const pubTables = await db.query("SELECT schemaname || '.' || tablename AS t FROM pg_publication_tables WHERE pubname = $1 ORDER BY 1", [slot]);
+  assert.deepEqual(pubTables.rows.map((r) => r.t), ['public.logs', 'public.orders']);
+
+  const status = await runCli(['status', '--json', '--tables', 'public.*'], env);
+  assert.equal(status.code, 0, status.stderr);
+  const report = JSON.parse(status.stdout);
+  assert.equal(report.slot.exists, true);
+  assert.equal(report.slot.plugin, 'pgoutput');
+  assert.equal(report.slot.active, false);
+  assert.match(report.slot.confirmedFlushLsn, /^[0-9A-F]+\/[0-9A-F]+$/);
+  assert.equal(typeof report.slot.lagBytes, 'number');
+  assert.deepEqual(report.publication.tables.sort(), ['public.logs', 'public.orders']);
+  const logs = report.tables.find((x: { table: string }) => x.table === 'logs');
+  assert.match(logs.warning, /no primary key/);
+  const human = await runCli(['status', '--tables', 'public.*'], env);
+  assert.match(human.stdout, /slot +.*exists, plugin pgoutput/);
+  assert.match(human.stdout, /warning: .*no primary key/);
+
+  const refused = await runCli(['teardown'], env);
+  assert.equal(refused.code, 2);
+  assert.match(refused.stderr, /--yes/);
+  assert.ok(await slotInfo(db.name, slot), 'nothing dropped without --yes');
+  const down = await runCli(['teardown', '--yes'], env);
+  assert.equal(down.code, 0, down.stderr);
+  assert.equal(await slotInfo(db.name, slot), undefined);
+  assert.equal((await db.query('SELECT 1 FROM pg_publication WHERE pubname = $1', [slot])).rowCount, 0);
+});
+
+test('setup --replica-identity-full sets FULL on every included table', async (t) => {
+  const { db, env } = await setupFixture('ident');
+  t.after(() => db.drop());
+  const r = await runCli(['setup', '--replica-identity-full', '--exclude-tables', 'audit.*'], env);
+  assert.equal(r.code, 0, r.stderr);
+  const { rows } = await db.query(
+    "SELECT n.nspname || '.' || c.relname AS t, c.relreplident AS ident FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.relkind = 'r' AND n.nspname IN ('public', 'audit') ORDER BY 1",
+  );
+  assert.deepEqual(rows, [{ t: 'audit.events', ident: 'd' }, { t: 'public.logs', ident: 'f' }, { t: 'public.orders', ident: 'f' }]);
+  await runCli(['teardown', '--yes'], env);
+});
+
+test('bad configuration exits 2 before connecting, naming every problem, without a stack trace', async () => {
+  const r = await runCli(['run'], { PGWARREN_DATABASE_URL: 'postgres://nobody@127.0.0.1:1/x', PGWARREN_FLOOD_ACTION: 'boom', PGWARREN_HTTP_PORT: 'abc' });
+  assert.equal(r.code, 2);
+  assert.match(r.stderr, /PGWARREN_FLOOD_ACTION/);
+  assert.match(r.stderr, /PGWARREN_HTTP_PORT/);
+  assert.ok(!/\n\s+at /.test(r.stderr), `no stack trace:\n${r.stderr}`);
+  const usage = await runCli(['run', '--frobnicate'], {});
+  assert.equal(usage.code, 2);
+  assert.match(usage.stderr, /frobnicate/);
+});
+
+test('a slot made by another plugin is a prerequisite failure: exit 3 with the fix', async (t) => {
+  const { db, slot, env } = await setupFixture('plugin');
+  t.after(() => db.drop());
+  await db.query("SELECT pg_create_logical_replication_slot($1, 'test_decoding')", [slot]);
+  const broker = await createTestBroker('plugin');
+  t.after(() => broker.cleanup());
+  const daemon = await start({ ...env, PGWARREN_EXCHANGE: broker.exchange });
+  const exit = await daemon.exited;
+  assert.equal(exit.code, 3);
+  assert.match(daemon.output(), /created with plugin test_decoding/);
+  assert.ok(await slotInfo(db.name, slot), 'run never drops a slot');
+});
+
+test('check: every prerequisite ok/fail; exit 0 when all pass, 3 otherwise', async (t) => {
+  const { db, env } = await setupFixture('check');
+  t.after(() => db.drop());
+  const broker = await createTestBroker('check');
+  t.after(() => broker.cleanup());
+  const ok = await runCli(['check'], { ...env, PGWARREN_EXCHANGE: broker.exchange });
+  assert.equal(ok.code, 0, ok.stdout + ok.stderr);
+  for (const name of ['wal_level', 'REPLICATION privilege', 'SELECT on tables', 'slot', 'publication', 'broker']) {
+    assert.match(ok.stdout, new RegExp(`ok +${name}`), `${name} checked:\n${ok.stdout}`);
+  }
+  // An existing exchange of another type cannot be used.
+  await broker.declareExchange(broker.exchange, 'fanout');
+  const bad = await runCli(['check', '--json'], { ...env, PGWARREN_EXCHANGE: broker.exchange });
+  assert.equal(bad.code, 3);
+  const report = JSON.parse(bad.stdout);
+  const exchange = report.checks.find((c: { name: string }) => c.name.startsWith('exchange'));
+  assert.equal(exchange.ok, false);
+  assert.match(exchange.fix, /PGWARREN_EXCHANGE_TYPE/);
+});

@@ -1,0 +1,211 @@
+/**
+ * Table and operation selection, tables created or altered while streaming, and per-table rules
+ * from the config file, through real Postgres and RabbitMQ.
+ */
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { mkdtempSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { createTestDatabase, type TestDatabase } from '../support/pg.js';
+import { createTestBroker, type TestBroker } from '../support/amqp.js';
+import { start, type Daemon } from '../support/daemon.js';
+import { testEnv, uniqueName } from '../support/env.js';
+import { sleep } from '../support/wait.js';
+
+interface Ctx {
+  db: TestDatabase;
+  broker: TestBroker;
+  slot: string;
+  env: Record<string, string>;
+}
+
+async function context(t: { after: (fn: () => Promise<unknown>) => void }, prefix: string, env: Record<string, string> = {}): Promise<Ctx> {
+  const db = await createTestDatabase(prefix);
+  t.after(() => db.drop());
+  const broker = await createTestBroker(prefix);
+  t.after(() => broker.cleanup());
+  await broker.declareExchange(broker.exchange, 'topic');
+  const slot = uniqueName(prefix);
+  return {
+    db,
+    broker,
+    slot,
+    env: {
+      PGWARREN_DATABASE_URL: db.url,
+      PGWARREN_AMQP_URL: testEnv().amqpUrl,
+      PGWARREN_SLOT: slot,
+      PGWARREN_PUBLICATION: slot,
+      PGWARREN_EXCHANGE: broker.exchange,
+      ...env,
+    },
+  };
+}
+
+async function run(t: { after: (fn: () => Promise<unknown>) => void }, env: Record<string, string>): Promise<Daemon> {
+  const d = await start(env);
+  t.after(() => d.stop());
+  await d.waitReady(30_000);
+  return d;
+}
+
+const seen = (bodies: any[]) => bodies.map((b) => `${b.schema}.${b.table}:${b.op}`);
+
+test('table globs, exclusions and operations decide what is published, and what the publication holds', async (t) => {
+  const c = await context(t, 'sel', { PGWARREN_TABLES: 'public.*,sales.orders', PGWARREN_EXCLUDE_TABLES: 'public.secret*', PGWARREN_OPERATIONS: 'insert,delete' });
+  await c.db.query('CREATE SCHEMA sales');
+  await c.db.query('CREATE TABLE public.a (id int PRIMARY KEY)');
+  await c.db.query('CREATE TABLE public.secrets (id int PRIMARY KEY)');
+  await c.db.query('CREATE TABLE sales.orders (id int PRIMARY KEY, v int)');
+  await c.db.query('CREATE TABLE sales.other (id int PRIMARY KEY)');
+  const q = await c.broker.bindQueue('#');
+  await run(t, c.env);
+  const pub = await c.db.query("SELECT schemaname || '.' || tablename AS t FROM pg_publication_tables WHERE pubname = $1 ORDER BY 1", [c.slot]);
+  assert.deepEqual(pub.rows.map((r) => r.t), ['public.a', 'sales.orders']);
+  const ops = await c.db.query('SELECT pubinsert, pubupdate, pubdelete, pubtruncate FROM pg_publication WHERE pubname = $1', [c.slot]);
+  assert.deepEqual(ops.rows[0], { pubinsert: true, pubupdate: false, pubdelete: true, pubtruncate: false });
+
+  await c.db.query('INSERT INTO public.a VALUES (1)');
+  await c.db.query('INSERT INTO public.secrets VALUES (1)');
+  await c.db.query('INSERT INTO sales.orders VALUES (1, 1)');
+  await c.db.query('UPDATE sales.orders SET v = 2');
+  await c.db.query('INSERT INTO sales.other VALUES (1)');
+  await c.db.query('DELETE FROM sales.orders');
+  await c.db.query('TRUNCATE public.a');
+  await c.db.query('INSERT INTO public.a VALUES (2)');
+  await q.waitForCount(4, 20_000);
+  await sleep(500);
+  assert.deepEqual(seen(q.bodies()), ['public.a:insert', 'sales.orders:insert', 'sales.orders:delete', 'public.a:insert']);
+});
+
+test('a table created while streaming joins the publication without a restart', async (t) => {
+  const c = await context(t, 'newtab', { PGWARREN_TABLES: 'public.*', PGWARREN_PUBLICATION_SYNC_INTERVAL: '1' });
+  await c.db.query('CREATE TABLE public.first (id int PRIMARY KEY)');
+  const q = await c.broker.bindQueue('#');
+  const daemon = await run(t, c.env);
+  await c.db.query('CREATE TABLE public.later (id int PRIMARY KEY, note text)');
+  await daemon.waitForLog((l) => l.msg === 'publication updated' && JSON.stringify(l.added).includes('public.later'), 20_000);
+  await c.db.query("INSERT INTO public.later VALUES (1, 'picked up')");
+  await q.waitForCount(1, 20_000);
+  assert.equal(q.messages[0]!.body.table, 'later');
+  assert.deepEqual(q.messages[0]!.body.new, { id: 1, note: 'picked up' });
+});
+
+test('columns added, dropped, renamed or retyped mid-stream give correct events before and after', async (t) => {
+  const c = await context(t, 'ddl');
+  await c.db.query('CREATE TABLE t (id int PRIMARY KEY, a text, b int)');
+  const q = await c.broker.bindQueue('#');
+  await run(t, c.env);
+  await c.db.query("INSERT INTO t VALUES (1, 'x', 10)");
+  await c.db.query('ALTER TABLE t ADD COLUMN c boolean DEFAULT true');
+  await c.db.query("INSERT INTO t VALUES (2, 'y', 20, false)");
+  await c.db.query('ALTER TABLE t DROP COLUMN a');
+  await c.db.query('INSERT INTO t VALUES (3, 30, true)');
+  await c.db.query('ALTER TABLE t RENAME COLUMN b TO bee');
+  await c.db.query('INSERT INTO t VALUES (4, 40, NULL)');
+  await c.db.query('ALTER TABLE t ALTER COLUMN bee TYPE bigint');
+  await c.db.query('INSERT INTO t VALUES (5, 9007199254740993, true)');
+  await c.db.query('UPDATE t SET bee = bee + 1 WHERE id = 5');
+  await q.waitForCount(6, 20_000);
+  assert.deepEqual(
+    q.bodies().map((b) => b.new),
+    [
+      { id: 1, a: 'x', b: 10 },
+      { id: 2, a: 'y', b: 20, c: false },
+      { id: 3, b: 30, c: true },
+      { id: 4, bee: 40, c: null },
+      { id: 5, bee: '9007199254740993', c: true },
+      { id: 5, bee: '9007199254740994', c: true },
+    ],
+  );
+});
+
+test('per-table rules: routing key and exchange, excluded columns, message TTL, flood threshold', async (t) => {
+  const c = await context(t, 'rules', { PGWARREN_FLOOD_THRESHOLD: '0' });
+  const usersExchange = uniqueName('rules-users', 'amqp');
+  await c.broker.declareExchange(usersExchange, 'topic');
+  const dir = mkdtempSync(join(tmpdir(), 'pgwarren-rules-'));
+  const file = join(dir, 'rules.yaml');
+  writeFileSync(
+    file,
+    [
+      'rules:',
+      '  - match: public.users',
+      `    exchange: ${usersExchange}`,
+      '    routing-key: "users.{op}"',
+      '    exclude-columns: [password_hash]',
+      '    ttl: 60000',
+      '  - match: public.events',
+      '    flood-threshold: 3',
+    ].join('\n'),
+  );
+  await c.db.query('CREATE TABLE users (id int PRIMARY KEY, email text, password_hash text)');
+  await c.db.query('CREATE TABLE events (id int PRIMARY KEY)');
+  await c.db.query('CREATE TABLE other (id int PRIMARY KEY)');
+  const users = await c.broker.bindQueue('users.*', usersExchange);
+  const main = await c.broker.bindQueue('#');
+  await run(t, { ...c.env, PGWARREN_CONFIG: file });
+  await c.db.query("INSERT INTO users VALUES (1, 'a@example.com', 'secret-hash')");
+  await c.db.query("UPDATE users SET password_hash = 'other-secret' WHERE id = 1");
+  await c.db.query('INSERT INTO events SELECT g FROM generate_series(1, 5) g'); // over its own threshold
+  await c.db.query('INSERT INTO other SELECT g FROM generate_series(1, 5) g'); // global threshold 0: no flood
+  await users.waitForCount(2, 20_000);
+  await main.waitForCount(6, 20_000);
+  await sleep(300);
+  const [ins] = users.messages;
+  assert.equal(ins!.fields.routingKey, 'users.insert');
+  assert.deepEqual(ins!.body.new, { id: 1, email: 'a@example.com' });
+  assert.equal(ins!.properties.expiration, '60000');
+  assert.ok(!users.messages.some((m) => m.content.toString().includes('secret')), 'excluded columns never leave the process');
+  assert.deepEqual(seen(main.bodies()), ['public.events:bulk', 'public.other:insert', 'public.other:insert', 'public.other:insert', 'public.other:insert', 'public.other:insert']);
+  assert.equal(main.messages[1]!.properties.expiration, undefined, 'no TTL without a rule');
+});
+
+test('status warns for tables whose replica identity makes old values partial', async (t) => {
+  const c = await context(t, 'ident');
+  await c.db.query('CREATE TABLE full_t (id int PRIMARY KEY)');
+  await c.db.query('ALTER TABLE full_t REPLICA IDENTITY FULL');
+  await c.db.query('CREATE TABLE default_t (id int PRIMARY KEY)');
+  await c.db.query('CREATE TABLE nothing_t (id int PRIMARY KEY)');
+  await c.db.query('ALTER TABLE nothing_t REPLICA IDENTITY NOTHING');
+  const { runCli } = await import('../support/daemon.js');
+  const r = await runCli(['status', '--json'], c.env);
+  assert.equal(r.code, 0, r.stderr);
+  const tables = Object.fromEntries(JSON.parse(r.stdout).tables.map((x: { table: string; warning: string | null }) => [x.table, x.warning]));
+  assert.equal(tables.full_t, null);
+  assert.match(tables.default_t, /only key columns/);
+  assert.match(tables.nothing_t, /NOTHING/);
+});
+
+// Replica identity semantics per kind, pgoutput (the wal2json parity test holds the other plugin to the same).
+test('replica identity DEFAULT, FULL, USING INDEX and a key change: key, old and changed as the contract says', async (t) => {
+  const c = await context(t, 'ri');
+  await c.db.query('CREATE TABLE d (id int PRIMARY KEY, v text)');
+  await c.db.query('CREATE TABLE f (id int PRIMARY KEY, v text, w text)');
+  await c.db.query('ALTER TABLE f REPLICA IDENTITY FULL');
+  await c.db.query('CREATE TABLE i (id int PRIMARY KEY, code text NOT NULL, v text)');
+  await c.db.query('CREATE UNIQUE INDEX i_code ON i (code)');
+  await c.db.query('ALTER TABLE i REPLICA IDENTITY USING INDEX i_code');
+  const q = await c.broker.bindQueue('#');
+  await run(t, c.env);
+  await c.db.query("INSERT INTO d VALUES (1, 'a'); UPDATE d SET v = 'b'; UPDATE d SET id = 2; DELETE FROM d");
+  await c.db.query("INSERT INTO f VALUES (1, 'a', 'x'); UPDATE f SET v = 'b'; DELETE FROM f");
+  await c.db.query("INSERT INTO i VALUES (1, 'c1', 'a'); UPDATE i SET v = 'b'; UPDATE i SET code = 'c2'; DELETE FROM i");
+  await q.waitForCount(11, 20_000);
+  const pick = (b: any) => ({ op: b.op, key: b.key, old: b.old, changed: b.changed });
+  const byTable = (name: string) => q.bodies().filter((b) => b.table === name).slice(1).map(pick);
+  assert.deepEqual(byTable('d'), [
+    { op: 'update', key: { id: 1 }, old: null, changed: null },
+    { op: 'update', key: { id: 2 }, old: { id: 1 }, changed: null },
+    { op: 'delete', key: { id: 2 }, old: { id: 2 }, changed: null },
+  ]);
+  assert.deepEqual(byTable('f'), [
+    { op: 'update', key: { id: 1 }, old: { id: 1, v: 'a', w: 'x' }, changed: ['v'] },
+    { op: 'delete', key: { id: 1 }, old: { id: 1, v: 'b', w: 'x' }, changed: null },
+  ]);
+  assert.deepEqual(byTable('i'), [
+    { op: 'update', key: { id: 1 }, old: null, changed: null },
+    { op: 'update', key: { id: 1 }, old: { code: 'c1' }, changed: null },
+    { op: 'delete', key: { code: 'c2' }, old: { code: 'c2' }, changed: null },
+  ]);
+});

@@ -1,0 +1,89 @@
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { FloodGuard, type FloodAction } from '../../src/filter/flood-guard.js';
+
+type Op = 'insert' | 'update' | 'delete';
+interface Row { table: string; op: Op | 'truncate' }
+
+/** Feeds a transaction through the guard the way the pipeline does; returns what went where. */
+function run(action: FloodAction, rows: Row[], opts: { threshold?: number; buffer?: number; markerAt?: number; plan?: Map<string, 'threshold' | 'marker'> } = {}) {
+  const guard = new FloodGuard<string>({ action, thresholdFor: () => opts.threshold ?? 3, bufferEvents: opts.buffer ?? 100 });
+  guard.begin(opts.plan ? { commitLsn: 1n, flooded: opts.plan } : null);
+  const published: string[] = [];
+  const diverted: string[] = [];
+  rows.forEach((r, seq) => {
+    if (opts.markerAt === seq) diverted.push(...guard.markMarker());
+    const event = `${r.table}:${seq}`;
+    const v = r.op === 'truncate' ? { now: guard.truncate(), divert: [] } : guard.row('s', r.table, r.op, seq);
+    diverted.push(...v.divert);
+    if (v.now === 'hold') guard.keep(event, r.op === 'truncate' ? null : `s.${r.table}`);
+    else if (v.now === 'publish') published.push(event);
+    else if (v.now === 'divert') diverted.push(event);
+  });
+  const result = guard.commit(1n);
+  return { published: [...published, ...result.publish], diverted, flooded: result.flooded, replan: result.replan };
+}
+
+const rows = (table: string, n: number, op: Op = 'update'): Row[] => Array.from({ length: n }, () => ({ table, op }));
+
+test('below the threshold everything is published in order at commit', () => {
+  const r = run('summarize', [...rows('a', 3), ...rows('b', 2)]);
+  assert.deepEqual(r.published, ['a:0', 'a:1', 'a:2', 'b:3', 'b:4']);
+  assert.deepEqual(r.flooded, []);
+});
+
+test('summarize: a table over the threshold loses its rows, others keep theirs and their order', () => {
+  const r = run('summarize', [{ table: 'b', op: 'insert' }, ...rows('a', 5), { table: 'b', op: 'delete' }]);
+  assert.deepEqual(r.published, ['b:0', 'b:6']);
+  assert.equal(r.flooded.length, 1);
+  assert.deepEqual(r.flooded[0], { schema: 's', table: 'a', counts: { insert: 0, update: 5, delete: 0, firstSeq: 1 }, reason: 'threshold' });
+});
+
+test('counts are per operation and the threshold is on their sum', () => {
+  const r = run('drop', [{ table: 'a', op: 'insert' }, { table: 'a', op: 'update' }, { table: 'a', op: 'delete' }, { table: 'a', op: 'delete' }]);
+  assert.deepEqual(r.published, []);
+  assert.deepEqual(r.flooded[0]!.counts, { insert: 1, update: 1, delete: 2, firstSeq: 0 });
+});
+
+test('divert sends the flooded table\'s rows, held ones included, to the flood side in order', () => {
+  const r = run('divert', [...rows('a', 2), { table: 'b', op: 'insert' }, ...rows('a', 3)]);
+  assert.deepEqual(r.diverted, ['a:0', 'a:1', 'a:3', 'a:4', 'a:5']);
+  assert.deepEqual(r.published, ['b:2']);
+});
+
+test('pass publishes everything at once but still reports the flood', () => {
+  const r = run('pass', rows('a', 5));
+  assert.deepEqual(r.published, ['a:0', 'a:1', 'a:2', 'a:3', 'a:4']);
+  assert.equal(r.flooded[0]!.reason, 'threshold');
+});
+
+test('the marker floods every table whatever its count, even rows before it; threshold 0 keeps the marker', () => {
+  const r = run('summarize', [{ table: 'a', op: 'insert' }, { table: 'b', op: 'insert' }, { table: 'b', op: 'update' }], { markerAt: 2, threshold: 0 });
+  assert.deepEqual(r.published, []);
+  assert.deepEqual(r.flooded.map((f) => [f.table, f.reason]), [['a', 'marker'], ['b', 'marker']]);
+});
+
+test('threshold 0 disables counting', () => {
+  const r = run('summarize', rows('a', 50), { threshold: 0 });
+  assert.equal(r.published.length, 50);
+  assert.deepEqual(r.flooded, []);
+});
+
+test('truncates are never part of a flood and keep their place', () => {
+  const r = run('summarize', [{ table: 'a', op: 'truncate' }, ...rows('a', 4), { table: 'b', op: 'truncate' }]);
+  assert.deepEqual(r.published, ['a:0', 'b:5']);
+  assert.deepEqual(r.flooded[0]!.counts, { insert: 0, update: 4, delete: 0, firstSeq: 1 });
+});
+
+test('outgrowing the buffer publishes nothing and asks for a second read with the verdict', () => {
+  const many = [...rows('a', 3), ...rows('b', 3), ...rows('c', 3), ...rows('d', 5)];
+  const r = run('summarize', many, { buffer: 4 });
+  assert.deepEqual(r.published, []);
+  assert.ok(r.replan);
+  assert.deepEqual([...r.replan!.flooded], [['s.d', 'threshold']]);
+  // The second read publishes at once (nothing held) and floods only what the plan says.
+  const second = run('summarize', many, { buffer: 4, plan: new Map(r.replan!.flooded) });
+  assert.equal(second.replan, null);
+  assert.deepEqual(second.published, many.slice(0, 9).map((row, i) => `${row.table}:${i}`));
+  assert.deepEqual(second.flooded.map((f) => [f.table, f.counts.update]), [['d', 5]]);
+});
