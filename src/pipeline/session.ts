@@ -22,7 +22,7 @@ import { EventBuilder } from '../events/envelope.js';
 import { Router, type RouteRule } from '../events/router.js';
 import { OperationSelection, TableSelection } from '../filter/selection.js';
 import { queryFn } from '../source/pg-query.js';
-import { RelationCatalog } from '../source/relation-catalog.js';
+import { RelationCatalog, hasPartitions } from '../source/relation-catalog.js';
 import { TypeCatalog } from '../source/type-catalog.js';
 import { ensurePublication, ensureSlot, requireLogicalWal } from '../source/slot-admin.js';
 import { ReplicationStream } from '../source/replication-stream.js';
@@ -205,7 +205,10 @@ export class Session {
     const source: SourceInfo = { name: 'pgwarren', db: settings.database, slot: settings.slot, plugin: settings.plugin };
     const relations = new RelationCatalog(query);
     const types = new TypeCatalog(query);
-    const decoder = this.decoder(relations, types);
+    // wal2json names a partition's changes after the leaf, so its table filters (which would see
+    // leaf names) are only pushed down while the database has no partitions.
+    const pushdown = settings.plugin === 'wal2json' && !(await this.pg(() => hasPartitions(query), 'looking for partitions'));
+    const decoder = this.decoder(relations, types, pushdown);
     const excludedColumns = ruleLookup(settings.rules, (r) => (r.excludeColumns ? new Set(r.excludeColumns) : undefined), new Set<string>());
     const builder = new EventBuilder(source, types, excludedColumns);
     const checkpoint = new Checkpoint(slot.state.confirmedFlushLsn ? parseLsn(slot.state.confirmedFlushLsn) : 0n);
@@ -268,19 +271,33 @@ export class Session {
     const ticker = setInterval(() => void this.report(checkpoint, false), 1000);
     // Tables created later that match the selection join the publication without a restart.
     // (Rows written to a new table before it joins are not in the slot: see README.)
+    // With wal2json table filters pushed down, the first partition to appear makes them wrong
+    // (wal2json would filter it by the leaf's name): restart the stream without them.
+    let partitionsAppeared = (): void => undefined;
+    const repartitioned = new Promise<void>((resolve) => (partitionsAppeared = resolve));
+    const syncEveryMs = settings.publicationSyncSeconds * 1000;
     const syncer =
-      settings.plugin === 'pgoutput' && settings.publicationSyncSeconds > 0
-        ? new PeriodicTask(syncPublication, settings.publicationSyncSeconds * 1000, log, 'publication sync')
-        : null;
+      syncEveryMs <= 0
+        ? null
+        : settings.plugin === 'pgoutput'
+          ? new PeriodicTask(syncPublication, syncEveryMs, log, 'publication sync')
+          : pushdown
+            ? new PeriodicTask(async () => void ((await hasPartitions(query)) && partitionsAppeared()), syncEveryMs, log, 'partition check')
+            : null;
     try {
       const outcome = await Promise.race([
         stream.ended.then((reason) => ({ kind: 'stream' as const, reason })),
         sink.failed.then((reason) => ({ kind: 'sink' as const, reason })),
         this.stopSignal.then(() => ({ kind: 'stop' as const })),
+        repartitioned.then(() => ({ kind: 'repartitioned' as const })),
       ]);
       if (outcome.kind === 'stop') {
         await this.drain(checkpoint, pipeline);
         return 'stopped';
+      }
+      if (outcome.kind === 'repartitioned') {
+        await this.drain(checkpoint, pipeline);
+        throw new SessionFailure('postgres', new Error('a partitioned table appeared: restarting the wal2json stream without table filters'));
       }
       if (this.stopRequested) return 'stopped';
       if (outcome.kind === 'stream' && outcome.reason instanceof ReplanRequest) {
@@ -300,12 +317,12 @@ export class Session {
     }
   }
 
-  private decoder(relations: RelationCatalog, types: TypeCatalog): Decoder<unknown> {
+  private decoder(relations: RelationCatalog, types: TypeCatalog, pushTablesDown: boolean): Decoder<unknown> {
     const s = this.settings;
     if (s.plugin === 'pgoutput') return new PgoutputDecoder(s.publication, relations) as Decoder<unknown>;
     // Push the selection into wal2json where its syntax allows; the pipeline filters again.
-    const add = s.tables.length > 0 ? wal2jsonTableFilter(s.tables) : null;
-    const exclude = wal2jsonTableFilter(s.excludeTables);
+    const add = pushTablesDown && s.tables.length > 0 ? wal2jsonTableFilter(s.tables) : null;
+    const exclude = pushTablesDown ? wal2jsonTableFilter(s.excludeTables) : null;
     return new Wal2jsonDecoder(relations, types, {
       addTables: add,
       // Without add-tables, filter-tables only narrows; with an unusable include list, skip both.

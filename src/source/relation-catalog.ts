@@ -24,6 +24,11 @@ export interface TableFacts {
   readonly columns: readonly { name: string; typeOid: number; typeMod: number }[];
   /** Stored generated columns, which wal2json sends and pgoutput does not. */
   readonly generated: readonly string[];
+  /**
+   * For a partition, the top of its partition tree. The publication publishes via the root, so
+   * pgoutput names the root; wal2json names the leaf and is mapped back with this.
+   */
+  readonly partitionRoot: { readonly schema: string; readonly table: string } | null;
 }
 
 const FACTS_SQL = `
@@ -43,7 +48,10 @@ SELECT c.oid::int8 AS oid, n.nspname AS schema, c.relname AS table, c.relreplide
      WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated = ''), '[]') AS columns,
   coalesce((SELECT array_agg(a.attname::text ORDER BY a.attnum)
      FROM pg_attribute a
-     WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated <> ''), '{}') AS generated
+     WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated <> ''), '{}') AS generated,
+  (SELECT json_build_object('schema', rn.nspname, 'table', r.relname)
+     FROM pg_class r JOIN pg_namespace rn ON rn.oid = r.relnamespace
+     WHERE c.relispartition AND r.oid = pg_partition_root(c.oid)) AS root
 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace`;
 
 interface FactsRow {
@@ -55,6 +63,7 @@ interface FactsRow {
   ri: string[];
   columns: { name: string; typeOid: number; typeMod: number }[];
   generated: string[];
+  root: { schema: string; table: string } | null;
 }
 
 function toFacts(row: FactsRow): TableFacts {
@@ -67,6 +76,7 @@ function toFacts(row: FactsRow): TableFacts {
     identityIndex: row.ri,
     columns: row.columns,
     generated: row.generated,
+    partitionRoot: row.root,
   };
 }
 
@@ -98,6 +108,12 @@ export class RelationCatalog {
     this.byName.set(`${facts.schema}.${facts.table}`, facts);
     return facts;
   }
+}
+
+/** True when the database has partitions (whose changes wal2json reports under the leaf's name). */
+export async function hasPartitions(query: QueryFn): Promise<boolean> {
+  const { rows } = await query<{ yes: boolean }>('SELECT EXISTS (SELECT 1 FROM pg_class WHERE relispartition) AS yes');
+  return rows[0]?.yes === true;
 }
 
 /** The event `key`: primary key, else the replica identity index, else none. */

@@ -166,14 +166,22 @@ export class Wal2jsonDecoder implements Decoder<W2jAction> {
     const signature = `${schema}.${table}|${sent.map((c) => `${c.name}:${asNumber(c.typeoid)}`).join(',')}`;
     const cached = this.relations.get(signature);
     if (cached) return cached;
-    let facts = this.catalog.cachedByName(schema, table);
-    if (!facts || sent.some((c) => !facts!.columns.some((k) => k.name === c.name) && !facts!.generated.includes(c.name))) {
-      facts = (await this.catalog.refreshByName(schema, table)) ?? facts;
-    }
-    const rel = buildRelation(schema, table, sent, facts);
+    const leaf = await this.facts(schema, table, sent);
+    // A partition's change is reported as its root's, as pgoutput does with publish_via_partition_root.
+    const root = leaf?.partitionRoot;
+    const rel = root
+      ? buildRelation(root.schema, root.table, sent, await this.facts(root.schema, root.table, sent))
+      : buildRelation(schema, table, sent, leaf);
     if (this.relations.size > 10_000) this.relations.clear();
     this.relations.set(signature, rel);
     return rel;
+  }
+
+  /** Catalog facts, re-read when wal2json sent a column the cached facts do not know. */
+  private async facts(schema: string, table: string, sent: readonly W2jColumn[]): Promise<TableFacts | undefined> {
+    const facts = this.catalog.cachedByName(schema, table);
+    if (facts && sent.every((c) => facts.columns.some((k) => k.name === c.name) || facts.generated.includes(c.name))) return facts;
+    return (await this.catalog.refreshByName(schema, table)) ?? facts;
   }
 }
 
