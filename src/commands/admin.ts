@@ -5,7 +5,7 @@
 import pg from 'pg';
 import type { Config } from '../config/load.js';
 import { PrerequisiteError, UsageError, classifyPgError } from '../errors.js';
-import { OperationSelection, TableSelection } from '../filter/selection.js';
+import { OperationSelection, TableSelection, excludedColumnsLookup } from '../filter/selection.js';
 import { quoteIdent } from '../source/decoder.js';
 import { queryFn, type QueryFn } from '../source/pg-query.js';
 import {
@@ -48,21 +48,29 @@ export async function setupCommand(config: Config, opts: { replicaIdentityFull: 
       await requireLogicalWal(query);
       const tables = selectionOf(config);
       if (config.plugin === 'pgoutput') {
-        const pub = await ensurePublication(query, { publication: config.publication, tables, operations: new OperationSelection(config.operations) });
+        const pub = await ensurePublication(query, {
+          publication: config.publication,
+          tables,
+          operations: new OperationSelection(config.operations),
+          // Postgres refuses UPDATE/DELETE where a column list does not cover the replica identity:
+          // with FULL coming, publish every column before the identity changes.
+          excludedColumns: opts.replicaIdentityFull ? undefined : excludedColumnsLookup(config.rules),
+        });
         print(
           pub.created
             ? `created publication "${config.publication}" with ${pub.added.length} table(s)`
-            : `publication "${config.publication}" exists${pub.added.length || pub.removed.length ? ` (added ${pub.added.length}, removed ${pub.removed.length})` : ''}`,
+            : `publication "${config.publication}" exists${pub.added.length || pub.removed.length || pub.recolumned.length ? ` (added ${pub.added.length}, removed ${pub.removed.length}, column lists changed ${pub.recolumned.length})` : ''}`,
         );
+        for (const t of pub.notes) print(`note: ${t.schema}.${t.table}: excluded columns are left out of events but still sent by Postgres (${t.note})`);
       }
-      const slot = await ensureSlot(query, { slot: config.slot, plugin: config.plugin, database: config.database.database, mayCreate: true });
-      print(slot.created ? `created slot "${config.slot}" (${config.plugin})` : `slot "${config.slot}" exists (${slot.state.plugin})`);
       if (opts.replicaIdentityFull) {
         for (const t of await selectedTables(query, tables)) {
           await query(`ALTER TABLE ${quoteIdent(t.schema)}.${quoteIdent(t.table)} REPLICA IDENTITY FULL`);
           print(`replica identity FULL: ${t.schema}.${t.table}`);
         }
       }
+      const slot = await ensureSlot(query, { slot: config.slot, plugin: config.plugin, database: config.database.database, mayCreate: true });
+      print(slot.created ? `created slot "${config.slot}" (${config.plugin})` : `slot "${config.slot}" exists (${slot.state.plugin})`);
       return 0;
     } catch (err) {
       throw classifyPgError(err, 'setup');

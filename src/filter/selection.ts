@@ -68,3 +68,26 @@ export class OperationSelection {
     return OPS.filter((op) => this.ops.has(op)).join(', ');
   }
 }
+
+/**
+ * The value of the first per-table rule that matches `schema.table` and sets it (rules are tried in
+ * order), else `fallback`. Answers are cached per table.
+ */
+export function ruleLookup<R extends { match: string }, V>(rules: readonly R[], pick: (r: R) => V | undefined, fallback: V): (schema: string, table: string) => V {
+  const cache = new Map<string, V>();
+  const compiled = rules.filter((r) => pick(r) !== undefined).map((r) => ({ sel: new TableSelection([r.match], []), value: pick(r)! }));
+  return (schema, table) => {
+    const key = `${schema}.${table}`;
+    let v = cache.get(key);
+    if (v === undefined) {
+      v = compiled.find((c) => c.sel.includes(schema, table))?.value ?? fallback;
+      cache.set(key, v);
+    }
+    return v;
+  };
+}
+
+/** Per table, the columns its rules leave out of events (and, where safe, out of the publication). */
+export function excludedColumnsLookup(rules: readonly { match: string; excludeColumns?: readonly string[] }[]): (schema: string, table: string) => ReadonlySet<string> {
+  return ruleLookup(rules, (r) => (r.excludeColumns ? new Set(r.excludeColumns) : undefined), new Set<string>());
+}

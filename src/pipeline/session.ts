@@ -20,7 +20,7 @@ import { Pipeline, ReplanRequest } from './pipeline.js';
 import type { FloodAction, TxPlan } from '../filter/flood-guard.js';
 import { EventBuilder } from '../events/envelope.js';
 import { Router, type RouteRule } from '../events/router.js';
-import { OperationSelection, TableSelection } from '../filter/selection.js';
+import { OperationSelection, TableSelection, excludedColumnsLookup, ruleLookup } from '../filter/selection.js';
 import { queryFn } from '../source/pg-query.js';
 import { RelationCatalog, hasPartitions } from '../source/relation-catalog.js';
 import { TypeCatalog } from '../source/type-catalog.js';
@@ -156,14 +156,28 @@ export class Session {
     }
     const tables = new TableSelection(settings.tables, settings.excludeTables);
     const operations = new OperationSelection(settings.operations);
+    const excludedColumns = excludedColumnsLookup(settings.rules);
+    let firstSync = true;
     const syncPublication = async () => {
-      const pub = await ensurePublication(query, { publication: settings.publication, tables, operations });
-      if (pub.created || pub.added.length || pub.removed.length) {
+      const pub = await ensurePublication(query, { publication: settings.publication, tables, operations, excludedColumns });
+      if (pub.created || pub.added.length || pub.removed.length || pub.recolumned.length) {
         log.info(
-          { publication: settings.publication, created: pub.created, added: pub.added.map(nameOf), removed: pub.removed.map(nameOf) },
+          {
+            publication: settings.publication,
+            created: pub.created,
+            added: pub.added.map(nameOf),
+            removed: pub.removed.map(nameOf),
+            columnLists: pub.recolumned.map((t) => ({ table: nameOf(t), columns: t.columns ?? 'all' })),
+          },
           'publication updated',
         );
       }
+      if (firstSync) {
+        for (const t of pub.notes) {
+          log.info({ table: nameOf(t), reason: t.note }, `excluded columns of ${nameOf(t)} are left out of events but still sent by Postgres: ${t.note}`);
+        }
+      }
+      firstSync = false;
     };
     if (settings.plugin === 'pgoutput') await this.pg(syncPublication, 'syncing the publication');
     if (this.stopRequested) return 'stopped';
@@ -209,7 +223,6 @@ export class Session {
     // leaf names) are only pushed down while the database has no partitions.
     const pushdown = settings.plugin === 'wal2json' && !(await this.pg(() => hasPartitions(query), 'looking for partitions'));
     const decoder = this.decoder(relations, types, pushdown);
-    const excludedColumns = ruleLookup(settings.rules, (r) => (r.excludeColumns ? new Set(r.excludeColumns) : undefined), new Set<string>());
     const builder = new EventBuilder(source, types, excludedColumns);
     const checkpoint = new Checkpoint(slot.state.confirmedFlushLsn ? parseLsn(slot.state.confirmedFlushLsn) : 0n);
     opts.metrics.inflightSource = () => checkpoint.outstanding();
@@ -388,17 +401,3 @@ export class Session {
 const nameOf = (t: { schema: string; table: string }) => `${t.schema}.${t.table}`;
 
 /** Per-table value from the first rule whose glob matches and sets it, else the default. */
-function ruleLookup<R extends { match: string }, V>(rules: readonly R[], pick: (r: R) => V | undefined, fallback: V): (schema: string, table: string) => V {
-  const cache = new Map<string, V>();
-  const compiled = rules.filter((r) => pick(r) !== undefined).map((r) => ({ sel: new TableSelection([r.match], []), value: pick(r)! }));
-  return (schema, table) => {
-    const key = `${schema}.${table}`;
-    let v = cache.get(key);
-    if (v === undefined) {
-      v = compiled.find((c) => c.sel.includes(schema, table))?.value ?? fallback;
-      cache.set(key, v);
-    }
-    return v;
-  };
-}
-

@@ -153,34 +153,122 @@ export async function publicationTables(query: QueryFn, publication: string): Pr
 }
 
 const tableRef = (t: TableName) => `${quoteIdent(t.schema)}.${quoteIdent(t.table)}`;
+const keyOf = (t: TableName) => `${t.schema}.${t.table}`;
+
+/** Columns to leave out of a table's events (per-table rules); empty when none. */
+export type ExcludedColumns = (schema: string, table: string) => ReadonlySet<string>;
+
+/**
+ * A table in the publication: `columns` is its column list, or null for every column.
+ * `note` says why excluded columns could not be left out of the publication (the daemon still
+ * leaves them out of events).
+ */
+export interface PublishedTable extends TableName {
+  readonly columns: readonly string[] | null;
+  readonly note?: string;
+}
+
+/**
+ * Each wanted table with the column list that keeps its excluded columns inside Postgres. Postgres
+ * refuses UPDATE and DELETE on a table whose published column list does not cover its replica
+ * identity, so a list is only used where it provably does: never for REPLICA IDENTITY FULL, never
+ * when an excluded column is part of the identity, never for partitioned tables (each partition
+ * has its own identity), and only on Postgres 15+.
+ */
+async function withColumnLists(query: QueryFn, tables: readonly TableName[], excluded: ExcludedColumns | undefined): Promise<PublishedTable[]> {
+  const wanting = tables.filter((t) => excluded && excluded(t.schema, t.table).size > 0);
+  if (wanting.length === 0) return tables.map((t) => ({ ...t, columns: null }));
+  const version = await query<{ v: string }>("SELECT current_setting('server_version_num') AS v");
+  const supported = Number(version.rows[0]?.v ?? 0) >= 150000;
+  const { rows } = await query<{ schema: string; table: string; kind: string; ident: string; columns: string[]; identity: string[] }>(
+    `SELECT n.nspname AS schema, c.relname AS table, c.relkind AS kind, c.relreplident AS ident,
+            ARRAY(SELECT a.attname::text FROM pg_attribute a
+                   WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated = ''
+                   ORDER BY a.attnum) AS columns,
+            ARRAY(SELECT a.attname::text FROM pg_index i JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY (i.indkey::int2[])
+                   WHERE i.indrelid = c.oid AND CASE c.relreplident WHEN 'd' THEN i.indisprimary WHEN 'i' THEN i.indisreplident ELSE false END) AS identity
+       FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+      WHERE (n.nspname, c.relname) IN (SELECT * FROM unnest($1::text[], $2::text[]))`,
+    [wanting.map((t) => t.schema), wanting.map((t) => t.table)],
+  );
+  const facts = new Map(rows.map((r) => [keyOf(r), r]));
+  return tables.map((t): PublishedTable => {
+    const drop = excluded ? excluded(t.schema, t.table) : new Set<string>();
+    const f = facts.get(keyOf(t));
+    if (drop.size === 0 || !f) return { ...t, columns: null };
+    const whole = (note: string): PublishedTable => ({ ...t, columns: null, note });
+    if (!supported) return whole('publication column lists need Postgres 15');
+    if (f.kind === 'p') return whole('partitioned tables keep every column in the publication');
+    if (f.ident === 'f') return whole('REPLICA IDENTITY FULL publishes every column');
+    const inIdentity = f.identity.filter((c) => drop.has(c));
+    if (inIdentity.length > 0) return whole(`${inIdentity.join(', ')} belongs to the replica identity`);
+    const columns = f.columns.filter((c) => !drop.has(c));
+    if (columns.length === f.columns.length) return { ...t, columns: null };
+    if (columns.length === 0) return whole('every column is excluded');
+    return { ...t, columns };
+  });
+}
+
+const publishedRef = (t: PublishedTable) => `${tableRef(t)}${t.columns ? ` (${t.columns.map(quoteIdent).join(', ')})` : ''}`;
+const sameColumns = (a: readonly string[] | null, b: readonly string[] | null) =>
+  a === null || b === null ? a === b : a.length === b.length && a.every((c) => b.includes(c));
+
+/** The publication's tables and their column lists (null: every column); null when it does not exist. */
+async function publicationContents(query: QueryFn, publication: string): Promise<{ allTables: boolean; tables: PublishedTable[] } | null> {
+  const exists = await query<{ puballtables: boolean }>('SELECT puballtables FROM pg_publication WHERE pubname = $1', [publication]);
+  if (exists.rows.length === 0) return null;
+  const { rows } = await query<{ schema: string; table: string; columns: string[] | null }>(
+    `SELECT n.nspname AS schema, c.relname AS table,
+            CASE WHEN pr.prattrs IS NULL THEN NULL
+                 ELSE ARRAY(SELECT a.attname::text FROM pg_attribute a
+                             WHERE a.attrelid = pr.prrelid AND a.attnum = ANY (pr.prattrs::int2[]) ORDER BY a.attnum) END AS columns
+       FROM pg_publication p JOIN pg_publication_rel pr ON pr.prpubid = p.oid
+       JOIN pg_class c ON c.oid = pr.prrelid JOIN pg_namespace n ON n.oid = c.relnamespace
+      WHERE p.pubname = $1 ORDER BY 1, 2`,
+    [publication],
+  );
+  return { allTables: exists.rows[0]!.puballtables, tables: rows };
+}
+
+export interface PublicationChange {
+  readonly created: boolean;
+  readonly added: PublishedTable[];
+  readonly removed: TableName[];
+  /** Tables already in the publication whose column list changed. */
+  readonly recolumned: PublishedTable[];
+  /** Tables whose excluded columns Postgres still sends, and why. */
+  readonly notes: PublishedTable[];
+}
 
 /**
  * Create the publication for the selected tables, or bring an existing one in step: add tables
- * that now match, remove ones that no longer do. Returns what changed.
+ * that now match, remove ones that no longer do, and keep each table's column list equal to its
+ * columns minus the excluded ones (so a column added later is published too). Returns what changed.
  */
 export async function ensurePublication(
   query: QueryFn,
-  opts: { publication: string; tables: TableSelection; operations: OperationSelection },
-): Promise<{ created: boolean; added: TableName[]; removed: TableName[] }> {
-  const wanted = await selectedTables(query, opts.tables);
-  const current = await publicationTables(query, opts.publication);
+  opts: { publication: string; tables: TableSelection; operations: OperationSelection; excludedColumns?: ExcludedColumns },
+): Promise<PublicationChange> {
   const pub = quoteIdent(opts.publication);
   const doing = `managing publication "${opts.publication}"`;
   const withClause = `WITH (publish = '${opts.operations.publishParameter()}', publish_via_partition_root = true)`;
   try {
+    const wanted = await withColumnLists(query, await selectedTables(query, opts.tables), opts.excludedColumns);
+    const notes = wanted.filter((t) => t.note);
+    const current = await publicationContents(query, opts.publication);
     if (current === null) {
-      const forClause = wanted.length > 0 ? ` FOR TABLE ${wanted.map(tableRef).join(', ')}` : '';
+      const forClause = wanted.length > 0 ? ` FOR TABLE ${wanted.map(publishedRef).join(', ')}` : '';
       try {
         await query(`CREATE PUBLICATION ${pub}${forClause} ${withClause}`);
       } catch (err) {
         if (sqlState(err) !== '42710') throw err; // someone else created it meanwhile
         return ensurePublication(query, opts);
       }
-      return { created: true, added: wanted, removed: [] };
+      return { created: true, added: wanted, removed: [], recolumned: [], notes };
     }
     // Alter only what differs: a role that may read but not own the publication can still run.
-    const settings = await query<{ puballtables: boolean; ops: string; pubviaroot: boolean }>(
-      `SELECT puballtables, pubviaroot,
+    const settings = await query<{ ops: string; pubviaroot: boolean }>(
+      `SELECT pubviaroot,
               concat_ws(', ', CASE WHEN pubinsert THEN 'insert' END, CASE WHEN pubupdate THEN 'update' END,
                               CASE WHEN pubdelete THEN 'delete' END, CASE WHEN pubtruncate THEN 'truncate' END) AS ops
          FROM pg_publication WHERE pubname = $1`,
@@ -190,15 +278,19 @@ export async function ensurePublication(
     if (row.ops !== opts.operations.publishParameter() || !row.pubviaroot) {
       await query(`ALTER PUBLICATION ${pub} SET (publish = '${opts.operations.publishParameter()}', publish_via_partition_root = true)`);
     }
-    if (row.puballtables) return { created: false, added: [], removed: [] };
-    const key = (t: TableName) => `${t.schema}.${t.table}`;
-    const have = new Set(current.map(key));
-    const want = new Set(wanted.map(key));
-    const added = wanted.filter((t) => !have.has(key(t)));
-    const removed = current.filter((t) => !want.has(key(t)));
-    if (added.length > 0) await query(`ALTER PUBLICATION ${pub} ADD TABLE ${added.map(tableRef).join(', ')}`);
+    if (current.allTables) return { created: false, added: [], removed: [], recolumned: [], notes: [] };
+    const have = new Map(current.tables.map((t) => [keyOf(t), t]));
+    const want = new Set(wanted.map(keyOf));
+    const added = wanted.filter((t) => !have.has(keyOf(t)));
+    const removed = current.tables.filter((t) => !want.has(keyOf(t)));
+    const recolumned = wanted.filter((t) => have.has(keyOf(t)) && !sameColumns(have.get(keyOf(t))!.columns, t.columns));
+    if (added.length > 0) await query(`ALTER PUBLICATION ${pub} ADD TABLE ${added.map(publishedRef).join(', ')}`);
     if (removed.length > 0) await query(`ALTER PUBLICATION ${pub} DROP TABLE ${removed.map(tableRef).join(', ')}`);
-    return { created: false, added, removed };
+    for (const t of recolumned) {
+      // One simple query is one transaction: no change to the table can fall between the two.
+      await query(`ALTER PUBLICATION ${pub} DROP TABLE ${tableRef(t)}; ALTER PUBLICATION ${pub} ADD TABLE ${publishedRef(t)}`);
+    }
+    return { created: false, added, removed, recolumned, notes };
   } catch (err) {
     if (sqlState(err) === '42501') {
       throw new PrerequisiteError(

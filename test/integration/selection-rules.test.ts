@@ -209,3 +209,64 @@ test('replica identity DEFAULT, FULL, USING INDEX and a key change: key, old and
     { op: 'delete', key: { code: 'c2' }, old: { code: 'c2' }, changed: null },
   ]);
 });
+
+test('excluded columns stay inside Postgres: the column list leaves them out where the replica identity allows', async (t) => {
+  const c = await context(t, 'collist', { PGWARREN_PUBLICATION_SYNC_INTERVAL: '1' });
+  const dir = mkdtempSync(join(tmpdir(), 'pgwarren-collist-'));
+  const file = join(dir, 'rules.yaml');
+  writeFileSync(
+    file,
+    [
+      'rules:',
+      '  - match: public.users',
+      '    exclude-columns: [password_hash]',
+      '  - match: public.audited',
+      '    exclude-columns: [secret]',
+      '  - match: public.keyed',
+      '    exclude-columns: [token]',
+    ].join('\n'),
+  );
+  await c.db.query('CREATE TABLE users (id int PRIMARY KEY, email text, password_hash text)');
+  await c.db.query('CREATE TABLE audited (id int PRIMARY KEY, secret text); ALTER TABLE audited REPLICA IDENTITY FULL');
+  await c.db.query('CREATE TABLE keyed (token text PRIMARY KEY, v int)');
+  const main = await c.broker.bindQueue('#');
+  const daemon = await run(t, { ...c.env, PGWARREN_CONFIG: file });
+  const columns = async (table: string) =>
+    (await c.db.query<{ attnames: string[] }>('SELECT attnames::text[] AS attnames FROM pg_publication_tables WHERE pubname = $1 AND tablename = $2', [c.slot, table])).rows[0]?.attnames;
+  assert.deepEqual(await columns('users'), ['id', 'email'], 'the secret is not in the publication');
+  // A column list must cover the replica identity, or Postgres refuses UPDATE and DELETE.
+  assert.deepEqual(await columns('audited'), ['id', 'secret'], 'REPLICA IDENTITY FULL: every column');
+  assert.deepEqual(await columns('keyed'), ['token', 'v'], 'an excluded key column: every column');
+  for (const table of ['audited', 'keyed']) {
+    assert.ok(daemon.logs.some((l) => l.table === `public.${table}` && /still sent by Postgres/.test(String(l.msg))), `${table}: says why its column stays published`);
+  }
+
+  await c.db.query("INSERT INTO users VALUES (1, 'a@example.com', 'secret-hash')");
+  await c.db.query("UPDATE users SET email = 'b@example.com', password_hash = 'other-secret' WHERE id = 1");
+  await c.db.query("INSERT INTO audited VALUES (1, 'secret-a')");
+  await c.db.query("UPDATE audited SET secret = 'secret-b' WHERE id = 1");
+  await c.db.query("INSERT INTO keyed VALUES ('secret-token', 1)");
+  await c.db.query('DELETE FROM users WHERE id = 1');
+  await main.waitForCount(6, 20_000);
+  assert.ok(!main.messages.some((m) => m.content.toString().includes('secret-hash') || m.content.toString().includes('other-secret')), 'users: secret never in an event');
+  assert.ok(!main.messages.some((m) => m.content.toString().includes('secret-a') || m.content.toString().includes('secret-b')), 'audited: secret never in an event');
+  assert.ok(!main.messages.some((m) => /"token"/.test(m.content.toString().replace(/"key":\{[^}]*\}/g, ''))), 'keyed: excluded column left out of new/old');
+  assert.deepEqual(main.bodies()[1].new, { id: 1, email: 'b@example.com' });
+
+  // A column added later is published too: the list is kept equal to "every column but the excluded".
+  await c.db.query('ALTER TABLE users ADD COLUMN nickname text');
+  await daemon.waitForLog((l) => l.msg === 'publication updated' && JSON.stringify(l.columnLists ?? []).includes('nickname'), 20_000);
+  assert.deepEqual(await columns('users'), ['id', 'email', 'nickname']);
+  await c.db.query("INSERT INTO users VALUES (2, 'c@example.com', 'secret-hash', 'cee')");
+  await main.waitForCount(7, 20_000);
+  assert.deepEqual(main.bodies()[6].new, { id: 2, email: 'c@example.com', nickname: 'cee' });
+
+  // Switching the table to REPLICA IDENTITY FULL: the list is widened to every column, so the
+  // table's UPDATEs work again (Postgres refuses them while the list does not cover the identity).
+  await c.db.query('ALTER TABLE users REPLICA IDENTITY FULL');
+  await daemon.waitForLog((l) => l.msg === 'publication updated' && JSON.stringify(l.columnLists ?? []).includes('"all"'), 20_000);
+  assert.deepEqual(await columns('users'), ['id', 'email', 'password_hash', 'nickname']);
+  await c.db.query("UPDATE users SET nickname = 'dee' WHERE id = 2");
+  await main.waitForCount(8, 20_000);
+  assert.ok(!main.messages.some((m) => m.content.toString().includes('secret-hash')), 'still never in an event');
+});
