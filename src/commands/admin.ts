@@ -12,6 +12,7 @@ import {
   dropPublication,
   dropSlot,
   ensurePublication,
+  type ExcludedColumns,
   ensureSlot,
   publicationTables,
   requireLogicalWal,
@@ -47,28 +48,31 @@ export async function setupCommand(config: Config, opts: { replicaIdentityFull: 
     try {
       await requireLogicalWal(query);
       const tables = selectionOf(config);
-      if (config.plugin === 'pgoutput') {
-        const pub = await ensurePublication(query, {
-          publication: config.publication,
-          tables,
-          operations: new OperationSelection(config.operations),
-          // Postgres refuses UPDATE/DELETE where a column list does not cover the replica identity:
-          // with FULL coming, publish every column before the identity changes.
-          excludedColumns: opts.replicaIdentityFull ? undefined : excludedColumnsLookup(config.rules),
-        });
+      const publish = async (excludedColumns: ExcludedColumns | undefined, report: boolean) => {
+        if (config.plugin !== 'pgoutput') return;
+        const pub = await ensurePublication(query, { publication: config.publication, tables, operations: new OperationSelection(config.operations), excludedColumns });
+        if (!report) return;
         print(
           pub.created
             ? `created publication "${config.publication}" with ${pub.added.length} table(s)`
             : `publication "${config.publication}" exists${pub.added.length || pub.removed.length || pub.recolumned.length ? ` (added ${pub.added.length}, removed ${pub.removed.length}, column lists changed ${pub.recolumned.length})` : ''}`,
         );
+        for (const t of pub.withoutIdentity) {
+          print(`warning: ${t.schema}.${t.table} left out of the publication: it has no primary key or replica identity, and Postgres would refuse its UPDATEs and DELETEs (add a primary key, or run setup --replica-identity-full)`);
+        }
         for (const t of pub.notes) print(`note: ${t.schema}.${t.table}: excluded columns are left out of events but still sent by Postgres (${t.note})`);
-      }
+      };
       if (opts.replicaIdentityFull) {
+        // Postgres refuses UPDATE/DELETE where a column list does not cover the replica identity:
+        // publish whole tables before the identity becomes FULL, then add the tables FULL made
+        // publishable (those that had no identity).
+        await publish(undefined, false);
         for (const t of await selectedTables(query, tables)) {
           await query(`ALTER TABLE ${quoteIdent(t.schema)}.${quoteIdent(t.table)} REPLICA IDENTITY FULL`);
           print(`replica identity FULL: ${t.schema}.${t.table}`);
         }
       }
+      await publish(excludedColumnsLookup(config.rules), true);
       const slot = await ensureSlot(query, { slot: config.slot, plugin: config.plugin, database: config.database.database, mayCreate: true });
       print(slot.created ? `created slot "${config.slot}" (${config.plugin})` : `slot "${config.slot}" exists (${slot.state.plugin})`);
       return 0;
@@ -138,8 +142,10 @@ export async function statusReport(config: Config, query: QueryFn): Promise<Stat
     const f = facts.get(`${t.schema}.${t.table}`)!;
     const ident = REPLICA_IDENTITY[f.ident] ?? 'default';
     let warning: string | null = null;
-    if (ident === 'nothing') warning = 'REPLICA IDENTITY NOTHING: updates and deletes carry no old values or key';
-    else if (ident === 'default' && !f.has_pk) warning = 'no primary key and REPLICA IDENTITY DEFAULT: updates and deletes carry no old values or key';
+    const guarded = config.operations.includes('update') || config.operations.includes('delete');
+    const unpublishable = guarded && config.plugin === 'pgoutput' ? ': not published (Postgres would refuse its UPDATEs and DELETEs); add a primary key or run setup --replica-identity-full' : ': updates and deletes carry no old values or key';
+    if (ident === 'nothing') warning = `REPLICA IDENTITY NOTHING${unpublishable}`;
+    else if (ident === 'default' && !f.has_pk) warning = `no primary key and REPLICA IDENTITY DEFAULT${unpublishable}`;
     else if (ident !== 'full') warning = `REPLICA IDENTITY ${ident.toUpperCase()}: "old" holds only key columns; "changed" is null and unchanged TOASTed values are missing from "new" (setup --replica-identity-full fixes this)`;
     return { schema: t.schema, table: t.table, replicaIdentity: ident, hasPrimaryKey: f.has_pk, inPublication: inPub.has(`${t.schema}.${t.table}`), warning };
   });

@@ -7,7 +7,7 @@ import amqp from 'amqplib';
 import type { Config } from '../config/load.js';
 import { redactUrl } from '../config/load.js';
 import { OperationSelection, TableSelection } from '../filter/selection.js';
-import { publicationTables, selectedTables, slotState } from '../source/slot-admin.js';
+import { planTables, publicationTables, selectedTables, slotState } from '../source/slot-admin.js';
 import type { QueryFn } from '../source/pg-query.js';
 import { withDatabase, type Print } from './admin.js';
 import { errorText } from '../sink/amqp-sink.js';
@@ -101,13 +101,18 @@ async function postgresChecks(config: Config, query: QueryFn, add: (r: CheckResu
     if (pub === null) {
       add({ name: 'publication', ok: true, detail: `"${config.publication}" does not exist yet; run or setup creates it (needs table ownership)` });
     } else {
-      const want = new Set(tables.map((t) => `${t.schema}.${t.table}`));
+      // Tables without a replica identity are left out on purpose (see planTables).
+      const plan = await planTables(query, tables, undefined, ops);
+      const want = new Set(plan.publish.map((t) => `${t.schema}.${t.table}`));
       const have = new Set(pub.map((t) => `${t.schema}.${t.table}`));
       const missing = [...want].filter((t) => !have.has(t));
+      const skipped = plan.withoutIdentity.map((t) => `${t.schema}.${t.table}`);
       add({
         name: 'publication',
         ok: missing.length === 0,
-        detail: missing.length === 0 ? `"${config.publication}" covers the ${want.size} selected table(s)` : `"${config.publication}" lacks ${missing.join(', ')}`,
+        detail:
+          (missing.length === 0 ? `"${config.publication}" covers the ${want.size} selected table(s)` : `"${config.publication}" lacks ${missing.join(', ')}`) +
+          (skipped.length > 0 ? `; not captured, having no primary key or replica identity: ${skipped.join(', ')}` : ''),
         fix: `Run "pgwarren setup" as the tables' owner (publishes ${ops.publishParameter()}).`,
       });
     }

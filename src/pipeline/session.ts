@@ -158,6 +158,7 @@ export class Session {
     const operations = new OperationSelection(settings.operations);
     const excludedColumns = excludedColumnsLookup(settings.rules);
     let firstSync = true;
+    let lastUnpublished = '';
     const syncPublication = async () => {
       const pub = await ensurePublication(query, { publication: settings.publication, tables, operations, excludedColumns });
       if (pub.created || pub.added.length || pub.removed.length || pub.recolumned.length) {
@@ -172,6 +173,15 @@ export class Session {
           'publication updated',
         );
       }
+      const unpublished = pub.withoutIdentity.map(nameOf).join(', ');
+      if (unpublished !== lastUnpublished && unpublished !== '') {
+        log.warn(
+          { tables: pub.withoutIdentity.map(nameOf) },
+          `left out of the publication, so their changes are not captured: ${unpublished} (no primary key or replica identity; ` +
+            `publishing them would make Postgres refuse every UPDATE and DELETE on them). Add a primary key or run ALTER TABLE ... REPLICA IDENTITY FULL`,
+        );
+      }
+      lastUnpublished = unpublished;
       if (firstSync) {
         for (const t of pub.notes) {
           log.info({ table: nameOf(t), reason: t.note }, `excluded columns of ${nameOf(t)} are left out of events but still sent by Postgres: ${t.note}`);

@@ -174,12 +174,21 @@ export interface PublishedTable extends TableName {
  * identity, so a list is only used where it provably does: never for REPLICA IDENTITY FULL, never
  * when an excluded column is part of the identity, never for partitioned tables (each partition
  * has its own identity), and only on Postgres 15+.
+ *
+ * For the same reason a table with no replica identity at all (no primary key under DEFAULT,
+ * NOTHING, or a dropped identity index) is left out when updates or deletes are published:
+ * adding it would make every UPDATE and DELETE on it fail in the application.
  */
-async function withColumnLists(query: QueryFn, tables: readonly TableName[], excluded: ExcludedColumns | undefined): Promise<PublishedTable[]> {
-  const wanting = tables.filter((t) => excluded && excluded(t.schema, t.table).size > 0);
-  if (wanting.length === 0) return tables.map((t) => ({ ...t, columns: null }));
+export async function planTables(
+  query: QueryFn,
+  tables: readonly TableName[],
+  excluded: ExcludedColumns | undefined,
+  operations: OperationSelection,
+): Promise<{ publish: PublishedTable[]; withoutIdentity: TableName[] }> {
+  const guardIdentity = operations.includes('update') || operations.includes('delete');
+  if (tables.length === 0) return { publish: [], withoutIdentity: [] };
   const version = await query<{ v: string }>("SELECT current_setting('server_version_num') AS v");
-  const supported = Number(version.rows[0]?.v ?? 0) >= 150000;
+  const listsSupported = Number(version.rows[0]?.v ?? 0) >= 150000;
   const { rows } = await query<{ schema: string; table: string; kind: string; ident: string; columns: string[]; identity: string[] }>(
     `SELECT n.nspname AS schema, c.relname AS table, c.relkind AS kind, c.relreplident AS ident,
             ARRAY(SELECT a.attname::text FROM pg_attribute a
@@ -189,24 +198,31 @@ async function withColumnLists(query: QueryFn, tables: readonly TableName[], exc
                    WHERE i.indrelid = c.oid AND CASE c.relreplident WHEN 'd' THEN i.indisprimary WHEN 'i' THEN i.indisreplident ELSE false END) AS identity
        FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
       WHERE (n.nspname, c.relname) IN (SELECT * FROM unnest($1::text[], $2::text[]))`,
-    [wanting.map((t) => t.schema), wanting.map((t) => t.table)],
+    [tables.map((t) => t.schema), tables.map((t) => t.table)],
   );
   const facts = new Map(rows.map((r) => [keyOf(r), r]));
-  return tables.map((t): PublishedTable => {
-    const drop = excluded ? excluded(t.schema, t.table) : new Set<string>();
+  const publish: PublishedTable[] = [];
+  const withoutIdentity: TableName[] = [];
+  for (const t of tables) {
     const f = facts.get(keyOf(t));
-    if (drop.size === 0 || !f) return { ...t, columns: null };
-    const whole = (note: string): PublishedTable => ({ ...t, columns: null, note });
-    if (!supported) return whole('publication column lists need Postgres 15');
-    if (f.kind === 'p') return whole('partitioned tables keep every column in the publication');
-    if (f.ident === 'f') return whole('REPLICA IDENTITY FULL publishes every column');
-    const inIdentity = f.identity.filter((c) => drop.has(c));
-    if (inIdentity.length > 0) return whole(`${inIdentity.join(', ')} belongs to the replica identity`);
+    if (!f) continue; // dropped meanwhile
+    if (guardIdentity && f.ident !== 'f' && f.identity.length === 0) {
+      withoutIdentity.push(t);
+      continue;
+    }
+    const drop = excluded ? excluded(t.schema, t.table) : new Set<string>();
+    const whole = (note?: string): PublishedTable => ({ ...t, columns: null, ...(note && { note }) });
     const columns = f.columns.filter((c) => !drop.has(c));
-    if (columns.length === f.columns.length) return { ...t, columns: null };
-    if (columns.length === 0) return whole('every column is excluded');
-    return { ...t, columns };
-  });
+    const inIdentity = f.identity.filter((c) => drop.has(c));
+    if (columns.length === f.columns.length) publish.push(whole());
+    else if (!listsSupported) publish.push(whole('publication column lists need Postgres 15'));
+    else if (f.kind === 'p') publish.push(whole('partitioned tables keep every column in the publication'));
+    else if (f.ident === 'f') publish.push(whole('REPLICA IDENTITY FULL publishes every column'));
+    else if (inIdentity.length > 0) publish.push(whole(`${inIdentity.join(', ')} belongs to the replica identity`));
+    else if (columns.length === 0) publish.push(whole('every column is excluded'));
+    else publish.push({ ...t, columns });
+  }
+  return { publish, withoutIdentity };
 }
 
 const publishedRef = (t: PublishedTable) => `${tableRef(t)}${t.columns ? ` (${t.columns.map(quoteIdent).join(', ')})` : ''}`;
@@ -238,6 +254,8 @@ export interface PublicationChange {
   readonly recolumned: PublishedTable[];
   /** Tables whose excluded columns Postgres still sends, and why. */
   readonly notes: PublishedTable[];
+  /** Selected tables left out because they have no replica identity (see planTables). */
+  readonly withoutIdentity: TableName[];
 }
 
 /**
@@ -253,8 +271,10 @@ export async function ensurePublication(
   const doing = `managing publication "${opts.publication}"`;
   const withClause = `WITH (publish = '${opts.operations.publishParameter()}', publish_via_partition_root = true)`;
   try {
-    const wanted = await withColumnLists(query, await selectedTables(query, opts.tables), opts.excludedColumns);
+    const plan = await planTables(query, await selectedTables(query, opts.tables), opts.excludedColumns, opts.operations);
+    const wanted = plan.publish;
     const notes = wanted.filter((t) => t.note);
+    const { withoutIdentity } = plan;
     const current = await publicationContents(query, opts.publication);
     if (current === null) {
       const forClause = wanted.length > 0 ? ` FOR TABLE ${wanted.map(publishedRef).join(', ')}` : '';
@@ -264,9 +284,17 @@ export async function ensurePublication(
         if (sqlState(err) !== '42710') throw err; // someone else created it meanwhile
         return ensurePublication(query, opts);
       }
-      return { created: true, added: wanted, removed: [], recolumned: [], notes };
+      return { created: true, added: wanted, removed: [], recolumned: [], notes, withoutIdentity };
     }
     // Alter only what differs: a role that may read but not own the publication can still run.
+    if (current.allTables) return { created: false, added: [], removed: [], recolumned: [], notes: [], withoutIdentity: [] };
+    const have = new Map(current.tables.map((t) => [keyOf(t), t]));
+    const want = new Set(wanted.map(keyOf));
+    const added = wanted.filter((t) => !have.has(keyOf(t)));
+    const removed = current.tables.filter((t) => !want.has(keyOf(t)));
+    const recolumned = wanted.filter((t) => have.has(keyOf(t)) && !sameColumns(have.get(keyOf(t))!.columns, t.columns));
+    // Removals first: a table without identity must be out before updates are published.
+    if (removed.length > 0) await query(`ALTER PUBLICATION ${pub} DROP TABLE ${removed.map(tableRef).join(', ')}`);
     const settings = await query<{ ops: string; pubviaroot: boolean }>(
       `SELECT pubviaroot,
               concat_ws(', ', CASE WHEN pubinsert THEN 'insert' END, CASE WHEN pubupdate THEN 'update' END,
@@ -278,19 +306,12 @@ export async function ensurePublication(
     if (row.ops !== opts.operations.publishParameter() || !row.pubviaroot) {
       await query(`ALTER PUBLICATION ${pub} SET (publish = '${opts.operations.publishParameter()}', publish_via_partition_root = true)`);
     }
-    if (current.allTables) return { created: false, added: [], removed: [], recolumned: [], notes: [] };
-    const have = new Map(current.tables.map((t) => [keyOf(t), t]));
-    const want = new Set(wanted.map(keyOf));
-    const added = wanted.filter((t) => !have.has(keyOf(t)));
-    const removed = current.tables.filter((t) => !want.has(keyOf(t)));
-    const recolumned = wanted.filter((t) => have.has(keyOf(t)) && !sameColumns(have.get(keyOf(t))!.columns, t.columns));
     if (added.length > 0) await query(`ALTER PUBLICATION ${pub} ADD TABLE ${added.map(publishedRef).join(', ')}`);
-    if (removed.length > 0) await query(`ALTER PUBLICATION ${pub} DROP TABLE ${removed.map(tableRef).join(', ')}`);
     for (const t of recolumned) {
       // One simple query is one transaction: no change to the table can fall between the two.
       await query(`ALTER PUBLICATION ${pub} DROP TABLE ${tableRef(t)}; ALTER PUBLICATION ${pub} ADD TABLE ${publishedRef(t)}`);
     }
-    return { created: false, added, removed, recolumned, notes };
+    return { created: false, added, removed, recolumned, notes, withoutIdentity };
   } catch (err) {
     if (sqlState(err) === '42501') {
       throw new PrerequisiteError(

@@ -24,14 +24,17 @@ test('setup is idempotent, status reports it, teardown needs --yes', async (t) =
   t.after(() => db.drop());
   const first = await runCli(['setup', '--tables', 'public.*'], env);
   assert.equal(first.code, 0, first.stderr);
-  assert.match(first.stdout, /created publication .* with 2 table\(s\)/);
+  // logs has no key: publishing it would make Postgres refuse its UPDATEs and DELETEs.
+  assert.match(first.stdout, /created publication .* with 1 table\(s\)/);
+  assert.match(first.stdout, /warning: public\.logs left out of the publication/);
   assert.match(first.stdout, /created slot/);
   const again = await runCli(['setup', '--tables', 'public.*'], env);
   assert.equal(again.code, 0, again.stderr);
   assert.match(again.stdout, /publication .* exists/);
   assert.match(again.stdout, /slot .* exists/);
   const pubTables = await db.query("SELECT schemaname || '.' || tablename AS t FROM pg_publication_tables WHERE pubname = $1 ORDER BY 1", [slot]);
-  assert.deepEqual(pubTables.rows.map((r) => r.t), ['public.logs', 'public.orders']);
+  assert.deepEqual(pubTables.rows.map((r) => r.t), ['public.orders']);
+  await db.query("INSERT INTO logs VALUES ('a'); UPDATE logs SET line = 'b'; DELETE FROM logs");
 
   const status = await runCli(['status', '--json', '--tables', 'public.*'], env);
   assert.equal(status.code, 0, status.stderr);
@@ -41,12 +44,20 @@ test('setup is idempotent, status reports it, teardown needs --yes', async (t) =
   assert.equal(report.slot.active, false);
   assert.match(report.slot.confirmedFlushLsn, /^[0-9A-F]+\/[0-9A-F]+$/);
   assert.equal(typeof report.slot.lagBytes, 'number');
-  assert.deepEqual(report.publication.tables.sort(), ['public.logs', 'public.orders']);
+  assert.deepEqual(report.publication.tables.sort(), ['public.orders']);
   const logs = report.tables.find((x: { table: string }) => x.table === 'logs');
-  assert.match(logs.warning, /no primary key/);
+  assert.match(logs.warning, /no primary key .*not published/);
+  assert.equal(logs.inPublication, false);
   const human = await runCli(['status', '--tables', 'public.*'], env);
   assert.match(human.stdout, /slot +.*exists, plugin pgoutput/);
   assert.match(human.stdout, /warning: .*no primary key/);
+
+  // FULL gives the keyless table an identity: setup then publishes it.
+  const full = await runCli(['setup', '--tables', 'public.*', '--replica-identity-full'], env);
+  assert.equal(full.code, 0, full.stderr);
+  const withFull = await db.query("SELECT schemaname || '.' || tablename AS t FROM pg_publication_tables WHERE pubname = $1 ORDER BY 1", [slot]);
+  assert.deepEqual(withFull.rows.map((r) => r.t), ['public.logs', 'public.orders']);
+  await db.query("INSERT INTO logs VALUES ('a'); UPDATE logs SET line = 'b'; DELETE FROM logs");
 
   const refused = await runCli(['teardown'], env);
   assert.equal(refused.code, 2);
@@ -104,6 +115,13 @@ test('check: every prerequisite ok/fail; exit 0 when all pass, 3 otherwise', asy
   for (const name of ['wal_level', 'REPLICATION privilege', 'SELECT on tables', 'slot', 'publication', 'broker']) {
     assert.match(ok.stdout, new RegExp(`ok +${name}`), `${name} checked:\n${ok.stdout}`);
   }
+  // Once set up, the publication check passes and names the table it leaves out (no key).
+  const { slot } = { slot: env.PGWARREN_SLOT };
+  t.after(() => runCli(['teardown', '--yes'], env));
+  assert.equal((await runCli(['setup'], env)).code, 0);
+  const afterSetup = await runCli(['check'], { ...env, PGWARREN_EXCHANGE: broker.exchange });
+  assert.equal(afterSetup.code, 0, afterSetup.stdout + afterSetup.stderr);
+  assert.match(afterSetup.stdout, new RegExp(`ok +publication.*"${slot}" covers the 2 selected table\\(s\\); not captured, having no primary key or replica identity: public\\.logs`));
   // An existing exchange of another type cannot be used.
   await broker.declareExchange(broker.exchange, 'fanout');
   const bad = await runCli(['check', '--json'], { ...env, PGWARREN_EXCHANGE: broker.exchange });
