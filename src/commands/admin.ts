@@ -9,7 +9,8 @@ import { OperationSelection, TableSelection, excludedColumnsLookup } from '../fi
 import { quoteIdent } from '../source/decoder.js';
 import { queryFn, type QueryFn } from '../source/pg-query.js';
 import {
-  dropPublication,
+  dropPublications,
+  keylessPublicationName,
   dropSlot,
   ensurePublication,
   type ExcludedColumns,
@@ -58,7 +59,7 @@ export async function setupCommand(config: Config, opts: { replicaIdentityFull: 
             : `publication "${config.publication}" exists${pub.added.length || pub.removed.length || pub.recolumned.length ? ` (added ${pub.added.length}, removed ${pub.removed.length}, column lists changed ${pub.recolumned.length})` : ''}`,
         );
         for (const t of pub.withoutIdentity) {
-          print(`warning: ${t.schema}.${t.table} left out of the publication: it has no primary key or replica identity, and Postgres would refuse its UPDATEs and DELETEs (add a primary key, or run setup --replica-identity-full)`);
+          print(`warning: ${t.schema}.${t.table} has no primary key or replica identity: only its inserts and truncates are captured (publication "${keylessPublicationName(config.publication)}"), since Postgres refuses UPDATE and DELETE on a table that publishes them; add a primary key, or run setup --replica-identity-full`);
         }
         for (const t of pub.notes) print(`note: ${t.schema}.${t.table}: excluded columns are left out of events but still sent by Postgres (${t.note})`);
       };
@@ -90,12 +91,9 @@ export async function teardownCommand(config: Config, opts: { yes: boolean }, pr
   }
   return withDatabase(config, async (query) => {
     print((await dropSlot(query, config.slot)) ? `dropped slot "${config.slot}"` : `slot "${config.slot}" did not exist`);
-    if (config.plugin === 'pgoutput' || (await publicationTables(query, config.publication)) !== null) {
-      print(
-        (await dropPublication(query, config.publication))
-          ? `dropped publication "${config.publication}"`
-          : `publication "${config.publication}" did not exist`,
-      );
+    const dropped = await dropPublications(query, config.publication);
+    if (config.plugin === 'pgoutput' || dropped.length > 0) {
+      print(dropped.length > 0 ? dropped.map((p) => `dropped publication "${p}"`).join('\n') : `publication "${config.publication}" did not exist`);
     }
     return 0;
   });
@@ -129,6 +127,7 @@ export interface StatusReport {
 export async function statusReport(config: Config, query: QueryFn): Promise<StatusReport> {
   const slot = await slotState(query, config.slot);
   const pubTables = await publicationTables(query, config.publication);
+  const keylessTables = (await publicationTables(query, keylessPublicationName(config.publication))) ?? [];
   const selected = await selectedTables(query, selectionOf(config));
   const { rows } = await query<{ schema: string; table: string; ident: string; has_pk: boolean }>(
     `SELECT n.nspname AS schema, c.relname AS table, c.relreplident AS ident,
@@ -137,13 +136,16 @@ export async function statusReport(config: Config, query: QueryFn): Promise<Stat
       WHERE c.relkind IN ('r', 'p')`,
   );
   const facts = new Map(rows.map((r) => [`${r.schema}.${r.table}`, r]));
-  const inPub = new Set((pubTables ?? []).map((t) => `${t.schema}.${t.table}`));
+  const inPub = new Set([...(pubTables ?? []), ...keylessTables].map((t) => `${t.schema}.${t.table}`));
   const tables = selected.map((t): TableStatus => {
     const f = facts.get(`${t.schema}.${t.table}`)!;
     const ident = REPLICA_IDENTITY[f.ident] ?? 'default';
     let warning: string | null = null;
     const guarded = config.operations.includes('update') || config.operations.includes('delete');
-    const unpublishable = guarded && config.plugin === 'pgoutput' ? ': not published (Postgres would refuse its UPDATEs and DELETEs); add a primary key or run setup --replica-identity-full' : ': updates and deletes carry no old values or key';
+    const unpublishable =
+      guarded && config.plugin === 'pgoutput'
+        ? ': only inserts and truncates are captured (Postgres refuses UPDATE and DELETE on a table that publishes them); add a primary key or run setup --replica-identity-full'
+        : ': updates and deletes carry no old values or key';
     if (ident === 'nothing') warning = `REPLICA IDENTITY NOTHING${unpublishable}`;
     else if (ident === 'default' && !f.has_pk) warning = `no primary key and REPLICA IDENTITY DEFAULT${unpublishable}`;
     else if (ident !== 'full') warning = `REPLICA IDENTITY ${ident.toUpperCase()}: "old" holds only key columns; "changed" is null and unchanged TOASTed values are missing from "new" (setup --replica-identity-full fixes this)`;
@@ -160,7 +162,7 @@ export async function statusReport(config: Config, query: QueryFn): Promise<Stat
       lagBytes: slot.lagBytes == null ? null : Number(slot.lagBytes),
       walStatus: slot.walStatus ?? null,
     },
-    publication: { name: config.publication, exists: pubTables !== null, tables: [...inPub] },
+    publication: { name: config.publication, exists: pubTables !== null, tables: (pubTables ?? []).map((t) => `${t.schema}.${t.table}`) },
     tables,
   };
 }

@@ -7,7 +7,7 @@ import amqp from 'amqplib';
 import type { Config } from '../config/load.js';
 import { redactUrl } from '../config/load.js';
 import { OperationSelection, TableSelection } from '../filter/selection.js';
-import { planTables, publicationTables, selectedTables, slotState } from '../source/slot-admin.js';
+import { keylessPublicationName, planTables, publicationTables, selectedTables, slotState } from '../source/slot-admin.js';
 import type { QueryFn } from '../source/pg-query.js';
 import { withDatabase, type Print } from './admin.js';
 import { errorText } from '../sink/amqp-sink.js';
@@ -101,18 +101,25 @@ async function postgresChecks(config: Config, query: QueryFn, add: (r: CheckResu
     if (pub === null) {
       add({ name: 'publication', ok: true, detail: `"${config.publication}" does not exist yet; run or setup creates it (needs table ownership)` });
     } else {
-      // Tables without a replica identity are left out on purpose (see planTables).
+      // Tables without a replica identity belong in the keyless companion (see planTables).
       const plan = await planTables(query, tables, undefined, ops);
-      const want = new Set(plan.publish.map((t) => `${t.schema}.${t.table}`));
-      const have = new Set(pub.map((t) => `${t.schema}.${t.table}`));
-      const missing = [...want].filter((t) => !have.has(t));
-      const skipped = plan.withoutIdentity.map((t) => `${t.schema}.${t.table}`);
+      const keylessName = keylessPublicationName(config.publication);
+      const keyless = await publicationTables(query, keylessName);
+      const names = (list: readonly { schema: string; table: string }[]) => list.map((t) => `${t.schema}.${t.table}`);
+      const have = new Set(names(pub));
+      const haveKeyless = new Set(names(keyless ?? []));
+      const missing = [
+        ...names(plan.publish).filter((t) => !have.has(t)),
+        ...names(plan.withoutIdentity).filter((t) => !haveKeyless.has(t)).map((t) => `${t} (in "${keylessName}")`),
+        ...(keyless === null ? [`the publication "${keylessName}"`] : []),
+      ];
+      const limited = names(plan.withoutIdentity);
       add({
         name: 'publication',
         ok: missing.length === 0,
         detail:
-          (missing.length === 0 ? `"${config.publication}" covers the ${want.size} selected table(s)` : `"${config.publication}" lacks ${missing.join(', ')}`) +
-          (skipped.length > 0 ? `; not captured, having no primary key or replica identity: ${skipped.join(', ')}` : ''),
+          (missing.length === 0 ? `"${config.publication}" covers the ${tables.length} selected table(s)` : `"${config.publication}" lacks ${missing.join(', ')}`) +
+          (limited.length > 0 ? `; inserts and truncates only (no primary key or replica identity): ${limited.join(', ')}` : ''),
         fix: `Run "pgwarren setup" as the tables' owner (publishes ${ops.publishParameter()}).`,
       });
     }

@@ -24,7 +24,7 @@ import { OperationSelection, TableSelection, excludedColumnsLookup, ruleLookup }
 import { queryFn } from '../source/pg-query.js';
 import { RelationCatalog, hasPartitions } from '../source/relation-catalog.js';
 import { TypeCatalog } from '../source/type-catalog.js';
-import { ensurePublication, ensureSlot, requireLogicalWal } from '../source/slot-admin.js';
+import { ensurePublication, ensureSlot, keylessPublicationName, requireLogicalWal } from '../source/slot-admin.js';
 import { ReplicationStream } from '../source/replication-stream.js';
 import { PgoutputDecoder } from '../source/pgoutput-decoder.js';
 import { Wal2jsonDecoder, wal2jsonTableFilter } from '../source/wal2json-decoder.js';
@@ -158,7 +158,7 @@ export class Session {
     const operations = new OperationSelection(settings.operations);
     const excludedColumns = excludedColumnsLookup(settings.rules);
     let firstSync = true;
-    let lastUnpublished = '';
+    let lastKeyless = '';
     const syncPublication = async () => {
       const pub = await ensurePublication(query, { publication: settings.publication, tables, operations, excludedColumns });
       if (pub.created || pub.added.length || pub.removed.length || pub.recolumned.length) {
@@ -173,15 +173,15 @@ export class Session {
           'publication updated',
         );
       }
-      const unpublished = pub.withoutIdentity.map(nameOf).join(', ');
-      if (unpublished !== lastUnpublished && unpublished !== '') {
+      const keyless = pub.withoutIdentity.map(nameOf).join(', ');
+      if (keyless !== lastKeyless && keyless !== '') {
         log.warn(
           { tables: pub.withoutIdentity.map(nameOf) },
-          `left out of the publication, so their changes are not captured: ${unpublished} (no primary key or replica identity; ` +
-            `publishing them would make Postgres refuse every UPDATE and DELETE on them). Add a primary key or run ALTER TABLE ... REPLICA IDENTITY FULL`,
+          `only inserts and truncates are captured for ${keyless}: no primary key or replica identity, and Postgres refuses ` +
+            `UPDATE and DELETE on a table that publishes them. Add a primary key or run ALTER TABLE ... REPLICA IDENTITY FULL to capture them`,
         );
       }
-      lastUnpublished = unpublished;
+      lastKeyless = keyless;
       if (firstSync) {
         for (const t of pub.notes) {
           log.info({ table: nameOf(t), reason: t.note }, `excluded columns of ${nameOf(t)} are left out of events but still sent by Postgres: ${t.note}`);
@@ -342,7 +342,10 @@ export class Session {
 
   private decoder(relations: RelationCatalog, types: TypeCatalog, pushTablesDown: boolean): Decoder<unknown> {
     const s = this.settings;
-    if (s.plugin === 'pgoutput') return new PgoutputDecoder(s.publication, relations) as Decoder<unknown>;
+    if (s.plugin === 'pgoutput') {
+      // ensurePublication made both: tables without replica identity are in the keyless companion.
+      return new PgoutputDecoder([s.publication, keylessPublicationName(s.publication)], relations) as Decoder<unknown>;
+    }
     // Push the selection into wal2json where its syntax allows; the pipeline filters again.
     const add = pushTablesDown && s.tables.length > 0 ? wal2jsonTableFilter(s.tables) : null;
     const exclude = pushTablesDown ? wal2jsonTableFilter(s.excludeTables) : null;

@@ -17,14 +17,14 @@ export class PgoutputDecoder implements Decoder<PgOutputMessage> {
   private readonly relations = new Map<number, RelationInfo>();
 
   constructor(
-    private readonly publication: string,
+    private readonly publications: readonly string[],
     private readonly catalog: RelationCatalog,
   ) {}
 
   startOptions(): string[] {
     return [
       `proto_version ${optionLiteral('1')}`,
-      `publication_names ${optionLiteral(quoteIdent(this.publication))}`,
+      `publication_names ${optionLiteral(this.publications.map(quoteIdent).join(','))}`,
       // Logical messages carry the flood marker (pg_logical_emit_message(true, 'pgwarren', 'bulk')).
       `messages ${optionLiteral('true')}`,
     ];

@@ -3,7 +3,7 @@
  * selection, and dropped only by `teardown`. `run` calls the ensure* functions and never a drop.
  */
 import { PrerequisiteError, classifyPgError, sqlState } from '../errors.js';
-import type { OperationSelection, TableSelection } from '../filter/selection.js';
+import { OperationSelection, type TableSelection } from '../filter/selection.js';
 import type { Plugin } from '../types.js';
 import { quoteIdent } from './decoder.js';
 import type { QueryFn } from './pg-query.js';
@@ -254,64 +254,122 @@ export interface PublicationChange {
   readonly recolumned: PublishedTable[];
   /** Tables whose excluded columns Postgres still sends, and why. */
   readonly notes: PublishedTable[];
-  /** Selected tables left out because they have no replica identity (see planTables). */
+  /** Selected tables without a replica identity: in the keyless publication (see planTables). */
   readonly withoutIdentity: TableName[];
+  /** Every publication the stream names. */
+  readonly publications: string[];
 }
 
 /**
- * Create the publication for the selected tables, or bring an existing one in step: add tables
- * that now match, remove ones that no longer do, and keep each table's column list equal to its
- * columns minus the excluded ones (so a column added later is published too). Returns what changed.
+ * The companion publication for tables without a replica identity. It publishes only inserts and
+ * truncates, which Postgres allows on any table, so their inserts are still captured while the
+ * application's UPDATEs and DELETEs on them keep working.
+ */
+export function keylessPublicationName(publication: string): string {
+  const suffix = '_keyless';
+  return `${Buffer.from(publication).subarray(0, 63 - suffix.length).toString()}${suffix}`;
+}
+
+interface PublicationSettings {
+  readonly ops: string;
+  readonly pubviaroot: boolean;
+}
+
+async function publicationSettings(query: QueryFn, publication: string): Promise<PublicationSettings | undefined> {
+  const { rows } = await query<PublicationSettings>(
+    `SELECT pubviaroot,
+            concat_ws(', ', CASE WHEN pubinsert THEN 'insert' END, CASE WHEN pubupdate THEN 'update' END,
+                            CASE WHEN pubdelete THEN 'delete' END, CASE WHEN pubtruncate THEN 'truncate' END) AS ops
+       FROM pg_publication WHERE pubname = $1`,
+    [publication],
+  );
+  return rows[0];
+}
+
+/**
+ * Statements that bring one existing publication to `wanted` with `publish`: only what differs, so
+ * a role that may read but not own the publication can still run when nothing differs.
+ */
+function alignPublication(
+  name: string,
+  current: { tables: readonly PublishedTable[] },
+  settings: PublicationSettings | undefined,
+  wanted: readonly PublishedTable[],
+  publish: string,
+): { statements: string[]; added: PublishedTable[]; removed: PublishedTable[]; recolumned: PublishedTable[] } {
+  const pub = quoteIdent(name);
+  const have = new Map(current.tables.map((t) => [keyOf(t), t]));
+  const want = new Set(wanted.map(keyOf));
+  const added = wanted.filter((t) => !have.has(keyOf(t)));
+  const removed = current.tables.filter((t) => !want.has(keyOf(t)));
+  const recolumned = wanted.filter((t) => have.has(keyOf(t)) && !sameColumns(have.get(keyOf(t))!.columns, t.columns));
+  const statements: string[] = [];
+  if (removed.length > 0) statements.push(`ALTER PUBLICATION ${pub} DROP TABLE ${removed.map(tableRef).join(', ')}`);
+  if (!settings || settings.ops !== publish || !settings.pubviaroot) {
+    statements.push(`ALTER PUBLICATION ${pub} SET (publish = '${publish}', publish_via_partition_root = true)`);
+  }
+  if (added.length > 0) statements.push(`ALTER PUBLICATION ${pub} ADD TABLE ${added.map(publishedRef).join(', ')}`);
+  for (const t of recolumned) statements.push(`ALTER PUBLICATION ${pub} DROP TABLE ${tableRef(t)}`, `ALTER PUBLICATION ${pub} ADD TABLE ${publishedRef(t)}`);
+  return { statements, added, removed, recolumned };
+}
+
+/**
+ * Create the publication (and its keyless companion) for the selected tables, or bring existing
+ * ones in step: add tables that now match, remove ones that no longer do, move a table between the
+ * two when it gains or loses its replica identity, and keep each table's column list equal to its
+ * columns minus the excluded ones (so a column added later is published too). All changes to
+ * existing publications run as one transaction, so no change to a table falls between two steps
+ * and no moment publishes updates of a table without identity. Returns what changed.
  */
 export async function ensurePublication(
   query: QueryFn,
   opts: { publication: string; tables: TableSelection; operations: OperationSelection; excludedColumns?: ExcludedColumns },
 ): Promise<PublicationChange> {
-  const pub = quoteIdent(opts.publication);
   const doing = `managing publication "${opts.publication}"`;
-  const withClause = `WITH (publish = '${opts.operations.publishParameter()}', publish_via_partition_root = true)`;
+  const keylessName = keylessPublicationName(opts.publication);
+  const publish = opts.operations.publishParameter();
+  const keylessPublish = new OperationSelection((['insert', 'truncate'] as const).filter((op) => opts.operations.includes(op))).publishParameter();
+  const create = (name: string, tables: readonly PublishedTable[], ops: string) =>
+    `CREATE PUBLICATION ${quoteIdent(name)}${tables.length > 0 ? ` FOR TABLE ${tables.map(publishedRef).join(', ')}` : ''} ` +
+    `WITH (publish = '${ops}', publish_via_partition_root = true)`;
   try {
     const plan = await planTables(query, await selectedTables(query, opts.tables), opts.excludedColumns, opts.operations);
     const wanted = plan.publish;
+    const keyless: PublishedTable[] = plan.withoutIdentity.map((t) => ({ ...t, columns: null }));
     const notes = wanted.filter((t) => t.note);
-    const { withoutIdentity } = plan;
     const current = await publicationContents(query, opts.publication);
+    if (current?.allTables) {
+      return { created: false, added: [], removed: [], recolumned: [], notes: [], withoutIdentity: [], publications: [opts.publication] };
+    }
+    const keylessCurrent = await publicationContents(query, keylessName);
+    const statements: string[] = [];
+    let created = false;
+    let change = { added: wanted as PublishedTable[], removed: [] as PublishedTable[], recolumned: [] as PublishedTable[] };
     if (current === null) {
-      const forClause = wanted.length > 0 ? ` FOR TABLE ${wanted.map(publishedRef).join(', ')}` : '';
+      statements.push(create(opts.publication, wanted, publish));
+      created = true;
+    } else {
+      const aligned = alignPublication(opts.publication, current, await publicationSettings(query, opts.publication), wanted, publish);
+      statements.push(...aligned.statements);
+      change = aligned;
+    }
+    // The companion always exists, even empty, so the stream can name it from the start and a
+    // keyless table that appears later is captured without restarting the stream.
+    if (keylessCurrent === null) {
+      statements.push(create(keylessName, keyless, keylessPublish));
+    } else {
+      statements.push(...alignPublication(keylessName, keylessCurrent, await publicationSettings(query, keylessName), keyless, keylessPublish).statements);
+    }
+    if (statements.length > 0) {
       try {
-        await query(`CREATE PUBLICATION ${pub}${forClause} ${withClause}`);
+        // One simple query is one transaction.
+        await query(statements.join(';\n'));
       } catch (err) {
-        if (sqlState(err) !== '42710') throw err; // someone else created it meanwhile
-        return ensurePublication(query, opts);
+        if (sqlState(err) === '42710') return ensurePublication(query, opts); // created concurrently
+        throw err;
       }
-      return { created: true, added: wanted, removed: [], recolumned: [], notes, withoutIdentity };
     }
-    // Alter only what differs: a role that may read but not own the publication can still run.
-    if (current.allTables) return { created: false, added: [], removed: [], recolumned: [], notes: [], withoutIdentity: [] };
-    const have = new Map(current.tables.map((t) => [keyOf(t), t]));
-    const want = new Set(wanted.map(keyOf));
-    const added = wanted.filter((t) => !have.has(keyOf(t)));
-    const removed = current.tables.filter((t) => !want.has(keyOf(t)));
-    const recolumned = wanted.filter((t) => have.has(keyOf(t)) && !sameColumns(have.get(keyOf(t))!.columns, t.columns));
-    // Removals first: a table without identity must be out before updates are published.
-    if (removed.length > 0) await query(`ALTER PUBLICATION ${pub} DROP TABLE ${removed.map(tableRef).join(', ')}`);
-    const settings = await query<{ ops: string; pubviaroot: boolean }>(
-      `SELECT pubviaroot,
-              concat_ws(', ', CASE WHEN pubinsert THEN 'insert' END, CASE WHEN pubupdate THEN 'update' END,
-                              CASE WHEN pubdelete THEN 'delete' END, CASE WHEN pubtruncate THEN 'truncate' END) AS ops
-         FROM pg_publication WHERE pubname = $1`,
-      [opts.publication],
-    );
-    const row = settings.rows[0]!;
-    if (row.ops !== opts.operations.publishParameter() || !row.pubviaroot) {
-      await query(`ALTER PUBLICATION ${pub} SET (publish = '${opts.operations.publishParameter()}', publish_via_partition_root = true)`);
-    }
-    if (added.length > 0) await query(`ALTER PUBLICATION ${pub} ADD TABLE ${added.map(publishedRef).join(', ')}`);
-    for (const t of recolumned) {
-      // One simple query is one transaction: no change to the table can fall between the two.
-      await query(`ALTER PUBLICATION ${pub} DROP TABLE ${tableRef(t)}; ALTER PUBLICATION ${pub} ADD TABLE ${publishedRef(t)}`);
-    }
-    return { created: false, added, removed, recolumned, notes, withoutIdentity };
+    return { created, ...change, notes, withoutIdentity: plan.withoutIdentity, publications: [opts.publication, keylessName] };
   } catch (err) {
     if (sqlState(err) === '42501') {
       throw new PrerequisiteError(
@@ -321,6 +379,15 @@ export async function ensurePublication(
     }
     throw classifyPgError(err, doing);
   }
+}
+
+/** The publication and its keyless companion, whichever exist; returns the names dropped. */
+export async function dropPublications(query: QueryFn, publication: string): Promise<string[]> {
+  const dropped: string[] = [];
+  for (const name of [publication, keylessPublicationName(publication)]) {
+    if (await dropPublication(query, name)) dropped.push(name);
+  }
+  return dropped;
 }
 
 export async function dropPublication(query: QueryFn, publication: string): Promise<boolean> {

@@ -24,9 +24,10 @@ test('setup is idempotent, status reports it, teardown needs --yes', async (t) =
   t.after(() => db.drop());
   const first = await runCli(['setup', '--tables', 'public.*'], env);
   assert.equal(first.code, 0, first.stderr);
-  // logs has no key: publishing it would make Postgres refuse its UPDATEs and DELETEs.
+  // logs has no key: publishing its updates would make Postgres refuse its UPDATEs and DELETEs,
+  // so it goes to the insert-only companion publication.
   assert.match(first.stdout, /created publication .* with 1 table\(s\)/);
-  assert.match(first.stdout, /warning: public\.logs left out of the publication/);
+  assert.match(first.stdout, /warning: public\.logs has no primary key or replica identity: only its inserts and truncates are captured/);
   assert.match(first.stdout, /created slot/);
   const again = await runCli(['setup', '--tables', 'public.*'], env);
   assert.equal(again.code, 0, again.stderr);
@@ -34,6 +35,8 @@ test('setup is idempotent, status reports it, teardown needs --yes', async (t) =
   assert.match(again.stdout, /slot .* exists/);
   const pubTables = await db.query("SELECT schemaname || '.' || tablename AS t FROM pg_publication_tables WHERE pubname = $1 ORDER BY 1", [slot]);
   assert.deepEqual(pubTables.rows.map((r) => r.t), ['public.orders']);
+  const keylessTables = await db.query("SELECT schemaname || '.' || tablename AS t FROM pg_publication_tables WHERE pubname = $1 ORDER BY 1", [`${slot}_keyless`]);
+  assert.deepEqual(keylessTables.rows.map((r) => r.t), ['public.logs']);
   await db.query("INSERT INTO logs VALUES ('a'); UPDATE logs SET line = 'b'; DELETE FROM logs");
 
   const status = await runCli(['status', '--json', '--tables', 'public.*'], env);
@@ -46,8 +49,8 @@ test('setup is idempotent, status reports it, teardown needs --yes', async (t) =
   assert.equal(typeof report.slot.lagBytes, 'number');
   assert.deepEqual(report.publication.tables.sort(), ['public.orders']);
   const logs = report.tables.find((x: { table: string }) => x.table === 'logs');
-  assert.match(logs.warning, /no primary key .*not published/);
-  assert.equal(logs.inPublication, false);
+  assert.match(logs.warning, /no primary key .*only inserts and truncates are captured/);
+  assert.equal(logs.inPublication, true);
   const human = await runCli(['status', '--tables', 'public.*'], env);
   assert.match(human.stdout, /slot +.*exists, plugin pgoutput/);
   assert.match(human.stdout, /warning: .*no primary key/);
@@ -57,6 +60,8 @@ test('setup is idempotent, status reports it, teardown needs --yes', async (t) =
   assert.equal(full.code, 0, full.stderr);
   const withFull = await db.query("SELECT schemaname || '.' || tablename AS t FROM pg_publication_tables WHERE pubname = $1 ORDER BY 1", [slot]);
   assert.deepEqual(withFull.rows.map((r) => r.t), ['public.logs', 'public.orders']);
+  const keylessAfter = await db.query('SELECT count(*)::int AS n FROM pg_publication_tables WHERE pubname = $1', [`${slot}_keyless`]);
+  assert.equal(keylessAfter.rows[0].n, 0, 'moved out of the companion');
   await db.query("INSERT INTO logs VALUES ('a'); UPDATE logs SET line = 'b'; DELETE FROM logs");
 
   const refused = await runCli(['teardown'], env);
@@ -67,6 +72,7 @@ test('setup is idempotent, status reports it, teardown needs --yes', async (t) =
   assert.equal(down.code, 0, down.stderr);
   assert.equal(await slotInfo(db.name, slot), undefined);
   assert.equal((await db.query('SELECT 1 FROM pg_publication WHERE pubname = $1', [slot])).rowCount, 0);
+  assert.equal((await db.query('SELECT 1 FROM pg_publication WHERE pubname = $1', [`${slot}_keyless`])).rowCount, 0);
 });
 
 test('setup --replica-identity-full sets FULL on every included table', async (t) => {
@@ -121,7 +127,7 @@ test('check: every prerequisite ok/fail; exit 0 when all pass, 3 otherwise', asy
   assert.equal((await runCli(['setup'], env)).code, 0);
   const afterSetup = await runCli(['check'], { ...env, PGWARREN_EXCHANGE: broker.exchange });
   assert.equal(afterSetup.code, 0, afterSetup.stdout + afterSetup.stderr);
-  assert.match(afterSetup.stdout, new RegExp(`ok +publication.*"${slot}" covers the 2 selected table\\(s\\); not captured, having no primary key or replica identity: public\\.logs`));
+  assert.match(afterSetup.stdout, new RegExp(`ok +publication.*"${slot}" covers the 3 selected table\\(s\\); inserts and truncates only \\(no primary key or replica identity\\): public\\.logs`));
   // An existing exchange of another type cannot be used.
   await broker.declareExchange(broker.exchange, 'fanout');
   const bad = await runCli(['check', '--json'], { ...env, PGWARREN_EXCHANGE: broker.exchange });

@@ -174,7 +174,7 @@ test('status warns for tables whose replica identity makes old values partial', 
   const tables = Object.fromEntries(JSON.parse(r.stdout).tables.map((x: { table: string; warning: string | null }) => [x.table, x.warning]));
   assert.equal(tables.full_t, null);
   assert.match(tables.default_t, /only key columns/);
-  assert.match(tables.nothing_t, /NOTHING: not published \(Postgres would refuse its UPDATEs and DELETEs\)/);
+  assert.match(tables.nothing_t, /NOTHING: only inserts and truncates are captured \(Postgres refuses UPDATE and DELETE on a table that publishes them\)/);
 });
 
 // Replica identity semantics per kind, pgoutput (the wal2json parity test holds the other plugin to the same).
@@ -271,29 +271,33 @@ test('excluded columns stay inside Postgres: the column list leaves them out whe
   assert.ok(!main.messages.some((m) => m.content.toString().includes('secret-hash')), 'still never in an event');
 });
 
-test('a table without replica identity stays out of the publication, so the application can still update it', async (t) => {
+test('a table without replica identity: its inserts are captured, and the application can still update and delete', async (t) => {
   const c = await context(t, 'noident', { PGWARREN_PUBLICATION_SYNC_INTERVAL: '1' });
   await c.db.query('CREATE TABLE keyless (a int, b text)');
   await c.db.query('CREATE TABLE keyed (id int PRIMARY KEY)');
   const main = await c.broker.bindQueue('#');
   const daemon = await run(t, c.env);
-  const published = async () =>
-    (await c.db.query<{ tablename: string }>('SELECT tablename FROM pg_publication_tables WHERE pubname = $1 ORDER BY 1', [c.slot])).rows.map((r) => r.tablename);
-  assert.deepEqual(await published(), ['keyed']);
-  assert.ok(daemon.logs.some((l) => l.level === 40 && /left out of the publication.*public\.keyless/.test(String(l.msg))), 'warned about the keyless table');
-  // With the table published, Postgres would refuse these two statements.
+  const published = async (pub: string) =>
+    (await c.db.query<{ tablename: string }>('SELECT tablename FROM pg_publication_tables WHERE pubname = $1 ORDER BY 1', [pub])).rows.map((r) => r.tablename);
+  assert.deepEqual(await published(c.slot), ['keyed']);
+  assert.deepEqual(await published(`${c.slot}_keyless`), ['keyless']);
+  assert.ok(daemon.logs.some((l) => l.level === 40 && /only inserts and truncates are captured for public\.keyless/.test(String(l.msg))), 'warned about the keyless table');
+  // Were the table in a publication that publishes updates, Postgres would refuse these two.
   await c.db.query("INSERT INTO keyless VALUES (1, 'x')");
   await c.db.query("UPDATE keyless SET b = 'y'");
   await c.db.query('DELETE FROM keyless');
   await c.db.query('INSERT INTO keyed VALUES (1)');
-  await main.waitForCount(1, 20_000);
+  await main.waitForCount(2, 20_000);
 
-  // Given a key, the table joins on the next sync and its changes flow.
+  // Given a key, the table moves to the main publication on the next sync and all its changes flow.
   await c.db.query('ALTER TABLE keyless ADD PRIMARY KEY (a)');
   await daemon.waitForLog((l) => l.msg === 'publication updated' && JSON.stringify(l.added).includes('public.keyless'), 20_000);
+  assert.deepEqual(await published(`${c.slot}_keyless`), []);
   await c.db.query("INSERT INTO keyless VALUES (2, 'z')");
   await c.db.query("UPDATE keyless SET b = 'w' WHERE a = 2");
-  await main.waitForCount(3, 20_000);
+  await main.waitForCount(4, 20_000);
   await sleep(300);
-  assert.deepEqual(seen(main.bodies()), ['public.keyed:insert', 'public.keyless:insert', 'public.keyless:update']);
+  assert.deepEqual(seen(main.bodies()), ['public.keyless:insert', 'public.keyed:insert', 'public.keyless:insert', 'public.keyless:update']);
+  assert.equal(main.bodies()[0].key, null, 'no key to report');
+  assert.deepEqual(main.bodies()[3].key, { a: 2 });
 });
