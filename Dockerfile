@@ -1,27 +1,49 @@
 # syntax=docker/dockerfile:1
-# Build with dev dependencies, run with production ones only. The steps are the same ones CI
-# runs (npm ci, npm run build, npm ci --omit=dev), so a green CI means this image builds.
-FROM node:20-bookworm-slim AS build
+#
+# pgwarren image. Three stages:
+#   build    - dev dependencies, compiles TypeScript to dist/ (the same `npm ci` and `npm run build`
+#              CI runs; test/unit/dockerfile.test.ts keeps them in step with package.json)
+#   examples - the production image plus examples/ (the compose demo consumer and load generator)
+#   runtime  - production dependencies only; the default target
+# No configuration or secret is baked in: everything comes from PGWARREN_* variables at run time,
+# secrets from files through PGWARREN_X_FILE (Docker/compose secrets).
+
+ARG NODE_IMAGE=node:24-bookworm-slim
+
+FROM ${NODE_IMAGE} AS build
 WORKDIR /app
 COPY package.json package-lock.json ./
-RUN npm ci
+RUN npm ci --no-audit --no-fund
 COPY tsconfig.json ./
 COPY src ./src
 RUN npm run build
 
-FROM node:20-bookworm-slim AS runtime
+FROM ${NODE_IMAGE} AS production
 ENV NODE_ENV=production
 WORKDIR /app
 COPY package.json package-lock.json ./
-RUN npm ci --omit=dev && npm cache clean --force
+RUN npm ci --omit=dev --no-audit --no-fund && npm cache clean --force
 COPY --from=build /app/dist ./dist
+
+FROM production AS examples
+COPY examples ./examples
+USER node
+STOPSIGNAL SIGTERM
+CMD ["node", "examples/consumer.mjs"]
+
+FROM production AS runtime
+# The node image's unprivileged user (uid 1000); the app files stay root-owned and read-only to it.
 USER node
 EXPOSE 9464
-# Readiness needs both connections; liveness only needs the process to answer.
+# Liveness only: /healthz answers while the process runs. /readyz (both connections up) is for
+# orchestrators that route traffic, which nothing does to pgwarren. Follows PGWARREN_HTTP_PORT.
 HEALTHCHECK --interval=10s --timeout=3s --start-period=20s --retries=3 \
-  CMD node -e "fetch('http://127.0.0.1:'+(process.env.PGWARREN_HTTP_PORT||9464)+'/healthz').then(r=>process.exit(r.ok?0:1),()=>process.exit(1))"
-# SIGTERM drains outstanding confirms (PGWARREN_SHUTDOWN_TIMEOUT, default 30 s); give compose
-# a longer stop_grace_period than that.
+  CMD ["node", "-e", "fetch('http://127.0.0.1:'+(process.env.PGWARREN_HTTP_PORT||9464)+'/healthz').then(r=>process.exit(r.ok?0:1),()=>process.exit(1))"]
+# On SIGTERM pgwarren stops reading, waits up to PGWARREN_SHUTDOWN_TIMEOUT (default 30 s) for
+# outstanding broker confirms, reports the confirmed position and exits 0. Docker's default stop
+# timeout is 10 s: give the container longer than PGWARREN_SHUTDOWN_TIMEOUT
+# (`docker run --stop-timeout 40`, compose `stop_grace_period: 40s`), or a SIGKILL cuts the drain
+# short (nothing is lost then, but unconfirmed messages are sent again on the next start).
 STOPSIGNAL SIGTERM
 ENTRYPOINT ["node", "dist/cli.js"]
 CMD ["run"]
