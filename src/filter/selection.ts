@@ -70,17 +70,19 @@ export class OperationSelection {
 }
 
 /**
- * The value of the first per-table rule that matches `schema.table` and sets it (rules are tried in
- * order), else `fallback`. Answers are cached per table.
+ * Per table, what its rule says about one field: the first rule whose glob matches the table is
+ * the table's rule (as for routing in events/router.ts), and a field it leaves unset takes
+ * `fallback`. Answers are cached per table.
  */
 export function ruleLookup<R extends { match: string }, V>(rules: readonly R[], pick: (r: R) => V | undefined, fallback: V): (schema: string, table: string) => V {
   const cache = new Map<string, V>();
-  const compiled = rules.filter((r) => pick(r) !== undefined).map((r) => ({ sel: new TableSelection([r.match], []), value: pick(r)! }));
+  const compiled = rules.map((r) => ({ sel: new TableSelection([r.match], []), rule: r }));
   return (schema, table) => {
     const key = `${schema}.${table}`;
     let v = cache.get(key);
     if (v === undefined) {
-      v = compiled.find((c) => c.sel.includes(schema, table))?.value ?? fallback;
+      const rule = compiled.find((c) => c.sel.includes(schema, table))?.rule;
+      v = (rule && pick(rule)) ?? fallback;
       cache.set(key, v);
     }
     return v;

@@ -1,6 +1,6 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { OperationSelection, TableSelection } from '../../src/filter/selection.js';
+import { OperationSelection, TableSelection, excludedColumnsLookup, ruleLookup } from '../../src/filter/selection.js';
 import { compileRoutingKey } from '../../src/events/routing.js';
 import { Router } from '../../src/events/router.js';
 
@@ -50,4 +50,24 @@ test('per-table rules override exchange, routing key and ttl; first match wins',
   assert.equal(other.routingKey({ db: 'd', schema: 'public', table: 'orders', op: 'insert' }), 'p.orders');
   assert.equal(r.forTable('sales', 'x').routingKey({ db: 'd', schema: 'sales', table: 'x', op: 'insert' }), 'sales.x.insert');
   assert.deepEqual(r.exchanges(), ['pgwarren', 'users']);
+});
+
+test('one rule per table: the first rule whose glob matches decides every field, for routing and the rest alike', () => {
+  const rules = [
+    { match: 'public.orders', routingKey: 'orders.{op}', floodThreshold: 7 },
+    { match: 'public.*', floodThreshold: 5, excludeColumns: ['secret'] },
+    { match: 'public.users', routingKey: 'never.{op}', excludeColumns: ['password'] },
+  ];
+  const router = new Router({ exchange: 'x', routingKey: '{schema}.{table}.{op}' }, rules);
+  const threshold = ruleLookup(rules, (r: { floodThreshold?: number }) => r.floodThreshold, 100);
+  const excluded = excludedColumnsLookup(rules);
+  const key = (table: string) => router.forTable('public', table).routingKey({ db: 'd', schema: 'public', table, op: 'insert' });
+  assert.equal(key('orders'), 'orders.insert');
+  assert.equal(threshold('public', 'orders'), 7);
+  assert.deepEqual([...excluded('public', 'orders')], [], 'the orders rule sets no exclusions, and is the only rule for orders');
+  // users matches "public.*" first: that rule applies whole, the later users rule never does.
+  assert.equal(key('users'), 'public.users.insert');
+  assert.equal(threshold('public', 'users'), 5);
+  assert.deepEqual([...excluded('public', 'users')], ['secret']);
+  assert.equal(threshold('audit', 'log'), 100, 'no rule: the option');
 });
