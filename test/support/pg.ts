@@ -2,6 +2,7 @@
  * One database per test in the private cluster; `drop()` removes it with every slot it holds, so
  * no slot is left to pin WAL.
  */
+import { randomBytes } from 'node:crypto';
 import pg from 'pg';
 import { testEnv, uniqueName } from './env.js';
 import { sleep } from './wait.js';
@@ -13,7 +14,21 @@ export interface TestDatabase {
   /** Connected to the new database; closed by `drop()`. */
   readonly client: pg.Client;
   query<R extends pg.QueryResultRow = any>(sql: string, params?: unknown[]): Promise<pg.QueryResult<R>>;
+  /**
+   * The role a daemon should run as: LOGIN REPLICATION, not superuser, with SELECT on the public
+   * schema's tables (those there now and those the superuser creates later). It owns nothing, so
+   * the publication must come from `setup` run with `url`. Made on first call; dropped by `drop()`.
+   */
+  daemonRole(): Promise<DaemonRole>;
+  /** Drops the database with its slots, and the daemon role if one was made. */
   drop(): Promise<void>;
+}
+
+export interface DaemonRole {
+  readonly name: string;
+  readonly password: string;
+  /** URL of the database as this role, password included. */
+  readonly url: string;
 }
 
 export interface SlotInfo {
@@ -57,16 +72,33 @@ export async function createTestDatabase(prefix: string): Promise<TestDatabase> 
     throw err;
   }
   let dropped = false;
+  let role: Promise<DaemonRole> | undefined;
   return {
     name,
     url,
     client,
     query: (sql, params) => client.query(sql, params),
+    daemonRole() {
+      role ??= (async () => {
+        const r = { name: `${name}_d`, password: `pw-${randomBytes(6).toString('hex')}` };
+        await client.query(`CREATE ROLE ${r.name} LOGIN REPLICATION PASSWORD '${r.password}'`);
+        await client.query(`GRANT SELECT ON ALL TABLES IN SCHEMA public TO ${r.name}`);
+        await client.query(`ALTER DEFAULT PRIVILEGES IN SCHEMA public GRANT SELECT ON TABLES TO ${r.name}`);
+        return { ...r, url: urlFor(name, r.name, r.password) };
+      })();
+      return role;
+    },
     async drop() {
       if (dropped) return;
       dropped = true;
       await client.end().catch(() => undefined);
       await dropDatabase(name);
+      // Its grants and default privileges went with the database; nothing else refers to it.
+      if (role) {
+        const r = await role.catch(() => undefined);
+        if (r) await withAdmin((c) => c.query(`DROP ROLE IF EXISTS ${r.name}`));
+        else await withAdmin((c) => c.query(`DROP ROLE IF EXISTS ${name}_d`));
+      }
     },
   };
 }
