@@ -34,7 +34,8 @@ export async function runCommand(config: Config): Promise<number> {
   const monitor = new SlotMonitor({
     pg: pgConfig(config),
     slot: config.slot,
-    intervalMs: 10_000,
+    // As often as positions are reported, at most every 10 s: lag changes no faster than that.
+    intervalMs: Math.min(10, config.statusInterval) * 1000,
     lagWarnBytes: config.lagWarnBytes,
     metrics,
     log,

@@ -10,6 +10,8 @@ import type { Logger } from './logger.js';
 export interface Readiness {
   ready(): boolean;
   readonly state: string;
+  /** Optional longer text for the /readyz body (why it is not ready). */
+  reason?(): string;
 }
 
 export async function startHttp(port: number, deps: { registry: Registry; readiness: Readiness; log: Logger }): Promise<Server | null> {
@@ -24,7 +26,7 @@ export async function startHttp(port: number, deps: { registry: Registry; readin
       res.writeHead(200, { 'content-type': 'text/plain' }).end('ok\n');
     } else if (path === '/readyz') {
       const ready = deps.readiness.ready();
-      res.writeHead(ready ? 200 : 503, { 'content-type': 'text/plain' }).end(`${ready ? 'ready' : 'not ready'}: ${deps.readiness.state}\n`);
+      res.writeHead(ready ? 200 : 503, { 'content-type': 'text/plain' }).end(`${ready ? 'ready' : 'not ready'}: ${deps.readiness.reason?.() ?? deps.readiness.state}\n`);
     } else if (path === '/metrics') {
       deps.registry.metrics().then(
         (text) => res.writeHead(200, { 'content-type': deps.registry.contentType }).end(text),

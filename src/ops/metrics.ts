@@ -38,14 +38,27 @@ export class Metrics {
     collect: (): void => this.inflight.set(this.inflightSource()),
   });
   inflightSource: () => number = () => 0;
+  /** Events confirmed since the process started, for log lines (the counter is async to read). */
+  publishedCount = 0;
+  /**
+   * The counter of confirmed events of one table and op; it also feeds `publishedCount`. Callers
+   * keep it per route because label hashing per event is costly.
+   */
+  publishedCounter(table: string, op: string): { inc(n?: number): void } {
+    const child = this.eventsPublished.labels(table, op);
+    return {
+      inc: (n = 1) => {
+        child.inc(n);
+        this.publishedCount += n;
+      },
+    };
+  }
   private readonly publishedChildren = new Map<string, { inc(n?: number): void }>();
-
-  /** A confirmed event; the labelled child is cached because label hashing per event is costly. */
   published(table: string, op: string): void {
     const key = `${table}\u0000${op}`;
     let child = this.publishedChildren.get(key);
     if (!child) {
-      child = this.eventsPublished.labels(table, op);
+      child = this.publishedCounter(table, op);
       this.publishedChildren.set(key, child);
     }
     child.inc();
@@ -53,6 +66,11 @@ export class Metrics {
   readonly slotLagBytes = new Gauge({
     name: 'pgwarren_slot_lag_bytes',
     help: "Bytes of WAL between the server's current position and the slot's confirmed position.",
+    registers: [this.registry],
+  });
+  readonly slotLagWarning = new Gauge({
+    name: 'pgwarren_slot_lag_warning',
+    help: '1 while the slot lag is above PGWARREN_LAG_WARN_BYTES (Postgres is keeping WAL for pgwarren), else 0.',
     registers: [this.registry],
   });
   readonly reconnects = new Counter({

@@ -40,12 +40,14 @@ export class SlotMonitor {
     const limit = this.opts.lagWarnBytes;
     if (limit > 0 && lag > limit && !this.warned) {
       this.warned = true;
+      this.opts.metrics.slotLagWarning.set(1);
       this.opts.log.warn(
         { slot: this.opts.slot, lagBytes: lag, limitBytes: limit, walStatus: state.walStatus },
         'slot lag is above PGWARREN_LAG_WARN_BYTES: Postgres keeps WAL for it; check that pgwarren is streaming and the broker keeps up',
       );
     } else if (limit > 0 && lag <= limit && this.warned) {
       this.warned = false;
+      this.opts.metrics.slotLagWarning.set(0);
       this.opts.log.info({ slot: this.opts.slot, lagBytes: lag }, 'slot lag back under PGWARREN_LAG_WARN_BYTES');
     }
   }

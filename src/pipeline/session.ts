@@ -31,6 +31,8 @@ import { Wal2jsonDecoder, wal2jsonTableFilter } from '../source/wal2json-decoder
 import type { Decoder } from '../source/decoder.js';
 import { formatLsn, parseLsn } from '../source/lsn.js';
 import { classifyPgError, PrerequisiteError } from '../errors.js';
+import { tlsFailure } from '../config/database.js';
+import { redactUrl } from '../config/redact.js';
 import { LogThrottle } from '../ops/throttle.js';
 import { PeriodicTask } from '../ops/periodic.js';
 import type { Op, Plugin, SourceInfo } from '../types.js';
@@ -84,7 +86,18 @@ export interface SessionHooks {
   onBlocked(blocked: boolean): void;
   /** The position Postgres was last told, after each report. */
   onAcknowledged(lsn: bigint): void;
+  /** The replication connection went silent (true) or was heard from again (false). */
+  onStalled?(stalled: boolean): void;
 }
+
+/**
+ * Stall bounds, in status intervals. Postgres answers a status report that asks for a reply at
+ * once, so while the daemon waits on Postgres (nothing it received is still being handled) it
+ * pings every interval of silence; silence for STALL_READY intervals makes /readyz fail, for
+ * STALL_RECONNECT intervals ends the session (like a standby's wal_receiver_timeout).
+ */
+export const STALL_READY_INTERVALS = 3;
+export const STALL_RECONNECT_INTERVALS = 6;
 
 export class Session {
   private stopRequested = false;
@@ -95,6 +108,10 @@ export class Session {
   private stream: ReplicationStream<unknown> | null = null;
   private lastReported = 0n;
   private lastReportAt = 0;
+  /** When the replication connection was last heard from (or last busy with what it sent). */
+  private lastHeard = Date.now();
+  private lastPing = 0;
+  private stalled = false;
 
   constructor(
     private readonly settings: SessionSettings,
@@ -135,18 +152,22 @@ export class Session {
     const client = new pg.Client({ ...settings.pg, application_name: 'pgwarren-catalog' });
     client.on('error', (err) => log.debug({ err: err.message }, 'catalog connection error'));
     this.catalogClient = client;
+    const where = `${String(settings.pg.host)}:${String(settings.pg.port)}/${settings.database}`;
     try {
       await client.connect();
     } catch (err) {
+      const tls = tlsFailure(err, 'PGWARREN_PG_SSL_ROOT_CERT (or sslrootcert), sslmode, and that the host name in the URL is one the certificate names');
+      if (tls) throw new PrerequisiteError(`connecting to Postgres at ${where}: ${tls}`, { cause: err });
       throw new SessionFailure('postgres', classifyPgError(err, 'connecting to Postgres'));
     }
+    log.info({ postgres: where, user: settings.pg.user, tls: Boolean(settings.pg.ssl) }, `connected to Postgres ${where}`);
     const query = queryFn(client);
     await this.pg(() => requireLogicalWal(query), 'checking wal_level');
     const slot = await this.pg(
       () => ensureSlot(query, { slot: settings.slot, plugin: settings.plugin, database: settings.database, mayCreate: opts.mayCreateSlot }),
       'checking the slot',
     );
-    if (slot.created) log.info({ slot: settings.slot, plugin: settings.plugin }, 'created replication slot');
+    if (slot.created) log.info({ plugin: settings.plugin }, 'created replication slot');
     if (slot.state.active && slot.state.activePid) {
       throw new SessionFailure(
         'postgres',
@@ -264,10 +285,13 @@ export class Session {
       decoder,
       {
         onMessage: async (parsed) => {
+          this.lastHeard = Date.now();
           if (this.stopRequested) await new Promise<never>(() => undefined); // read nothing more
           await pipeline.handle(await decoder.decode(parsed));
+          this.lastHeard = Date.now();
         },
         onKeepalive: (walEnd, shouldRespond) => {
+          this.lastHeard = Date.now();
           // An idle slot must not hold WAL: with nothing received unhandled and nothing
           // unconfirmed, the server's position is safe to confirm.
           if (!this.stopRequested && stream.caughtUp() && !pipeline.inTransaction()) checkpoint.idle(walEnd);
@@ -287,11 +311,17 @@ export class Session {
     }
     this.setState('streaming');
     log.info(
-      { slot: settings.slot, plugin: settings.plugin, from: formatLsn(checkpoint.safeLsn()), broker: sink.urlIndex },
+      { plugin: settings.plugin, from: formatLsn(checkpoint.safeLsn()), broker: redactUrl(sink.url), published: opts.metrics.publishedCount },
       'streaming',
     );
 
-    const ticker = setInterval(() => void this.report(checkpoint, false), 1000);
+    let stallTimeout = (_silentMs: number): void => undefined;
+    const stalledOut = new Promise<number>((resolve) => (stallTimeout = resolve));
+    this.lastHeard = Date.now();
+    const ticker = setInterval(() => {
+      void this.report(checkpoint, false);
+      this.watchStream(stream, checkpoint, stallTimeout);
+    }, 1000);
     // Tables created later that match the selection join the publication without a restart.
     // (Rows written to a new table before it joins are not in the slot: see README.)
     // With wal2json table filters pushed down, the first partition to appear makes them wrong
@@ -313,6 +343,7 @@ export class Session {
         sink.failed.then((reason) => ({ kind: 'sink' as const, reason })),
         this.stopSignal.then(() => ({ kind: 'stop' as const })),
         repartitioned.then(() => ({ kind: 'repartitioned' as const })),
+        stalledOut.then((silentMs) => ({ kind: 'stalled' as const, silentMs })),
       ]);
       if (outcome.kind === 'stop') {
         await this.drain(checkpoint, pipeline);
@@ -323,6 +354,12 @@ export class Session {
         throw new SessionFailure('postgres', new Error('a partitioned table appeared: restarting the wal2json stream without table filters'));
       }
       if (this.stopRequested) return 'stopped';
+      if (outcome.kind === 'stalled') {
+        throw new SessionFailure(
+          'postgres',
+          new Error(`nothing heard from Postgres on the replication connection for ${Math.round(outcome.silentMs / 1000)} s (${STALL_RECONNECT_INTERVALS} x PGWARREN_STATUS_INTERVAL)`),
+        );
+      }
       if (outcome.kind === 'stream' && outcome.reason instanceof ReplanRequest) {
         // Settle what came before the oversized transaction so the next read starts at it.
         await this.drain(checkpoint, pipeline);
@@ -337,7 +374,47 @@ export class Session {
     } finally {
       clearInterval(ticker);
       syncer?.stop();
+      if (this.stalled) {
+        this.stalled = false;
+        this.opts.hooks.onStalled?.(false);
+      }
     }
+  }
+
+  /**
+   * Stall watch, once a second. Silence counts only while the daemon waits on Postgres: while a
+   * received message is still being handled (backpressure from the broker), the library has
+   * paused the socket and silence says nothing about Postgres.
+   */
+  private watchStream(stream: ReplicationStream<unknown>, checkpoint: Checkpoint, timeout: (silentMs: number) => void): void {
+    if (this.stopRequested) return;
+    const now = Date.now();
+    if (!stream.caughtUp()) {
+      this.lastHeard = now;
+      return;
+    }
+    const interval = this.settings.statusIntervalSeconds * 1000;
+    const silent = now - this.lastHeard;
+    if (silent >= interval && now - this.lastPing >= interval) {
+      this.lastPing = now;
+      void this.report(checkpoint, true, true);
+    }
+    this.setStalled(silent > STALL_READY_INTERVALS * interval, silent);
+    if (silent > STALL_RECONNECT_INTERVALS * interval) timeout(silent);
+  }
+
+  private setStalled(stalled: boolean, silentMs = 0): void {
+    if (stalled === this.stalled) return;
+    this.stalled = stalled;
+    if (stalled) {
+      this.opts.log.warn(
+        { silentSeconds: Math.round(silentMs / 1000), confirmed: formatLsn(this.lastReported) },
+        `replication stream stalled: nothing from Postgres for ${Math.round(silentMs / 1000)} s; not ready`,
+      );
+    } else if (!this.stopRequested) {
+      this.opts.log.info({ confirmed: formatLsn(this.lastReported) }, 'replication stream responsive again');
+    }
+    this.opts.hooks.onStalled?.(stalled);
   }
 
   private decoder(relations: RelationCatalog, types: TypeCatalog, pushTablesDown: boolean): Decoder<unknown> {
@@ -367,10 +444,10 @@ export class Session {
     const left = checkpoint.outstanding();
     if (left > 0) this.opts.log.warn({ unconfirmed: left }, 'shutdown: gave up waiting for broker confirms; those changes will be sent again');
     await this.report(checkpoint, true);
-    this.opts.log.info({ slot: this.settings.slot, confirmed: formatLsn(this.lastReported) }, 'confirmed position reported');
+    this.opts.log.info({ confirmed: formatLsn(this.lastReported), published: this.opts.metrics.publishedCount }, 'confirmed position reported');
   }
 
-  private async report(checkpoint: Checkpoint, force: boolean): Promise<void> {
+  private async report(checkpoint: Checkpoint, force: boolean, ping = false): Promise<void> {
     const stream = this.stream;
     if (!stream) return;
     const safe = checkpoint.safeLsn();
@@ -378,7 +455,7 @@ export class Session {
     if (!force && !due && safe === this.lastReported) return;
     this.lastReportAt = Date.now();
     try {
-      await stream.acknowledge(safe);
+      await stream.acknowledge(safe, ping);
       this.lastReported = safe;
       this.opts.hooks.onAcknowledged(safe);
     } catch (err) {

@@ -15,14 +15,18 @@ import type { TxPlan } from '../filter/flood-guard.js';
 import { formatLsn } from '../source/lsn.js';
 
 export interface Health {
-  /** A session is streaming and the broker is not blocking publishes. */
+  /** A session is streaming, the broker is not blocking publishes and Postgres is not silent. */
   ready(): boolean;
   readonly state: SessionState | 'waiting' | 'stopped';
+  /** The state with why it is not ready, for /readyz. */
+  reason(): string;
 }
 
 export class Supervisor implements Health {
   state: SessionState | 'waiting' | 'stopped' = 'connecting';
   private blocked = false;
+  private stalled = false;
+  private lastFailure = '';
   private session: Session | null = null;
   private stopping = false;
   private wakeFromBackoff: (() => void) | null = null;
@@ -37,7 +41,17 @@ export class Supervisor implements Health {
   ) {}
 
   ready(): boolean {
-    return this.state === 'streaming' && !this.blocked;
+    return this.state === 'streaming' && !this.blocked && !this.stalled;
+  }
+
+  reason(): string {
+    if (this.state === 'streaming') {
+      if (this.blocked) return 'streaming, but the broker blocks publishing (resource alarm)';
+      if (this.stalled) return 'streaming, but the replication stream from Postgres has stalled';
+      return 'streaming';
+    }
+    if (this.state === 'waiting' && this.lastFailure) return `waiting to reconnect: ${this.lastFailure}`;
+    return this.state;
   }
 
   stop(): void {
@@ -49,7 +63,9 @@ export class Supervisor implements Health {
 
   /** Resolves when stopped cleanly; rejects with a PrerequisiteError when retrying cannot help. */
   async run(): Promise<void> {
-    const { log, metrics } = this.opts;
+    const { metrics } = this.opts;
+    // Every line of the daemon's sessions names the slot.
+    const log = this.opts.log.child({ slot: this.settings.slot });
     let attempt = 0;
     let brokerIndex = 0;
     let standingBy = false;
@@ -70,6 +86,7 @@ export class Supervisor implements Health {
             }
           },
           onBlocked: (b) => (this.blocked = b),
+          onStalled: (s) => (this.stalled = s),
           onAcknowledged: (lsn) => {
             this.acknowledged = lsn;
             metrics.confirmedLsn.set(Number(lsn));
@@ -105,12 +122,22 @@ export class Supervisor implements Health {
           attempt++;
           delay = backoffMs(attempt, this.opts.reconnectMaxDelaySeconds * 1000);
           log.warn(
-            { target: failure.target, err: failure.message, attempt, retryInSeconds: +(delay / 1000).toFixed(1) },
+            {
+              target: failure.target,
+              err: failure.message,
+              attempt,
+              retryInSeconds: +(delay / 1000).toFixed(1),
+              confirmed: formatLsn(this.acknowledged),
+              published: metrics.publishedCount,
+            },
             `session ended: ${failure.message}; reconnecting in ${(delay / 1000).toFixed(1)} s`,
           );
           if (!(err instanceof SessionFailure)) log.error({ err }, 'unexpected error in session');
         }
         this.state = 'waiting';
+        this.blocked = false;
+        this.stalled = false;
+        this.lastFailure = failure.message;
         await new Promise<void>((resolve) => {
           const timer = setTimeout(resolve, delay);
           this.wakeFromBackoff = () => {
@@ -123,7 +150,7 @@ export class Supervisor implements Health {
     }
     this.state = 'stopped';
     this.opts.metrics.streaming.set(0);
-    log.info({ slot: this.settings.slot, confirmed: formatLsn(this.acknowledged) }, 'stopped');
+    log.info({ confirmed: formatLsn(this.acknowledged), published: metrics.publishedCount }, 'stopped');
   }
 }
 

@@ -16,6 +16,7 @@ import { readFileSync } from 'node:fs';
 import amqp, { type ChannelModel, type ConfirmChannel, type Options } from 'amqplib';
 import type { Logger } from '../ops/logger.js';
 import { redactUrl } from '../config/load.js';
+import { tlsFailure } from '../config/database.js';
 
 export interface OutgoingMessage {
   readonly exchange: string;
@@ -134,6 +135,7 @@ export class AmqpSink {
     model.off('error', early);
     channel.off('error', early);
     sink.watch();
+    options.log.info({ broker: redactUrl(url), brokerIndex: index, tls: url.startsWith('amqps:') }, `connected to broker ${redactUrl(url)}`);
     return sink;
   }
 
@@ -201,10 +203,12 @@ export class AmqpSink {
       confirm(this.failure);
       return;
     }
+    // Keep only the id for the callback: holding `msg` would keep its body alive until the confirm.
+    const messageId = String(msg.properties.messageId);
     const ok = this.channel.publish(msg.exchange, msg.routingKey, msg.content, msg.properties, (err: unknown) => {
       if (this.failure) confirm(this.failure);
       else if (err) {
-        const e = new SinkError(`broker rejected message ${String(msg.properties.messageId)} (nack)`, 'transient');
+        const e = new SinkError(`broker rejected message ${messageId} (nack)`, 'transient');
         this.fail(e);
         confirm(e);
       } else confirm(null);
@@ -250,6 +254,8 @@ function tlsSocketOptions(tls: AmqpTls | undefined): Record<string, unknown> {
 
 function classifyConnectError(err: unknown, url: string): SinkError {
   const text = errorText(err);
+  const tls = tlsFailure(err, 'PGWARREN_AMQP_CA, PGWARREN_AMQP_CERT and PGWARREN_AMQP_KEY, and that the host name in PGWARREN_AMQP_URL is one the certificate names');
+  if (tls) return new SinkError(`broker ${redactUrl(url)}: ${tls}`, 'fatal', { cause: err });
   if (/ACCESS_REFUSED|403|authentication|PLAIN login refused/i.test(text)) {
     return new SinkError(`broker ${redactUrl(url)} refused the credentials: ${text}. Check the user and password in PGWARREN_AMQP_URL.`, 'fatal', { cause: err });
   }
