@@ -75,6 +75,9 @@ async function runAction(cluster, action) {
   await c.query('CREATE TABLE after_flood (id int PRIMARY KEY, at timestamptz NOT NULL DEFAULT now())');
   await c.query(`INSERT INTO big SELECT g, 0, 'row ' || g FROM generate_series(1, ${ROWS}) g`);
   await c.query('CREATE PUBLICATION bench FOR TABLE big, after_flood');
+  // pgwarren streams from its publication and the keyless companion (slot-admin.ts); both must
+  // exist before the slot, or decoding WAL written before they did fails.
+  await c.query("CREATE PUBLICATION bench_keyless WITH (publish = 'insert, truncate')");
   await c.query("SELECT pg_create_logical_replication_slot('baseline', 'pgoutput')");
 
   const conn = await amqp.connect(AMQP_URL);

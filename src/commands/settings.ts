@@ -39,6 +39,8 @@ export function sessionSettings(config: Config): SessionSettings {
     floodBufferEvents: config.floodBufferEvents,
     unroutable: config.unroutable,
     maxInflight: config.maxInflight,
+    batchMaxEvents: config.batchMaxEvents,
+    batchMaxBytes: config.batchMaxBytes,
     shutdownTimeoutSeconds: config.shutdownTimeout,
     statusIntervalSeconds: config.statusInterval,
     publicationSyncSeconds: config.publicationSyncInterval,

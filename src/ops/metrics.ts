@@ -53,16 +53,6 @@ export class Metrics {
       },
     };
   }
-  private readonly publishedChildren = new Map<string, { inc(n?: number): void }>();
-  published(table: string, op: string): void {
-    const key = `${table}\u0000${op}`;
-    let child = this.publishedChildren.get(key);
-    if (!child) {
-      child = this.publishedCounter(table, op);
-      this.publishedChildren.set(key, child);
-    }
-    child.inc();
-  }
   readonly slotLagBytes = new Gauge({
     name: 'pgwarren_slot_lag_bytes',
     help: "Bytes of WAL between the server's current position and the slot's confirmed position.",

@@ -58,6 +58,9 @@ export interface SessionSettings {
   readonly floodBufferEvents: number;
   readonly unroutable: 'warn' | 'block';
   readonly maxInflight: number;
+  /** Batched mode: events per message (1 = off) and the bound on a message body. */
+  readonly batchMaxEvents: number;
+  readonly batchMaxBytes: number;
   readonly shutdownTimeoutSeconds: number;
   readonly statusIntervalSeconds: number;
   /** How often new tables matching the selection are added to the publication; 0 = only at start. */
@@ -268,6 +271,7 @@ export class Session {
       publisher: sink,
       checkpoint,
       maxInflight: settings.maxInflight,
+      batch: { maxEvents: settings.batchMaxEvents, maxBytes: settings.batchMaxBytes },
       metrics: opts.metrics,
       log,
       flood: {

@@ -1,0 +1,181 @@
+/**
+ * The pipeline with a recording publisher: message shapes with and without batching, batch
+ * boundaries (count, bytes, routing key, commit), checkpoint accounting per message, backpressure.
+ */
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { Pipeline, type PipelineDeps } from '../../src/pipeline/pipeline.js';
+import { Checkpoint } from '../../src/pipeline/checkpoint.js';
+import { EventBuilder } from '../../src/events/envelope.js';
+import { Router } from '../../src/events/router.js';
+import { OperationSelection, TableSelection } from '../../src/filter/selection.js';
+import { Metrics } from '../../src/ops/metrics.js';
+import { createLogger } from '../../src/ops/logger.js';
+import type { Publisher } from '../../src/sink/publisher.js';
+import type { OutgoingMessage } from '../../src/sink/amqp-sink.js';
+import type { Decoded, RelationInfo, SourceInfo } from '../../src/types.js';
+
+const source: SourceInfo = { name: 'pgwarren', db: 'app', slot: 's', plugin: 'pgoutput' };
+const rel = (table: string): RelationInfo => ({
+  oid: table.length,
+  schema: 'public',
+  table,
+  replicaIdentity: 'default',
+  columns: [
+    { name: 'id', typeOid: 23, typeMod: -1, inReplicaIdentity: true },
+    { name: 'note', typeOid: 25, typeMod: -1, inReplicaIdentity: false },
+  ],
+  keyColumns: ['id'],
+});
+const orders = rel('orders');
+const items = rel('items');
+
+interface Sent {
+  exchange: string;
+  routingKey: string;
+  body: string;
+  properties: Record<string, unknown>;
+  confirm: (err: Error | null) => void;
+}
+
+class RecordingPublisher implements Publisher {
+  sent: Sent[] = [];
+  open = true;
+  private waiters: Array<() => void> = [];
+  publish(msg: OutgoingMessage, confirm: (err: Error | null) => void): void {
+    // Copy what the contract lets the caller take back after the call.
+    this.sent.push({
+      exchange: msg.exchange,
+      routingKey: msg.routingKey,
+      body: msg.content.toString('utf8'),
+      properties: structuredClone({ ...msg.properties }) as Record<string, unknown>,
+      confirm,
+    });
+  }
+  writable(): boolean {
+    return this.open;
+  }
+  whenWritable(): Promise<void> {
+    return this.open ? Promise.resolve() : new Promise((r) => this.waiters.push(r));
+  }
+  failureReason(): Error | null {
+    return null;
+  }
+  unblock(): void {
+    this.open = true;
+    for (const w of this.waiters.splice(0)) w();
+  }
+}
+
+function pipeline(opts: { batch?: { maxEvents: number; maxBytes: number }; maxInflight?: number; action?: 'summarize' | 'pass' | 'divert'; threshold?: number } = {}) {
+  const publisher = new RecordingPublisher();
+  const checkpoint = new Checkpoint(0n);
+  const deps: PipelineDeps = {
+    source,
+    tables: new TableSelection([], []),
+    operations: new OperationSelection(['insert', 'update', 'delete', 'truncate']),
+    builder: new EventBuilder(source, { get: () => undefined }),
+    prepareRelation: async () => undefined,
+    router: new Router({ exchange: 'ex', routingKey: '{schema}.{table}.{op}' }),
+    publisher,
+    checkpoint,
+    maxInflight: opts.maxInflight ?? 10_000,
+    metrics: new Metrics({ processMetrics: false }),
+    log: createLogger('silent'),
+    flood: { action: opts.action ?? 'summarize', exchange: 'ex.bulk', thresholdFor: () => opts.threshold ?? 10_000, bufferEvents: 1000 },
+    plans: new Map(),
+    batch: opts.batch,
+  };
+  return { p: new Pipeline(deps), publisher, checkpoint };
+}
+
+let lsn = 0x1000n;
+function tx(changes: Array<[RelationInfo, number, string?]>, xid = 7): Decoded[] {
+  const commitLsn = (lsn += 0x100n);
+  return [
+    { kind: 'begin', xid, commitLsn, commitTime: '2026-11-22T09:23:15.561510Z' },
+    ...changes.map(([relation, id, note]): Decoded => ({ kind: 'change', op: 'insert', relation, old: null, oldKind: 'none', new: [String(id), note ?? 'n'] })),
+    { kind: 'commit', commitLsn, endLsn: commitLsn + 0x30n },
+  ];
+}
+
+test('batch-max-events 1: one plain event per message with exactly the contract properties', async () => {
+  const { p, publisher } = pipeline();
+  await p.handle(tx([[orders, 1], [orders, 2], [items, 3]]));
+  assert.equal(publisher.sent.length, 3);
+  const [m] = publisher.sent;
+  const event = JSON.parse(m!.body);
+  assert.equal(event.id, '0/1100:0');
+  assert.equal(m!.routingKey, 'public.orders.insert');
+  assert.deepEqual(m!.properties, {
+    messageId: '0/1100:0',
+    contentType: 'application/json',
+    persistent: true,
+    timestamp: Math.floor(Date.parse('2026-11-22T09:23:15Z') / 1000),
+    type: 'insert',
+    appId: 'pgwarren',
+    mandatory: true,
+    expiration: undefined,
+    headers: { 'pgwarren-schema': 'public', 'pgwarren-table': 'orders', 'pgwarren-op': 'insert', 'pgwarren-lsn': '0/1100', 'pgwarren-xid': 7 },
+  });
+  assert.equal(publisher.sent[2]!.properties.headers && (publisher.sent[2]!.properties.headers as any)['pgwarren-table'], 'items');
+});
+
+test('batches: split by count, by routing key and at commit; ids inside stay per event', async () => {
+  const { p, publisher, checkpoint } = pipeline({ batch: { maxEvents: 2, maxBytes: 1 << 20 } });
+  await p.handle(tx([[orders, 1], [orders, 2], [orders, 3], [items, 4], [orders, 5]]));
+  await p.handle(tx([[orders, 6]]));
+  const shape = publisher.sent.map((m) => `${m.routingKey}:${(JSON.parse(m.body) as any[]).map((e) => e.new.id).join(',')}`);
+  assert.deepEqual(shape, ['public.orders.insert:1,2', 'public.orders.insert:3', 'public.items.insert:4', 'public.orders.insert:5', 'public.orders.insert:6']);
+  for (const m of publisher.sent) {
+    const events = JSON.parse(m.body) as any[];
+    assert.equal((m.properties.headers as any)['pgwarren-batch'], events.length);
+    assert.equal(m.properties.messageId, events[0].id);
+    for (const e of events) assert.equal(e.id, `${e.tx.lsn}:${e.tx.seq}`);
+  }
+  // One outstanding message per batch; the slot moves only when all of a transaction's batches are confirmed.
+  assert.equal(checkpoint.outstanding(), 5);
+  for (const m of publisher.sent.slice(0, 3)) m.confirm(null);
+  assert.equal(checkpoint.safeLsn(), 0n, 'the first transaction still has an unconfirmed batch');
+  publisher.sent[3]!.confirm(null);
+  assert.equal(checkpoint.safeLsn(), lsn - 0x100n + 0x30n);
+  publisher.sent[4]!.confirm(null);
+  assert.equal(checkpoint.safeLsn(), lsn + 0x30n);
+});
+
+test('batches: bounded by bytes; an event larger than the bound travels alone', async () => {
+  const { p, publisher } = pipeline({ batch: { maxEvents: 100, maxBytes: 1024 } });
+  await p.handle(tx([[orders, 1], [orders, 2], [orders, 3, 'x'.repeat(2000)], [orders, 4], [orders, 5], [orders, 6]]));
+  const sizes = publisher.sent.map((m) => (JSON.parse(m.body) as any[]).length);
+  assert.equal(sizes.reduce((a, b) => a + b), 6);
+  for (const m of publisher.sent) {
+    const n = (JSON.parse(m.body) as any[]).length;
+    assert.ok(Buffer.byteLength(m.body) <= 1024 || n === 1, `${n} events in ${Buffer.byteLength(m.body)} bytes`);
+  }
+  assert.deepEqual(JSON.parse(publisher.sent[1]!.body).map((e: any) => e.new.id), [3], 'the big event alone');
+  const ids = publisher.sent.flatMap((m) => (JSON.parse(m.body) as any[]).map((e) => e.new.id));
+  assert.deepEqual(ids, [1, 2, 3, 4, 5, 6]);
+});
+
+test('batches: divert sends the flooded rows, batched, to the flood exchange', async () => {
+  const { p, publisher } = pipeline({ batch: { maxEvents: 3, maxBytes: 1 << 20 }, action: 'divert', threshold: 2 });
+  await p.handle(tx([[orders, 1], [items, 2], [items, 3], [items, 4], [items, 5], [orders, 6]]));
+  const shape = publisher.sent.map((m) => `${m.exchange}:${(JSON.parse(m.body) as any[]).map((e) => e.new.id).join(',')}`);
+  assert.deepEqual(shape, ['ex.bulk:2,3,4', 'ex.bulk:5', 'ex:1,6']);
+});
+
+test('backpressure: handle waits while the publisher is not writable or the window is full', async () => {
+  const { p, publisher } = pipeline({ maxInflight: 2 });
+  publisher.open = false;
+  let done = false;
+  const handled = Promise.resolve(p.handle(tx([[orders, 1], [orders, 2], [orders, 3]], 9))).then(() => (done = true));
+  await new Promise((r) => setImmediate(r));
+  assert.equal(publisher.sent.length, 0);
+  publisher.unblock();
+  await new Promise((r) => setImmediate(r));
+  assert.equal(publisher.sent.length, 2, 'stops at the inflight limit');
+  assert.equal(done, false);
+  publisher.sent[0]!.confirm(null);
+  await handled;
+  assert.equal(publisher.sent.length, 3);
+});
