@@ -24,7 +24,7 @@ import { OperationSelection, TableSelection, excludedColumnsLookup, ruleLookup }
 import { queryFn } from '../source/pg-query.js';
 import { RelationCatalog, hasPartitions } from '../source/relation-catalog.js';
 import { TypeCatalog } from '../source/type-catalog.js';
-import { ensurePublication, ensureSlot, keylessPublicationName, requireLogicalWal } from '../source/slot-admin.js';
+import { checkSlot, ensurePublication, ensureSlot, keylessPublicationName, requireLogicalWal } from '../source/slot-admin.js';
 import { ReplicationStream } from '../source/replication-stream.js';
 import { PgoutputDecoder } from '../source/pgoutput-decoder.js';
 import { Wal2jsonDecoder, wal2jsonTableFilter } from '../source/wal2json-decoder.js';
@@ -166,15 +166,12 @@ export class Session {
     log.info({ postgres: where, user: settings.pg.user, tls: Boolean(settings.pg.ssl) }, `connected to Postgres ${where}`);
     const query = queryFn(client);
     await this.pg(() => requireLogicalWal(query), 'checking wal_level');
-    const slot = await this.pg(
-      () => ensureSlot(query, { slot: settings.slot, plugin: settings.plugin, database: settings.database, mayCreate: opts.mayCreateSlot }),
-      'checking the slot',
-    );
-    if (slot.created) log.info({ plugin: settings.plugin }, 'created replication slot');
-    if (slot.state.active && slot.state.activePid) {
+    const slotOpts = { slot: settings.slot, plugin: settings.plugin, database: settings.database, mayCreate: opts.mayCreateSlot };
+    const existing = await this.pg(() => checkSlot(query, slotOpts), 'checking the slot');
+    if (existing.active && existing.activePid) {
       throw new SessionFailure(
         'postgres',
-        new Error(`slot "${settings.slot}" is in use by process ${slot.state.activePid} (another pgwarren?); waiting to take over`),
+        new Error(`slot "${settings.slot}" is in use by process ${existing.activePid} (another pgwarren?); waiting to take over`),
         1000,
       );
     }
@@ -182,9 +179,11 @@ export class Session {
     const operations = new OperationSelection(settings.operations);
     const excludedColumns = excludedColumnsLookup(settings.rules);
     let firstSync = true;
+    let publicationExisted = false;
     let lastKeyless = '';
     const syncPublication = async () => {
       const pub = await ensurePublication(query, { publication: settings.publication, tables, operations, excludedColumns });
+      if (firstSync) publicationExisted = !pub.created;
       if (pub.created || pub.added.length || pub.removed.length || pub.recolumned.length) {
         log.info(
           {
@@ -215,6 +214,19 @@ export class Session {
     };
     if (settings.plugin === 'pgoutput') await this.pg(syncPublication, 'syncing the publication');
     if (this.stopRequested) return 'stopped';
+    // Only now, after the publications: see ensureSlot.
+    let slotState = existing;
+    if (!existing.exists) {
+      const slot = await this.pg(() => ensureSlot(query, slotOpts), 'creating the slot');
+      slotState = slot.state;
+      if (slot.created && publicationExisted) {
+        log.warn(
+          { plugin: settings.plugin, publication: settings.publication, from: slot.state.confirmedFlushLsn },
+          `slot "${settings.slot}" was missing though publication "${settings.publication}" exists, so pgwarren ran here before: created a new slot. ` +
+            `Changes made while no slot existed (a failover to a standby, a dropped slot) are in no slot: re-sync consumers that need them`,
+        );
+      } else if (slot.created) log.info({ plugin: settings.plugin, from: slot.state.confirmedFlushLsn }, 'created replication slot');
+    }
 
     // 2. Broker.
     const unroutableLog = new LogThrottle();
@@ -258,7 +270,7 @@ export class Session {
     const pushdown = settings.plugin === 'wal2json' && !(await this.pg(() => hasPartitions(query), 'looking for partitions'));
     const decoder = this.decoder(relations, types, pushdown);
     const builder = new EventBuilder(source, types, excludedColumns);
-    const checkpoint = new Checkpoint(slot.state.confirmedFlushLsn ? parseLsn(slot.state.confirmedFlushLsn) : 0n);
+    const checkpoint = new Checkpoint(slotState.confirmedFlushLsn ? parseLsn(slotState.confirmedFlushLsn) : 0n);
     opts.metrics.inflightSource = () => checkpoint.outstanding();
     this.lastReported = checkpoint.safeLsn();
     const pipeline = new Pipeline({
@@ -373,6 +385,8 @@ export class Session {
       const pipelineFailure = pipeline.failed();
       if (pipelineFailure) throw new SessionFailure('rabbitmq', pipelineFailure);
       const reason = outcome.reason;
+      const undecodable = publicationMissingInHistory(reason, settings.slot);
+      if (undecodable) throw undecodable;
       if (reason instanceof PrerequisiteError) throw reason;
       throw new SessionFailure(reason instanceof SinkError ? 'rabbitmq' : 'postgres', reason);
     } finally {
@@ -495,3 +509,21 @@ export class Session {
 const nameOf = (t: { schema: string; table: string }) => `${t.schema}.${t.table}`;
 
 /** Per-table value from the first rule whose glob matches and sets it, else the default. */
+
+/**
+ * Postgres decodes each change with the publications as they were when it was made. When the
+ * slot holds changes older than a publication it is told to use (the publication was created
+ * after the slot, or dropped and re-created), decoding fails on every attempt: the slot is stuck
+ * and holds WAL, so this is a prerequisite failure, not something to retry.
+ */
+function publicationMissingInHistory(err: unknown, slot: string): PrerequisiteError | undefined {
+  const text = err instanceof Error ? `${err.message} ${String((err.cause as Error | undefined)?.message ?? '')}` : String(err);
+  const m = /publication "([^"]+)" does not exist/.exec(text);
+  if (!m) return undefined;
+  return new PrerequisiteError(
+    `slot "${slot}" holds changes made before publication "${m[1]}" existed (it was created after the slot, or dropped and re-created), ` +
+      `and Postgres cannot decode them with it, so the slot cannot advance. Re-sync consumers from the tables, then re-create the slot ` +
+      `after the publications: "pgwarren teardown --yes" and "pgwarren setup".`,
+    { cause: err },
+  );
+}

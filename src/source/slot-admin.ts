@@ -69,10 +69,15 @@ export async function slotState(query: QueryFn, slot: string): Promise<SlotState
  * Make sure the slot exists and fits. `mayCreate` is false once a session has streamed: a slot
  * that vanishes while we run was dropped by someone, and re-creating it would hide lost changes.
  */
-export async function ensureSlot(
+/**
+ * The slot's state when it exists and is usable by these settings; a PrerequisiteError when it
+ * is not (another plugin or database, invalidated), or when it is missing and `mayCreate` is
+ * false (it disappeared under a running daemon).
+ */
+export async function checkSlot(
   query: QueryFn,
   opts: { slot: string; plugin: Plugin; database: string; mayCreate: boolean },
-): Promise<{ created: boolean; state: SlotState }> {
+): Promise<SlotState> {
   const state = await slotState(query, opts.slot);
   if (state.exists) {
     if (state.plugin !== opts.plugin) {
@@ -93,7 +98,7 @@ export async function ensureSlot(
           `Raise max_slot_wal_keep_size to make this less likely.`,
       );
     }
-    return { created: false, state };
+    return state;
   }
   if (!opts.mayCreate) {
     throw new PrerequisiteError(
@@ -101,6 +106,21 @@ export async function ensureSlot(
         `Re-create it deliberately with "pgwarren setup" after re-syncing consumers.`,
     );
   }
+  return state;
+}
+
+/**
+ * Checks the slot (see `checkSlot`) and creates it when missing. With pgoutput, create the
+ * publications first: Postgres decodes with the publications as they were when each change was
+ * made, so changes made between a slot's creation and its publication's can never be decoded
+ * ("publication ... does not exist") and the slot would be stuck holding WAL.
+ */
+export async function ensureSlot(
+  query: QueryFn,
+  opts: { slot: string; plugin: Plugin; database: string; mayCreate: boolean },
+): Promise<{ created: boolean; state: SlotState }> {
+  const state = await checkSlot(query, opts);
+  if (state.exists) return { created: false, state };
   try {
     await query('SELECT pg_create_logical_replication_slot($1, $2)', [opts.slot, opts.plugin]);
   } catch (err) {
