@@ -37,6 +37,7 @@ export function sessionSettings(config: Config): SessionSettings {
     floodAction: config.floodAction,
     floodExchange: config.floodExchange,
     floodBufferEvents: config.floodBufferEvents,
+    floodBufferBytes: config.floodBufferBytes,
     unroutable: config.unroutable,
     maxInflight: config.maxInflight,
     batchMaxEvents: config.batchMaxEvents,

@@ -50,6 +50,7 @@ export interface Config {
   readonly floodAction: (typeof FLOOD_ACTIONS)[number];
   readonly floodExchange: string;
   readonly floodBufferEvents: number;
+  readonly floodBufferBytes: number;
   readonly httpPort: number;
   readonly logLevel: (typeof LOG_LEVELS)[number];
   /** Absolute path of the config file read, if any. */
@@ -146,6 +147,7 @@ export function loadConfig(input: LoadInput): Config {
     floodAction: get('flood-action'),
     floodExchange: get('flood-exchange'),
     floodBufferEvents: get('flood-buffer-events'),
+    floodBufferBytes: get('flood-buffer-bytes'),
     httpPort: get('http-port'),
     logLevel: get('log-level'),
     ...definedOnly({ config: configPath }),

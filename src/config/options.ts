@@ -180,6 +180,13 @@ export const OPTIONS = [
     description: 'events held for one transaction while it is not yet known whether a table floods; beyond it the transaction is counted first and read again',
     default: '20000',
   }),
+  option({
+    name: 'flood-buffer-bytes',
+    group: 'flood',
+    ...kinds.integer(1024),
+    description: 'bytes of event bodies held for one transaction while it is not yet known whether a table floods (wide rows reach this before the event count); beyond it the transaction is counted first and read again',
+    default: '16777216',
+  }),
 
   // operations
   option({ name: 'http-port', group: 'operations', ...kinds.integer(0, 65535, 'a port number from 0 to 65535'), description: 'port of /healthz, /readyz and /metrics; 0 disables', default: '9464' }),

@@ -7,7 +7,9 @@
  * which may be at the very end. So, unless the action is `pass`, a transaction's events are held
  * in stream order until commit, and a table's held events leave the buffer the moment it floods.
  *
- * The bound: at most `bufferEvents` events are held. When a transaction would need more (many
+ * The bound: at most `bufferEvents` events, and at most `bufferBytes` of their JSON bodies, are
+ * held (wide rows or large TOAST values make the byte bound the one that counts). When a
+ * transaction would need more (many
  * tables each below the threshold), the guard stops holding and only counts, through to the
  * commit. The pipeline then reads that transaction again from the slot (nothing of it was
  * published, and it is not acknowledged) with the counts known up front: a `TxPlan`. With a plan
@@ -51,6 +53,8 @@ export interface FloodGuardOptions {
   /** Threshold for a table; 0 disables counting for it (the marker still applies). */
   readonly thresholdFor: (schema: string, table: string) => number;
   readonly bufferEvents: number;
+  /** Bound on the held events' body sizes (in UTF-16 code units, close to bytes); default none. */
+  readonly bufferBytes?: number;
 }
 
 interface TableState {
@@ -62,8 +66,9 @@ interface TableState {
 
 export class FloodGuard<E> {
   private tables = new Map<string, TableState>();
-  private held: Array<{ key: string; event: E }> = [];
+  private held: Array<{ key: string; event: E; size: number }> = [];
   private heldCount = 0;
+  private heldBytes = 0;
   private marker = false;
   private counting = false;
   private plan: TxPlan | null = null;
@@ -75,6 +80,7 @@ export class FloodGuard<E> {
     this.tables = new Map();
     this.held = [];
     this.heldCount = 0;
+    this.heldBytes = 0;
     this.marker = false;
     this.counting = false;
     this.plan = plan;
@@ -132,9 +138,10 @@ export class FloodGuard<E> {
    * Hold the event of a change `row` or `truncate` answered `hold` for. `table` is `schema.table`
    * for a row change, null for a truncate (which must stay even if its table floods later).
    */
-  keep(event: E, table: string | null): void {
-    this.held.push({ key: table ?? '', event });
+  keep(event: E, table: string | null, size = 0): void {
+    this.held.push({ key: table ?? '', event, size });
     this.heldCount++;
+    this.heldBytes += size;
   }
 
   /** A truncate is never part of a flood, but keeps its place among held events. */
@@ -174,11 +181,12 @@ export class FloodGuard<E> {
   private holdOrCount(): 'publish' | 'hold' | 'count' {
     if (this.counting) return 'count';
     if (!this.holds()) return 'publish';
-    if (this.heldCount >= this.opts.bufferEvents) {
+    if (this.heldCount >= this.opts.bufferEvents || this.heldBytes >= (this.opts.bufferBytes ?? Infinity)) {
       // Too much to hold: forget what is held (none of it was published) and only count.
       this.counting = true;
       this.held = [];
       this.heldCount = 0;
+      this.heldBytes = 0;
       return 'count';
     }
     return 'hold';
@@ -188,14 +196,19 @@ export class FloodGuard<E> {
     state.flooded = reason;
     const key = `${state.schema}.${state.table}`;
     const mine: E[] = [];
-    const rest: Array<{ key: string; event: E }> = [];
+    const rest: Array<{ key: string; event: E; size: number }> = [];
+    let restBytes = 0;
     for (const h of this.held) {
       if (h.key === key) mine.push(h.event);
-      else rest.push(h);
+      else {
+        rest.push(h);
+        restBytes += h.size;
+      }
     }
     if (mine.length > 0) {
       this.held = rest;
       this.heldCount = rest.length;
+      this.heldBytes = restBytes;
     }
     return this.opts.action === 'divert' ? mine : [];
   }

@@ -54,6 +54,7 @@ export interface PipelineDeps {
     readonly exchange: string;
     readonly thresholdFor: (schema: string, table: string) => number;
     readonly bufferEvents: number;
+    readonly bufferBytes?: number;
   };
   /** Transactions to be read a second time, with their flood verdicts known up front. */
   readonly plans: ReadonlyMap<bigint, TxPlan>;
@@ -139,6 +140,7 @@ export class Pipeline {
       action: deps.flood.action,
       thresholdFor: deps.flood.thresholdFor,
       bufferEvents: deps.flood.bufferEvents,
+      bufferBytes: deps.flood.bufferBytes,
     });
     this.batchMaxEvents = Math.max(1, Math.floor(deps.batch?.maxEvents ?? 1));
     this.batchMaxBytes = Math.max(1, Math.floor(deps.batch?.maxBytes ?? Number.MAX_SAFE_INTEGER));
@@ -262,7 +264,7 @@ export class Pipeline {
       });
     }
     const event = this.deps.builder.build(change, tx.info, seq);
-    if (now === 'hold') this.guard.keep(event, change.kind === 'truncate' ? null : `${change.relation.schema}.${change.relation.table}`);
+    if (now === 'hold') this.guard.keep(event, change.kind === 'truncate' ? null : `${change.relation.schema}.${change.relation.table}`, event.body.length);
     else return this.publish(event, tx, now === 'divert' ? 'flood' : 'normal');
   }
 

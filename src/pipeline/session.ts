@@ -56,6 +56,7 @@ export interface SessionSettings {
   readonly floodAction: FloodAction;
   readonly floodExchange: string;
   readonly floodBufferEvents: number;
+  readonly floodBufferBytes: number;
   readonly unroutable: 'warn' | 'block';
   readonly maxInflight: number;
   /** Batched mode: events per message (1 = off) and the bound on a message body. */
@@ -290,6 +291,7 @@ export class Session {
         action: settings.floodAction,
         exchange: settings.floodExchange,
         bufferEvents: settings.floodBufferEvents,
+        bufferBytes: settings.floodBufferBytes,
         thresholdFor: ruleLookup(settings.rules, (r) => r.floodThreshold, settings.floodThreshold),
       },
       plans: opts.plans,

@@ -147,19 +147,24 @@ test('the marker floods every table of its transaction, whatever the counts (thr
   assert.equal(s.queue.messages.length, 24);
 });
 
-test('a transaction that outgrows the buffer is read again with its verdict: nothing lost or doubled', async (t) => {
-  const s = await setup(t, 'fover', { PGWARREN_FLOOD_BUFFER_EVENTS: '4' });
-  await s.db.query('BEGIN');
-  await s.db.query("INSERT INTO orders VALUES (1, 'a'), (2, 'b'), (3, 'c')");
-  await s.db.query('INSERT INTO extra VALUES (1), (2), (3)');
-  await s.db.query('UPDATE items SET qty = 5 WHERE id <= 8');
-  await s.db.query('COMMIT');
-  await s.db.query("INSERT INTO orders VALUES (4, 'after')");
-  await s.queue.waitForCount(8, 30_000);
-  await sleep(500);
-  assert.deepEqual(summary(s.queue), ['orders:insert:1', 'orders:insert:2', 'orders:insert:3', 'extra:insert:1', 'extra:insert:2', 'extra:insert:3', 'items:bulk:', 'orders:insert:4']);
-  assert.ok(s.daemon.logs.some((l) => /reading an oversized transaction again/.test(String(l.msg))));
-});
+for (const [bound, env] of [
+  ['events', { PGWARREN_FLOOD_BUFFER_EVENTS: '4' }],
+  ['bytes', { PGWARREN_FLOOD_BUFFER_BYTES: '1024' }],
+] as const) {
+  test(`a transaction that outgrows the buffer (${bound} bound) is read again with its verdict: nothing lost or doubled`, async (t) => {
+    const s = await setup(t, `fover${bound}`, env);
+    await s.db.query('BEGIN');
+    await s.db.query("INSERT INTO orders VALUES (1, 'a'), (2, 'b'), (3, 'c')");
+    await s.db.query('INSERT INTO extra VALUES (1), (2), (3)');
+    await s.db.query('UPDATE items SET qty = 5 WHERE id <= 8');
+    await s.db.query('COMMIT');
+    await s.db.query("INSERT INTO orders VALUES (4, 'after')");
+    await s.queue.waitForCount(8, 30_000);
+    await sleep(500);
+    assert.deepEqual(summary(s.queue), ['orders:insert:1', 'orders:insert:2', 'orders:insert:3', 'extra:insert:1', 'extra:insert:2', 'extra:insert:3', 'items:bulk:', 'orders:insert:4']);
+    assert.ok(s.daemon.logs.some((l) => /reading an oversized transaction again/.test(String(l.msg))));
+  });
+}
 
 test('kill -9 in the middle of a flood, then restart: the same result as without the crash', async (t) => {
   const s = await setup(t, 'fkill', { PGWARREN_FLOOD_THRESHOLD: '100' });

@@ -6,8 +6,8 @@ type Op = 'insert' | 'update' | 'delete';
 interface Row { table: string; op: Op | 'truncate' }
 
 /** Feeds a transaction through the guard the way the pipeline does; returns what went where. */
-function run(action: FloodAction, rows: Row[], opts: { threshold?: number; buffer?: number; markerAt?: number; plan?: Map<string, 'threshold' | 'marker'> } = {}) {
-  const guard = new FloodGuard<string>({ action, thresholdFor: () => opts.threshold ?? 3, bufferEvents: opts.buffer ?? 100 });
+function run(action: FloodAction, rows: Row[], opts: { threshold?: number; buffer?: number; bufferBytes?: number; markerAt?: number; plan?: Map<string, 'threshold' | 'marker'> } = {}) {
+  const guard = new FloodGuard<string>({ action, thresholdFor: () => opts.threshold ?? 3, bufferEvents: opts.buffer ?? 100, bufferBytes: opts.bufferBytes });
   guard.begin(opts.plan ? { commitLsn: 1n, flooded: opts.plan } : null);
   const published: string[] = [];
   const diverted: string[] = [];
@@ -16,7 +16,7 @@ function run(action: FloodAction, rows: Row[], opts: { threshold?: number; buffe
     const event = `${r.table}:${seq}`;
     const v = r.op === 'truncate' ? { now: guard.truncate(), divert: [] } : guard.row('s', r.table, r.op, seq);
     diverted.push(...v.divert);
-    if (v.now === 'hold') guard.keep(event, r.op === 'truncate' ? null : `s.${r.table}`);
+    if (v.now === 'hold') guard.keep(event, r.op === 'truncate' ? null : `s.${r.table}`, event.length);
     else if (v.now === 'publish') published.push(event);
     else if (v.now === 'divert') diverted.push(event);
   });
@@ -86,4 +86,16 @@ test('outgrowing the buffer publishes nothing and asks for a second read with th
   assert.equal(second.replan, null);
   assert.deepEqual(second.published, many.slice(0, 9).map((row, i) => `${row.table}:${i}`));
   assert.deepEqual(second.flooded.map((f) => [f.table, f.counts.update]), [['d', 5]]);
+});
+
+test('the byte bound: held bodies past bufferBytes stop holding, and a flooded table frees its share', () => {
+  // Each event body here is 3 characters ("a:0"): 4 held reach 12.
+  const many = [...rows('a', 3), ...rows('b', 3), ...rows('c', 3)];
+  const r = run('summarize', many, { bufferBytes: 12 });
+  assert.deepEqual(r.published, []);
+  assert.ok(r.replan, 'over the byte bound: read again with the verdict');
+  // A table that floods leaves the buffer, so its bytes no longer count against the bound.
+  const freed = run('summarize', [...rows('a', 4), ...rows('b', 2)], { bufferBytes: 12 });
+  assert.equal(freed.replan, null);
+  assert.deepEqual(freed.published, ['b:4', 'b:5']);
 });
