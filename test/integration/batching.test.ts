@@ -8,7 +8,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { createTestDatabase, type TestDatabase } from '../support/pg.js';
 import { createTestBroker, type Collector, type Received, type TestBroker } from '../support/amqp.js';
-import { start, type Daemon } from '../support/daemon.js';
+import { runCli, start, type Daemon } from '../support/daemon.js';
 import { testEnv, uniqueName } from '../support/env.js';
 import { sleep, waitUntil } from '../support/wait.js';
 
@@ -30,19 +30,18 @@ async function setup(t: { after: (fn: () => Promise<unknown>) => void }, prefix:
   await broker.declareExchange(broker.exchange, 'topic');
   const queue = await broker.bindQueue('#');
   const slot = uniqueName(prefix);
-  return {
-    db,
-    broker,
-    queue,
-    env: {
-      PGWARREN_DATABASE_URL: db.url,
-      PGWARREN_AMQP_URL: testEnv().amqpUrl,
-      PGWARREN_SLOT: slot,
-      PGWARREN_PUBLICATION: slot,
-      PGWARREN_EXCHANGE: broker.exchange,
-      ...env,
-    },
+  const settings = {
+    PGWARREN_AMQP_URL: testEnv().amqpUrl,
+    PGWARREN_SLOT: slot,
+    PGWARREN_PUBLICATION: slot,
+    PGWARREN_EXCHANGE: broker.exchange,
+    ...env,
   };
+  // As in production: the owner runs setup, the daemon runs as a REPLICATION+SELECT role.
+  const made = await runCli(['setup'], { ...settings, PGWARREN_DATABASE_URL: db.url });
+  assert.equal(made.code, 0, made.stdout + made.stderr);
+  const { url } = await db.daemonRole();
+  return { db, broker, queue, env: { ...settings, PGWARREN_DATABASE_URL: url } };
 }
 
 async function daemon(t: { after: (fn: () => Promise<unknown>) => void }, env: Record<string, string>): Promise<Daemon> {

@@ -9,7 +9,7 @@ import assert from 'node:assert/strict';
 import { createTestDatabase, slotInfo, type TestDatabase } from '../support/pg.js';
 import { createTestBroker, type TestBroker } from '../support/amqp.js';
 import { startProxy } from '../support/proxy.js';
-import { start, type Daemon } from '../support/daemon.js';
+import { runCli, start, type Daemon } from '../support/daemon.js';
 import { testEnv, uniqueName } from '../support/env.js';
 import { sleep, waitUntil } from '../support/wait.js';
 import { parseLsn } from '../../src/source/lsn.js';
@@ -22,20 +22,27 @@ interface Fixture {
   cleanup(): Promise<void>;
 }
 
-/** A database with an `orders` table, an exchange with a catch-all queue, and daemon settings. */
+/**
+ * A database with an `orders` table, an exchange with a catch-all queue, and daemon settings. As
+ * in production, the owner runs `setup` and the daemon runs as a role with REPLICATION and SELECT
+ * only (README: Postgres prerequisites).
+ */
 async function fixture(prefix: string, extraEnv: Record<string, string> = {}): Promise<Fixture> {
   const db = await createTestDatabase(prefix);
   await db.query('CREATE TABLE orders (id int PRIMARY KEY, status text NOT NULL, amount numeric)');
   const broker = await createTestBroker(prefix);
   const slot = uniqueName(prefix);
-  const env = {
-    PGWARREN_DATABASE_URL: db.url,
+  const settings = {
     PGWARREN_AMQP_URL: testEnv().amqpUrl,
     PGWARREN_SLOT: slot,
     PGWARREN_PUBLICATION: slot,
     PGWARREN_EXCHANGE: broker.exchange,
     ...extraEnv,
   };
+  const setup = await runCli(['setup'], { ...settings, PGWARREN_DATABASE_URL: db.url });
+  assert.equal(setup.code, 0, setup.stdout + setup.stderr);
+  const role = await db.daemonRole();
+  const env = { ...settings, PGWARREN_DATABASE_URL: role.url };
   return {
     db,
     broker,

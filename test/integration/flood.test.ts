@@ -7,7 +7,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { createTestDatabase, slotInfo, type TestDatabase } from '../support/pg.js';
 import { createTestBroker, type Collector, type TestBroker } from '../support/amqp.js';
-import { start, type Daemon } from '../support/daemon.js';
+import { runCli, start, type Daemon } from '../support/daemon.js';
 import { testEnv, uniqueName } from '../support/env.js';
 import { sleep, waitUntil } from '../support/wait.js';
 import { parseLsn } from '../../src/source/lsn.js';
@@ -18,6 +18,8 @@ interface Setup {
   queue: Collector;
   daemon: Daemon;
   slot: string;
+  /** The daemon role's URL (the owner ran setup). */
+  url: string;
 }
 
 async function setup(t: { after: (fn: () => Promise<unknown>) => void }, prefix: string, env: Record<string, string>): Promise<Setup> {
@@ -32,18 +34,22 @@ async function setup(t: { after: (fn: () => Promise<unknown>) => void }, prefix:
   await broker.declareExchange(broker.exchange, 'topic');
   const queue = await broker.bindQueue('#');
   const slot = uniqueName(prefix);
-  const daemon = await start({
-    PGWARREN_DATABASE_URL: db.url,
+  const settings = {
     PGWARREN_AMQP_URL: testEnv().amqpUrl,
     PGWARREN_SLOT: slot,
     PGWARREN_PUBLICATION: slot,
     PGWARREN_EXCHANGE: broker.exchange,
     PGWARREN_FLOOD_THRESHOLD: '5',
     ...env,
-  });
+  };
+  // As in production: the owner runs setup, the daemon runs as a REPLICATION+SELECT role.
+  const made = await runCli(['setup'], { ...settings, PGWARREN_DATABASE_URL: db.url });
+  assert.equal(made.code, 0, made.stdout + made.stderr);
+  const { url } = await db.daemonRole();
+  const daemon = await start({ ...settings, PGWARREN_DATABASE_URL: url });
   t.after(() => daemon.stop());
   await daemon.waitReady(30_000);
-  return { db, broker, queue, daemon, slot };
+  return { db, broker, queue, daemon, slot, url };
 }
 
 /** One transaction: 2 orders, 10 item updates (a flood at threshold 5), 1 more order. */
@@ -202,7 +208,7 @@ const lsnValue = (lsn: string | null | undefined): bigint => (lsn ? parseLsn(lsn
 
 function envOf(s: Setup): Record<string, string> {
   return {
-    PGWARREN_DATABASE_URL: s.db.url,
+    PGWARREN_DATABASE_URL: s.url,
     PGWARREN_AMQP_URL: testEnv().amqpUrl,
     PGWARREN_SLOT: s.slot,
     PGWARREN_PUBLICATION: s.slot,
