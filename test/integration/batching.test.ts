@@ -8,7 +8,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { createTestDatabase, type TestDatabase } from '../support/pg.js';
 import { createTestBroker, type Collector, type Received, type TestBroker } from '../support/amqp.js';
-import { runCli, start, type Daemon } from '../support/daemon.js';
+import { setupAsOwner, start, type Daemon } from '../support/daemon.js';
 import { testEnv, uniqueName } from '../support/env.js';
 import { sleep, waitUntil } from '../support/wait.js';
 
@@ -37,11 +37,7 @@ async function setup(t: { after: (fn: () => Promise<unknown>) => void }, prefix:
     PGWARREN_EXCHANGE: broker.exchange,
     ...env,
   };
-  // As in production: the owner runs setup, the daemon runs as a REPLICATION+SELECT role.
-  const made = await runCli(['setup'], { ...settings, PGWARREN_DATABASE_URL: db.url });
-  assert.equal(made.code, 0, made.stdout + made.stderr);
-  const { url } = await db.daemonRole();
-  return { db, broker, queue, env: { ...settings, PGWARREN_DATABASE_URL: url } };
+  return { db, broker, queue, env: await setupAsOwner(db, settings) };
 }
 
 async function daemon(t: { after: (fn: () => Promise<unknown>) => void }, env: Record<string, string>): Promise<Daemon> {

@@ -9,7 +9,7 @@ import assert from 'node:assert/strict';
 import { createTestDatabase, slotInfo, type TestDatabase } from '../support/pg.js';
 import { createTestBroker, type TestBroker } from '../support/amqp.js';
 import { startProxy } from '../support/proxy.js';
-import { runCli, start, type Daemon } from '../support/daemon.js';
+import { setupAsOwner, start, type Daemon } from '../support/daemon.js';
 import { testEnv, uniqueName } from '../support/env.js';
 import { sleep, waitUntil } from '../support/wait.js';
 import { parseLsn } from '../../src/source/lsn.js';
@@ -39,10 +39,7 @@ async function fixture(prefix: string, extraEnv: Record<string, string> = {}): P
     PGWARREN_EXCHANGE: broker.exchange,
     ...extraEnv,
   };
-  const setup = await runCli(['setup'], { ...settings, PGWARREN_DATABASE_URL: db.url });
-  assert.equal(setup.code, 0, setup.stdout + setup.stderr);
-  const role = await db.daemonRole();
-  const env = { ...settings, PGWARREN_DATABASE_URL: role.url };
+  const env = await setupAsOwner(db, settings);
   return {
     db,
     broker,

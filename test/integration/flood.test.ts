@@ -7,7 +7,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { createTestDatabase, slotInfo, type TestDatabase } from '../support/pg.js';
 import { createTestBroker, type Collector, type TestBroker } from '../support/amqp.js';
-import { runCli, start, type Daemon } from '../support/daemon.js';
+import { setupAsOwner, start, type Daemon } from '../support/daemon.js';
 import { testEnv, uniqueName } from '../support/env.js';
 import { sleep, waitUntil } from '../support/wait.js';
 import { parseLsn } from '../../src/source/lsn.js';
@@ -42,11 +42,9 @@ async function setup(t: { after: (fn: () => Promise<unknown>) => void }, prefix:
     PGWARREN_FLOOD_THRESHOLD: '5',
     ...env,
   };
-  // As in production: the owner runs setup, the daemon runs as a REPLICATION+SELECT role.
-  const made = await runCli(['setup'], { ...settings, PGWARREN_DATABASE_URL: db.url });
-  assert.equal(made.code, 0, made.stdout + made.stderr);
-  const { url } = await db.daemonRole();
-  const daemon = await start({ ...settings, PGWARREN_DATABASE_URL: url });
+  const daemonEnv = await setupAsOwner(db, settings);
+  const url = daemonEnv.PGWARREN_DATABASE_URL!;
+  const daemon = await start(daemonEnv);
   t.after(() => daemon.stop());
   await daemon.waitReady(30_000);
   return { db, broker, queue, daemon, slot, url };

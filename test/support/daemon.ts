@@ -58,6 +58,21 @@ export function runCli(args: string[], env: Record<string, string>): Promise<{ c
   });
 }
 
+/**
+ * Deployment as the README prescribes: the tables' owner (the test database's superuser URL) runs
+ * `setup`, and the daemon runs as a role with REPLICATION and SELECT only. Returns the daemon's
+ * environment: `settings` with the role's URL.
+ */
+export async function setupAsOwner(
+  db: { url: string; daemonRole(): Promise<{ url: string }> },
+  settings: Record<string, string>,
+): Promise<Record<string, string>> {
+  const made = await runCli(['setup'], { ...settings, PGWARREN_DATABASE_URL: db.url });
+  if (made.code !== 0) throw new Error(`setup exited ${made.code}: ${made.stdout}${made.stderr}`);
+  const { url } = await db.daemonRole();
+  return { ...settings, PGWARREN_DATABASE_URL: url };
+}
+
 function baseEnv(env: Record<string, string>): NodeJS.ProcessEnv {
   return { PATH: process.env.PATH ?? '/usr/bin:/bin', HOME: process.env.HOME ?? '/tmp', ...env };
 }
