@@ -12,9 +12,11 @@ import { Heartbeat } from '../ops/heartbeat.js';
 import { Supervisor } from '../pipeline/supervisor.js';
 import { PrerequisiteError } from '../errors.js';
 import { onShutdown } from '../ops/shutdown.js';
+import { limitHeapGrowth } from '../ops/heap.js';
 import { pgConfig, sessionSettings } from './settings.js';
 
 export async function runCommand(config: Config): Promise<number> {
+  limitHeapGrowth();
   const log = createLogger(config.logLevel);
   const metrics = new Metrics();
   log.info({ config: describeConfig(config) }, 'starting pgwarren');
