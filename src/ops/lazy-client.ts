@@ -3,6 +3,7 @@
  * failure and opened again on the next use, so a database restart heals by itself.
  */
 import pg from 'pg';
+import { closeWithin, pgSocketOwner } from './close.js';
 
 export class LazyPgClient {
   private client: pg.Client | null = null;
@@ -30,6 +31,6 @@ export class LazyPgClient {
   async close(): Promise<void> {
     const client = this.client;
     this.client = null;
-    await client?.end().catch(() => undefined);
+    if (client) await closeWithin(() => client.end(), () => pgSocketOwner(client));
   }
 }

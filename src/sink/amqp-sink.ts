@@ -17,6 +17,7 @@ import amqp, { type ChannelModel, type ConfirmChannel, type Options } from 'amqp
 import type { Logger } from '../ops/logger.js';
 import { redactUrl } from '../config/load.js';
 import { tlsFailure } from '../config/database.js';
+import { closeWithin } from '../ops/close.js';
 
 export interface OutgoingMessage {
   readonly exchange: string;
@@ -219,7 +220,9 @@ export class AmqpSink {
   async close(): Promise<void> {
     this.closing = true;
     this.fail(new SinkError('sink closed', 'transient'));
-    await this.model.close().catch(() => undefined);
+    // amqplib's ChannelModel keeps its Connection, whose socket is `stream`, in `connection`.
+    const connection = (this.model as unknown as { connection?: { stream?: { destroy(): void } } }).connection;
+    await closeWithin(() => this.model.close(), () => connection);
   }
 
   private fail(err: SinkError): void {

@@ -22,6 +22,7 @@ import type { Decoder } from './decoder.js';
 import { quoteIdent } from './decoder.js';
 import { formatLsn, parseLsn } from './lsn.js';
 import { classifyPgError } from '../errors.js';
+import { closeWithin, pgSocketOwner } from '../ops/close.js';
 
 export interface StreamHandlers<P> {
   /** Awaited before the next message is handled: this is where backpressure comes from. */
@@ -144,11 +145,12 @@ export class ReplicationStream<P> {
     if (this.stopping) return;
     this.stopping = true;
     this.end(new Error('stopped'));
-    try {
-      await this.service.destroy();
-    } catch (err) {
-      this.log.debug({ err: (err as Error).message }, 'closing replication connection');
-    }
+    // The library keeps its pg client in `_client` (not in its type definitions).
+    const client = (this.service as unknown as { _client?: unknown })._client;
+    await closeWithin(
+      () => this.service.destroy().catch((err: unknown) => this.log.debug({ err: (err as Error).message }, 'closing replication connection')),
+      () => pgSocketOwner(client),
+    );
   }
 
   private end(reason: Error): void {
