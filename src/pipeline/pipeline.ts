@@ -134,6 +134,7 @@ export class Pipeline {
   private readonly batchMaxEvents: number;
   private readonly batchMaxBytes: number;
   private batch: OpenBatch | null = null;
+  private brokerWait = false;
 
   constructor(private readonly deps: PipelineDeps) {
     this.guard = new FloodGuard<BuiltEvent>({
@@ -148,6 +149,11 @@ export class Pipeline {
 
   inTransaction(): boolean {
     return this.tx !== null;
+  }
+
+  /** True while `handle` is held up by the broker (not writable, or the inflight window full). */
+  waitingOnBroker(): boolean {
+    return this.brokerWait;
   }
 
   /** The first confirm failure, if any; the session ends on it. */
@@ -308,11 +314,16 @@ export class Pipeline {
 
   private async waitToSend(): Promise<void> {
     const { publisher, checkpoint, maxInflight } = this.deps;
-    while (!publisher.writable() || checkpoint.outstanding() >= maxInflight) {
-      const reason = publisher.failureReason() ?? this.failure;
-      if (reason) throw reason;
-      if (!publisher.writable()) await publisher.whenWritable();
-      else await new Promise<void>((resolve) => (this.confirmWaiter = resolve));
+    this.brokerWait = true;
+    try {
+      while (!publisher.writable() || checkpoint.outstanding() >= maxInflight) {
+        const reason = publisher.failureReason() ?? this.failure;
+        if (reason) throw reason;
+        if (!publisher.writable()) await publisher.whenWritable();
+        else await new Promise<void>((resolve) => (this.confirmWaiter = resolve));
+      }
+    } finally {
+      this.brokerWait = false;
     }
   }
 

@@ -4,8 +4,9 @@
  * resumes from the slot's confirmed position. Nothing survives a session but the slot.
  *
  * States:
- *   connecting  -> check the slot (wait if another pgwarren holds it), open the broker,
- *                  sync the publication, start replication
+ *   connecting  -> check the slot (wait if another pgwarren holds it), sync the publications,
+ *                  create the slot if missing (only after them: see ensureSlot), open the
+ *                  broker, start replication
  *   streaming   -> messages flow; confirms move the checkpoint; status reports carry it to Postgres
  *   draining    -> (stop requested) read nothing more, wait for outstanding confirms (bounded),
  *                  report the final position
@@ -16,6 +17,7 @@ import type { Logger } from '../ops/logger.js';
 import type { Metrics } from '../ops/metrics.js';
 import { AmqpSink, SinkError, type AmqpTls } from '../sink/amqp-sink.js';
 import { Checkpoint } from './checkpoint.js';
+import { StallWatch, STALL_RECONNECT_INTERVALS } from './stall-watch.js';
 import { Pipeline, ReplanRequest } from './pipeline.js';
 import type { FloodAction, TxPlan } from '../filter/flood-guard.js';
 import { EventBuilder } from '../events/envelope.js';
@@ -34,6 +36,7 @@ import { classifyPgError, PrerequisiteError } from '../errors.js';
 import { tlsFailure } from '../config/database.js';
 import { redactUrl } from '../config/redact.js';
 import { LogThrottle } from '../ops/throttle.js';
+import { closeWithin, pgSocketOwner } from '../ops/close.js';
 import { PeriodicTask } from '../ops/periodic.js';
 import type { Op, Plugin, SourceInfo } from '../types.js';
 
@@ -94,15 +97,6 @@ export interface SessionHooks {
   onStalled?(stalled: boolean): void;
 }
 
-/**
- * Stall bounds, in status intervals. Postgres answers a status report that asks for a reply at
- * once, so while the daemon waits on Postgres (nothing it received is still being handled) it
- * pings every interval of silence; silence for STALL_READY intervals makes /readyz fail, for
- * STALL_RECONNECT intervals ends the session (like a standby's wal_receiver_timeout).
- */
-export const STALL_READY_INTERVALS = 3;
-export const STALL_RECONNECT_INTERVALS = 6;
-
 export class Session {
   private stopRequested = false;
   private resolveStop!: () => void;
@@ -112,10 +106,6 @@ export class Session {
   private stream: ReplicationStream<unknown> | null = null;
   private lastReported = 0n;
   private lastReportAt = 0;
-  /** When the replication connection was last heard from (or last busy with what it sent). */
-  private lastHeard = Date.now();
-  private lastPing = 0;
-  private stalled = false;
 
   constructor(
     private readonly settings: SessionSettings,
@@ -297,19 +287,29 @@ export class Session {
       plans: opts.plans,
     });
 
+    let stallTimeout = (_silentMs: number): void => undefined;
+    const stalledOut = new Promise<number>((resolve) => (stallTimeout = resolve));
+    const watch = new StallWatch({
+      intervalMs: settings.statusIntervalSeconds * 1000,
+      log,
+      ping: () => void this.report(checkpoint, true, true),
+      onStalled: (stalled) => opts.hooks.onStalled?.(stalled),
+      onTimeout: (silentMs) => stallTimeout(silentMs),
+      confirmed: () => formatLsn(this.lastReported),
+    });
     const stream = new ReplicationStream<unknown>(
       settings.pg,
       settings.slot,
       decoder,
       {
         onMessage: async (parsed) => {
-          this.lastHeard = Date.now();
+          watch.heard();
           if (this.stopRequested) await new Promise<never>(() => undefined); // read nothing more
           await pipeline.handle(await decoder.decode(parsed));
-          this.lastHeard = Date.now();
+          watch.heard();
         },
         onKeepalive: (walEnd, shouldRespond) => {
-          this.lastHeard = Date.now();
+          watch.heard();
           // An idle slot must not hold WAL: with nothing received unhandled and nothing
           // unconfirmed, the server's position is safe to confirm.
           if (!this.stopRequested && stream.caughtUp() && !pipeline.inTransaction()) checkpoint.idle(walEnd);
@@ -333,12 +333,12 @@ export class Session {
       'streaming',
     );
 
-    let stallTimeout = (_silentMs: number): void => undefined;
-    const stalledOut = new Promise<number>((resolve) => (stallTimeout = resolve));
-    this.lastHeard = Date.now();
+    watch.heard();
     const ticker = setInterval(() => {
       void this.report(checkpoint, false);
-      this.watchStream(stream, checkpoint, stallTimeout);
+      // Silence while the broker holds the pipeline up says nothing about Postgres; while a
+      // catalog query through a dead network holds it up, it does.
+      if (!this.stopRequested) watch.tick(!pipeline.waitingOnBroker());
     }, 1000);
     // Tables created later that match the selection join the publication without a restart.
     // (Rows written to a new table before it joins are not in the slot: see README.)
@@ -394,47 +394,8 @@ export class Session {
     } finally {
       clearInterval(ticker);
       syncer?.stop();
-      if (this.stalled) {
-        this.stalled = false;
-        this.opts.hooks.onStalled?.(false);
-      }
+      watch.end();
     }
-  }
-
-  /**
-   * Stall watch, once a second. Silence counts only while the daemon waits on Postgres: while a
-   * received message is still being handled (backpressure from the broker), the library has
-   * paused the socket and silence says nothing about Postgres.
-   */
-  private watchStream(stream: ReplicationStream<unknown>, checkpoint: Checkpoint, timeout: (silentMs: number) => void): void {
-    if (this.stopRequested) return;
-    const now = Date.now();
-    if (!stream.caughtUp()) {
-      this.lastHeard = now;
-      return;
-    }
-    const interval = this.settings.statusIntervalSeconds * 1000;
-    const silent = now - this.lastHeard;
-    if (silent >= interval && now - this.lastPing >= interval) {
-      this.lastPing = now;
-      void this.report(checkpoint, true, true);
-    }
-    this.setStalled(silent > STALL_READY_INTERVALS * interval, silent);
-    if (silent > STALL_RECONNECT_INTERVALS * interval) timeout(silent);
-  }
-
-  private setStalled(stalled: boolean, silentMs = 0): void {
-    if (stalled === this.stalled) return;
-    this.stalled = stalled;
-    if (stalled) {
-      this.opts.log.warn(
-        { silentSeconds: Math.round(silentMs / 1000), confirmed: formatLsn(this.lastReported) },
-        `replication stream stalled: nothing from Postgres for ${Math.round(silentMs / 1000)} s; not ready`,
-      );
-    } else if (!this.stopRequested) {
-      this.opts.log.info({ confirmed: formatLsn(this.lastReported) }, 'replication stream responsive again');
-    }
-    this.opts.hooks.onStalled?.(stalled);
   }
 
   private decoder(relations: RelationCatalog, types: TypeCatalog, pushTablesDown: boolean): Decoder<unknown> {
@@ -501,7 +462,8 @@ export class Session {
     const tasks: Promise<unknown>[] = [];
     if (this.stream) tasks.push(this.stream.stop());
     if (this.sink) tasks.push(this.sink.close());
-    if (this.catalogClient) tasks.push(this.catalogClient.end().catch(() => undefined));
+    const catalog = this.catalogClient;
+    if (catalog) tasks.push(closeWithin(() => catalog.end(), () => pgSocketOwner(catalog)));
     await Promise.allSettled(tasks);
   }
 

@@ -1,0 +1,53 @@
+import { test, mock } from 'node:test';
+import assert from 'node:assert/strict';
+import pino from 'pino';
+import { StallWatch } from '../../src/pipeline/stall-watch.js';
+
+function watch() {
+  const events: string[] = [];
+  const w = new StallWatch({
+    intervalMs: 1000,
+    log: pino({ level: 'silent' }),
+    ping: () => events.push('ping'),
+    onStalled: (s) => events.push(s ? 'stalled' : 'live'),
+    onTimeout: (ms) => events.push(`timeout ${ms}`),
+    confirmed: () => '0/0',
+  });
+  return { w, events };
+}
+
+test('silence while waiting on Postgres: a ping per interval, not ready after 3, timeout once after 6', (t) => {
+  mock.timers.enable({ apis: ['Date'], now: 0 });
+  t.after(() => mock.timers.reset());
+  const { w, events } = watch();
+  for (let s = 1; s <= 8; s++) {
+    mock.timers.tick(1000);
+    w.tick(true);
+  }
+  // Stalled once silence passes 3 s, timed out once it passes 6 s; nothing after the timeout.
+  assert.deepEqual(events, ['ping', 'ping', 'ping', 'ping', 'stalled', 'ping', 'ping', 'ping', 'timeout 7000']);
+});
+
+test('heard from again: ready again; silence while busy handling does not count', (t) => {
+  mock.timers.enable({ apis: ['Date'], now: 0 });
+  t.after(() => mock.timers.reset());
+  const { w, events } = watch();
+  for (let s = 1; s <= 4; s++) {
+    mock.timers.tick(1000);
+    w.tick(true);
+  }
+  assert.equal(events.at(-1), 'stalled');
+  w.heard();
+  mock.timers.tick(500);
+  w.tick(true);
+  assert.equal(events.at(-1), 'live');
+  // Ten seconds stuck handling what arrived (the broker is slow): never stalled.
+  events.length = 0;
+  for (let s = 1; s <= 10; s++) {
+    mock.timers.tick(1000);
+    w.tick(false);
+  }
+  assert.deepEqual(events, []);
+  w.end();
+  assert.deepEqual(events, [], 'end() reports nothing when not stalled');
+});
