@@ -43,6 +43,13 @@ export interface TxPlan {
   readonly commitLsn: bigint;
   /** `schema.table` -> why it floods; tables not listed do not. */
   readonly flooded: ReadonlyMap<string, FloodReason>;
+  /**
+   * With `divert`: `schema.table` -> the 1-based index of the table's first row the first read
+   * diverted (it diverted that row and every later one). The second read diverts only the rows
+   * before it. Only valid once the broker confirmed what the first read diverted: the session
+   * drops it otherwise, and the rows are diverted again (duplicates, never a gap).
+   */
+  readonly divertedFrom?: ReadonlyMap<string, number>;
 }
 
 /** Where an event goes now. */
@@ -62,6 +69,8 @@ interface TableState {
   readonly table: string;
   readonly counts: TableCounts;
   flooded: FloodReason | null;
+  /** Index of the first of this table's rows this read diverted (divert only). */
+  divertedFrom: number | null;
 }
 
 export class FloodGuard<E> {
@@ -99,9 +108,8 @@ export class FloodGuard<E> {
     this.marker = true;
     const out: E[] = [];
     for (const state of this.tables.values()) {
-      if (state.flooded === null && state.counts.insert + state.counts.update + state.counts.delete > 0) {
-        out.push(...this.flood(state, 'marker'));
-      }
+      const total = state.counts.insert + state.counts.update + state.counts.delete;
+      if (state.flooded === null && total > 0) out.push(...this.flood(state, 'marker', total + 1));
     }
     return out;
   }
@@ -115,22 +123,26 @@ export class FloodGuard<E> {
     const key = `${schema}.${table}`;
     let state = this.tables.get(key);
     if (!state) {
-      state = { schema, table, counts: { insert: 0, update: 0, delete: 0, firstSeq: seq }, flooded: null };
+      state = { schema, table, counts: { insert: 0, update: 0, delete: 0, firstSeq: seq }, flooded: null, divertedFrom: null };
       this.tables.set(key, state);
     }
     state.counts[op]++;
     let divert: E[] = [];
+    const total = state.counts.insert + state.counts.update + state.counts.delete;
     if (state.flooded === null) {
       const planned = this.plan?.flooded.get(key);
       if (planned) state.flooded = planned;
-      else if (this.marker) divert = this.flood(state, 'marker');
+      else if (this.marker) divert = this.flood(state, 'marker', total);
       else {
         const threshold = this.opts.thresholdFor(schema, table);
-        const total = state.counts.insert + state.counts.update + state.counts.delete;
-        if (threshold > 0 && total > threshold) divert = this.flood(state, 'threshold');
+        if (threshold > 0 && total > threshold) divert = this.flood(state, 'threshold', total);
       }
     }
-    if (state.flooded !== null) return { now: this.floodDisposition(), divert };
+    if (state.flooded !== null) {
+      const sentBefore = this.plan?.divertedFrom?.get(key);
+      if (sentBefore !== undefined && total >= sentBefore && this.opts.action === 'divert') return { now: 'drop', divert };
+      return { now: this.floodDisposition(), divert };
+    }
     return { now: this.holdOrCount(), divert };
   }
 
@@ -161,15 +173,17 @@ export class FloodGuard<E> {
   commit(commitLsn: bigint): { publish: E[]; flooded: FloodedTable[]; replan: TxPlan | null } {
     const flooded: FloodedTable[] = [];
     const plan = new Map<string, FloodReason>();
+    const divertedFrom = new Map<string, number>();
     for (const [key, s] of this.tables) {
       if (s.flooded) {
         flooded.push({ schema: s.schema, table: s.table, counts: s.counts, reason: s.flooded });
         plan.set(key, s.flooded);
+        if (s.divertedFrom !== null) divertedFrom.set(key, s.divertedFrom);
       }
     }
     flooded.sort((a, b) => a.counts.firstSeq - b.counts.firstSeq);
     if (this.counting) {
-      const replan: TxPlan = { commitLsn, flooded: plan };
+      const replan: TxPlan = { commitLsn, flooded: plan, ...(divertedFrom.size > 0 ? { divertedFrom } : {}) };
       this.begin(null);
       return { publish: [], flooded, replan };
     }
@@ -192,7 +206,12 @@ export class FloodGuard<E> {
     return 'hold';
   }
 
-  private flood(state: TableState, reason: FloodReason): E[] {
+  /**
+   * `state` floods now. `next` is the 1-based index of the first of its rows not yet seen or
+   * decided (the row being decided, or the one after the marker). With divert, the held rows
+   * of the table leave with it, so this read diverts from `next - held` on.
+   */
+  private flood(state: TableState, reason: FloodReason, next: number): E[] {
     state.flooded = reason;
     const key = `${state.schema}.${state.table}`;
     const mine: E[] = [];
@@ -210,7 +229,9 @@ export class FloodGuard<E> {
       this.heldCount = rest.length;
       this.heldBytes = restBytes;
     }
-    return this.opts.action === 'divert' ? mine : [];
+    if (this.opts.action !== 'divert') return [];
+    state.divertedFrom = next - mine.length;
+    return mine;
   }
 
   private floodDisposition(): Disposition {

@@ -381,7 +381,10 @@ export class Session {
       if (outcome.kind === 'stream' && outcome.reason instanceof ReplanRequest) {
         // Settle what came before the oversized transaction so the next read starts at it.
         await this.drain(checkpoint, pipeline);
-        return { replan: outcome.reason.plan };
+        const plan = outcome.reason.plan;
+        // What the first read diverted may be skipped only if the broker confirmed all of it.
+        const allConfirmed = checkpoint.outstanding() === 0 && !pipeline.failed() && !this.sink?.failureReason();
+        return { replan: allConfirmed ? plan : { commitLsn: plan.commitLsn, flooded: plan.flooded } };
       }
       if (outcome.kind === 'sink') throw new SessionFailure('rabbitmq', outcome.reason);
       const pipelineFailure = pipeline.failed();

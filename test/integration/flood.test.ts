@@ -121,6 +121,29 @@ test('divert: the flooded rows go to the flood exchange, in order', async (t) =>
   assert.equal(diverted.messages[0]!.fields.routingKey, 'public.items.update');
 });
 
+test('divert with a transaction that outgrows the buffer: the second read does not divert the rows again', async (t) => {
+  const floodExchange = uniqueName('fdivo-bulk', 'amqp');
+  const broker = await createTestBroker('fdivo-x');
+  t.after(() => broker.cleanup());
+  await broker.declareExchange(floodExchange, 'topic');
+  const diverted = await broker.bindQueue('#', floodExchange);
+  const s = await setup(t, 'fdivo', { PGWARREN_FLOOD_ACTION: 'divert', PGWARREN_FLOOD_EXCHANGE: floodExchange, PGWARREN_FLOOD_THRESHOLD: '2', PGWARREN_FLOOD_BUFFER_EVENTS: '3' });
+  await s.db.query('BEGIN');
+  await s.db.query('UPDATE items SET qty = 7 WHERE id <= 6'); // floods at its third row: diverted at once
+  await s.db.query("INSERT INTO orders VALUES (1, 'a'), (2, 'b')");
+  await s.db.query('INSERT INTO extra VALUES (1), (2)');
+  await s.db.query("INSERT INTO orders VALUES (3, 'c')"); // orders floods too, after the buffer overflowed
+  await s.db.query('COMMIT');
+  await s.db.query("INSERT INTO extra VALUES (3)");
+  await s.queue.waitForCount(3, 30_000);
+  await diverted.waitForCount(9, 30_000);
+  await sleep(1_000);
+  assert.ok(s.daemon.logs.some((l) => /reading an oversized transaction again/.test(String(l.msg))), 'the transaction was read twice');
+  const keys = diverted.messages.map((m) => `${m.body.table}:${m.body.new.id}`);
+  assert.deepEqual([...keys].sort(), ['items:1', 'items:2', 'items:3', 'items:4', 'items:5', 'items:6', 'orders:1', 'orders:2', 'orders:3'], 'each diverted row once');
+  assert.deepEqual(summary(s.queue), ['extra:insert:1', 'extra:insert:2', 'extra:insert:3']);
+});
+
 test('pass: every row is published, the flood is still logged', async (t) => {
   const s = await setup(t, 'fpass', { PGWARREN_FLOOD_ACTION: 'pass' });
   await mixedFlood(s.db);

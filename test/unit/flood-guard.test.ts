@@ -6,9 +6,9 @@ type Op = 'insert' | 'update' | 'delete';
 interface Row { table: string; op: Op | 'truncate' }
 
 /** Feeds a transaction through the guard the way the pipeline does; returns what went where. */
-function run(action: FloodAction, rows: Row[], opts: { threshold?: number; buffer?: number; bufferBytes?: number; markerAt?: number; plan?: Map<string, 'threshold' | 'marker'> } = {}) {
+function run(action: FloodAction, rows: Row[], opts: { threshold?: number; buffer?: number; bufferBytes?: number; markerAt?: number; plan?: Map<string, 'threshold' | 'marker'>; divertedFrom?: ReadonlyMap<string, number> } = {}) {
   const guard = new FloodGuard<string>({ action, thresholdFor: () => opts.threshold ?? 3, bufferEvents: opts.buffer ?? 100, bufferBytes: opts.bufferBytes });
-  guard.begin(opts.plan ? { commitLsn: 1n, flooded: opts.plan } : null);
+  guard.begin(opts.plan ? { commitLsn: 1n, flooded: opts.plan, divertedFrom: opts.divertedFrom } : null);
   const published: string[] = [];
   const diverted: string[] = [];
   rows.forEach((r, seq) => {
@@ -98,4 +98,28 @@ test('the byte bound: held bodies past bufferBytes stop holding, and a flooded t
   const freed = run('summarize', [...rows('a', 4), ...rows('b', 2)], { bufferBytes: 12 });
   assert.equal(freed.replan, null);
   assert.deepEqual(freed.published, ['b:4', 'b:5']);
+});
+
+test('divert with an overflow: the second read diverts only what the first did not, so each row is diverted once', () => {
+  // d floods before the buffer overflows (all its rows diverted in the first read); c floods
+  // after it (its first 3 rows were only counted, rows 4 and 5 diverted).
+  const many = [...rows('d', 5), ...rows('a', 3), ...rows('b', 3), ...rows('c', 5)];
+  const first = run('divert', many, { buffer: 4 });
+  assert.deepEqual(first.published, []);
+  assert.deepEqual(first.diverted, ['d:0', 'd:1', 'd:2', 'd:3', 'd:4', 'c:14', 'c:15']);
+  assert.deepEqual([...first.replan!.divertedFrom!], [['s.d', 1], ['s.c', 4]]);
+  const second = run('divert', many, { buffer: 4, plan: new Map(first.replan!.flooded), divertedFrom: first.replan!.divertedFrom });
+  assert.deepEqual(second.diverted, ['c:11', 'c:12', 'c:13']);
+  assert.deepEqual(second.published, ['a:5', 'a:6', 'a:7', 'b:8', 'b:9', 'b:10']);
+  // Without what the first read diverted (its confirms were not all in), everything again.
+  const again = run('divert', many, { buffer: 4, plan: new Map(first.replan!.flooded) });
+  assert.deepEqual(again.diverted, ['d:0', 'd:1', 'd:2', 'd:3', 'd:4', 'c:11', 'c:12', 'c:13', 'c:14', 'c:15']);
+});
+
+test('divert with the marker after an overflow: rows after the marker were diverted, the second read sends the rest', () => {
+  const many = [...rows('a', 3), ...rows('b', 3), ...rows('c', 2)];
+  const first = run('divert', many, { buffer: 4, threshold: 100, markerAt: 7 });
+  assert.deepEqual(first.diverted, ['c:7']);
+  const second = run('divert', many, { buffer: 4, threshold: 100, plan: new Map(first.replan!.flooded), divertedFrom: first.replan!.divertedFrom });
+  assert.deepEqual([...first.diverted, ...second.diverted].sort(), ['a:0', 'a:1', 'a:2', 'b:3', 'b:4', 'b:5', 'c:6', 'c:7']);
 });
