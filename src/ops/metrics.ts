@@ -27,7 +27,9 @@ export class Metrics {
   readonly commitToConfirm = new Histogram({
     name: 'pgwarren_commit_to_confirm_seconds',
     help: 'Seconds from a transaction committing in Postgres to the broker confirming its last message.',
-    buckets: [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300],
+    // Fine below 100 ms, where a healthy daemon lives and p99 targets are set; coarse above,
+    // where only "how bad" matters. One observation per transaction, so 20 buckets cost little.
+    buckets: [0.001, 0.0025, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.05, 0.075, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300],
     registers: [this.registry],
   });
   /** Read at scrape time from `inflightSource`, so the hot path pays nothing for it. */
