@@ -48,11 +48,18 @@ export async function setupCommand(config: Config, opts: { replicaIdentityFull: 
   return withDatabase(config, async (query) => {
     try {
       await requireLogicalWal(query);
+      const slotBefore = await slotState(query, config.slot);
       const tables = selectionOf(config);
       const publish = async (excludedColumns: ExcludedColumns | undefined, report: boolean) => {
         if (config.plugin !== 'pgoutput') return;
         const pub = await ensurePublication(query, { publication: config.publication, tables, operations: new OperationSelection(config.operations), excludedColumns });
         if (!report) return;
+        if (pub.created && slotBefore.exists) {
+          print(
+            `warning: slot "${config.slot}" is older than publication "${config.publication}": Postgres cannot decode changes the slot already holds with it. ` +
+              `If run then stops with "holds changes made before publication", re-sync consumers, then "pgwarren teardown --yes" and "pgwarren setup".`,
+          );
+        }
         print(
           pub.created
             ? `created publication "${config.publication}" with ${pub.added.length} table(s)`

@@ -5,6 +5,7 @@
  */
 import amqp from 'amqplib';
 import type { Config } from '../config/load.js';
+import { quoteIdent } from '../source/decoder.js';
 import { redactUrl } from '../config/load.js';
 import { OperationSelection, TableSelection } from '../filter/selection.js';
 import { keylessPublicationName, planTables, publicationTables, selectedTables, slotState } from '../source/slot-admin.js';
@@ -70,16 +71,29 @@ async function postgresChecks(config: Config, query: QueryFn, add: (r: CheckResu
     fix: `ALTER ROLE ${r.rolname} WITH REPLICATION;`,
   });
   const tables = await selectedTables(query, new TableSelection(config.tables, config.excludeTables));
+  // By OID, not by name: resolving a name in a schema the role may not use would itself fail.
   const unreadable: string[] = [];
+  const noUsage = new Set<string>();
   for (const t of tables) {
-    const p = await query<{ ok: boolean }>('SELECT has_table_privilege(format($1, $2::text, $3::text), \'SELECT\') AS ok', ['%I.%I', t.schema, t.table]);
-    if (!p.rows[0]!.ok) unreadable.push(`${t.schema}.${t.table}`);
+    const p = await query<{ usage: boolean; select: boolean }>(
+      `SELECT has_schema_privilege(n.oid, 'USAGE') AS usage, has_table_privilege(c.oid, 'SELECT') AS select
+         FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = $1 AND c.relname = $2`,
+      [t.schema, t.table],
+    );
+    const row = p.rows[0];
+    if (!row) continue; // dropped since it was listed
+    if (!row.usage) noUsage.add(t.schema);
+    if (!row.usage || !row.select) unreadable.push(`${sqlName(t.schema)}.${sqlName(t.table)}`);
   }
+  const grants = [
+    ...[...noUsage].map((schema) => `GRANT USAGE ON SCHEMA ${sqlName(schema)} TO ${sqlName(r.rolname)};`),
+    `GRANT SELECT ON ${unreadable.join(', ') || '<tables>'} TO ${sqlName(r.rolname)};`,
+  ];
   add({
     name: 'SELECT on tables',
     ok: unreadable.length === 0,
     detail: unreadable.length === 0 ? `${tables.length} selected table(s) readable` : `no SELECT on ${unreadable.join(', ')}`,
-    fix: `GRANT SELECT ON ${unreadable.join(', ') || '<tables>'} TO ${r.rolname};`,
+    fix: grants.join(' '),
   });
   if (slot.exists) {
     add({
@@ -98,7 +112,14 @@ async function postgresChecks(config: Config, query: QueryFn, add: (r: CheckResu
   if (config.plugin === 'pgoutput') {
     const pub = await publicationTables(query, config.publication);
     const ops = new OperationSelection(config.operations);
-    if (pub === null) {
+    // Postgres decodes each change with the publications as they were when it was made: a
+    // publication created after the slot cannot decode what the slot already holds.
+    const olderSlotFix =
+      `The slot is older than the publication it would use, and Postgres cannot decode the changes it holds with a publication created later: ` +
+      `re-sync consumers, then "pgwarren teardown --yes" and "pgwarren setup" (publications first, then the slot).`;
+    if (pub === null && slot.exists) {
+      add({ name: 'publication', ok: false, detail: `"${config.publication}" does not exist, but slot "${config.slot}" does`, fix: olderSlotFix });
+    } else if (pub === null) {
       add({ name: 'publication', ok: true, detail: `"${config.publication}" does not exist yet; run or setup creates it (needs table ownership)` });
     } else {
       // Tables without a replica identity belong in the keyless companion (see planTables).
@@ -120,7 +141,7 @@ async function postgresChecks(config: Config, query: QueryFn, add: (r: CheckResu
         detail:
           (missing.length === 0 ? `"${config.publication}" covers the ${tables.length} selected table(s)` : `"${config.publication}" lacks ${missing.join(', ')}`) +
           (limited.length > 0 ? `; inserts and truncates only (no primary key or replica identity): ${limited.join(', ')}` : ''),
-        fix: `Run "pgwarren setup" as the tables' owner (publishes ${ops.publishParameter()}).`,
+        fix: keyless === null && slot.exists ? olderSlotFix : `Run "pgwarren setup" as the tables' owner (publishes ${ops.publishParameter()}).`,
       });
     }
   }
@@ -174,4 +195,9 @@ async function exchangeCheck(model: amqp.ChannelModel, exchange: string, type: s
   return mismatch
     ? { name: `exchange ${exchange}`, ok: false, detail: `exists but is not a durable ${type} exchange: ${errorText(mismatch)}`, fix: `Delete the exchange or set PGWARREN_EXCHANGE_TYPE to its type.` }
     : { name: `exchange ${exchange}`, ok: true, detail: `durable ${type} exchange` };
+}
+
+/** An identifier as a person would type it in a fix: quoted only where SQL needs the quotes. */
+function sqlName(name: string): string {
+  return /^[a-z_][a-z0-9_$]*$/.test(name) ? name : quoteIdent(name);
 }

@@ -137,3 +137,55 @@ test('check: every prerequisite ok/fail; exit 0 when all pass, 3 otherwise', asy
   assert.equal(exchange.ok, false);
   assert.match(exchange.fix, /PGWARREN_EXCHANGE_TYPE/);
 });
+
+test('check and status against a broken setup: each failure named with its fix, exit 3', async (t) => {
+  const { db, slot, env } = await setupFixture('broken');
+  t.after(() => db.drop());
+  // A role that lost REPLICATION and cannot read audit.events (its grants cover public only),
+  // a broker nobody listens on, and a slot made by hand before any publication.
+  const role = await db.daemonRole();
+  await db.query(`ALTER ROLE ${role.name} NOREPLICATION`);
+  await db.query(`SELECT pg_create_logical_replication_slot($1, 'pgoutput')`, [slot]);
+  const broken = { ...env, PGWARREN_DATABASE_URL: role.url, PGWARREN_AMQP_URL: 'amqp://guest:secret@127.0.0.1:1' };
+
+  const check = await runCli(['check', '--json'], broken);
+  assert.equal(check.code, 3, check.stdout + check.stderr);
+  const checks = new Map<string, { ok: boolean; detail: string; fix?: string }>(
+    JSON.parse(check.stdout).checks.map((c: { name: string; ok: boolean; detail: string; fix?: string }) => [c.name, c]),
+  );
+  const failed = (name: string) => {
+    const c = checks.get(name);
+    assert.ok(c, `${name} was checked: ${[...checks.keys()].join(', ')}`);
+    assert.equal(c.ok, false, `${name} fails: ${c.detail}`);
+    return c;
+  };
+  assert.match(failed('REPLICATION privilege').fix!, new RegExp(`ALTER ROLE ${role.name} WITH REPLICATION`));
+  const select = failed('SELECT on tables');
+  assert.match(select.detail, /no SELECT on audit\.events/);
+  assert.match(select.fix!, new RegExp(`GRANT SELECT ON audit\\.events TO ${role.name}`));
+  assert.match(failed('publication').fix!, /re-sync consumers, then "pgwarren teardown --yes" and "pgwarren setup"/);
+  const broker = failed('broker');
+  assert.match(broker.fix!, /PGWARREN_AMQP_URL/);
+  assert.doesNotMatch(check.stdout, /secret/, 'the broker password is redacted');
+  assert.equal(checks.get('wal_level')?.ok, true);
+
+  // The human-readable form says the same, one line per check.
+  const human = await runCli(['check'], broken);
+  assert.equal(human.code, 3);
+  assert.match(human.stdout, /FAIL +REPLICATION privilege/);
+  assert.match(human.stdout, /ok +wal_level/);
+
+  // status still reports what is there: the slot exists, nothing is published yet.
+  const status = await runCli(['status', '--json'], env);
+  assert.equal(status.code, 0, status.stderr);
+  const report = JSON.parse(status.stdout);
+  assert.equal(report.slot.exists, true);
+  assert.equal(report.slot.active, false);
+  assert.ok(report.tables.every((x: { inPublication: boolean }) => !x.inPublication), 'no table is published');
+
+  // setup warns that the hand-made slot is older than the publication it creates.
+  const setup = await runCli(['setup'], env);
+  assert.equal(setup.code, 0, setup.stderr);
+  assert.match(setup.stdout, /warning: slot ".*" is older than publication/);
+  assert.equal((await runCli(['teardown', '--yes'], env)).code, 0);
+});
