@@ -278,9 +278,11 @@ describe('failures never lose a committed change', () => {
     assert.equal(queue.messages.length, 1);
 
     proxy.accept();
-    await queue.waitForCount(2, 30_000);
+    // Row 1 may arrive twice: its confirm can reach the broker but not yet the slot before the cut,
+    // and the new session re-reads it (at-least-once). Wait for row 2 itself, not a count.
+    await waitUntil(() => ids(queue.bodies()).includes('2'), { timeoutMs: 30_000, message: 'row 2 arrives once the broker is back' });
     assertNotPassed(held, queue.bodies(), 2, 'the transaction written while the broker was away');
-    const commit = queue.bodies()[1]!.tx.lsn as string;
+    const commit = queue.bodies().find((b) => `${b.new?.id}` === '2')!.tx.lsn as string;
     await waitUntil(async () => !lsnLe((await slotInfo(f.db.name, f.slot))!.confirmedFlushLsn, commit), { timeoutMs: 15_000, message: 'slot advances once confirmed' });
   });
 
@@ -306,9 +308,9 @@ describe('failures never lose a committed change', () => {
     assert.ok(held!.active, 'the stream stayed open (this is the stalled-confirm case, not a reconnect)');
 
     proxy.resume();
-    await queue.waitForCount(2, 30_000);
+    await waitUntil(() => ids(queue.bodies()).includes('2'), { timeoutMs: 30_000, message: 'row 2 arrives once the broker answers again' });
     assertNotPassed(held!.confirmedFlushLsn, queue.bodies(), 2, 'the transaction whose confirm stalled');
-    const commit = queue.bodies()[1]!.tx.lsn as string;
+    const commit = queue.bodies().find((b) => `${b.new?.id}` === '2')!.tx.lsn as string;
     await waitUntil(async () => !lsnLe((await slotInfo(f.db.name, f.slot))!.confirmedFlushLsn, commit), { timeoutMs: 15_000, message: 'slot advances once confirmed' });
   });
 
