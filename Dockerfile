@@ -19,7 +19,10 @@ COPY src ./src
 RUN npm run build
 
 FROM ${NODE_IMAGE} AS production
-ENV NODE_ENV=production
+# glibc gives each thread that allocates its own malloc arena; Node's GC and I/O threads free
+# buffers into them in a pattern that fragments, and RSS stays at its high-water mark. Two arenas
+# held the batched throughput bench at ~115 MB instead of 117-161 MB, at no throughput cost.
+ENV NODE_ENV=production MALLOC_ARENA_MAX=2
 WORKDIR /app
 COPY package.json package-lock.json ./
 RUN npm ci --omit=dev --no-audit --no-fund && npm cache clean --force

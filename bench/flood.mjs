@@ -107,6 +107,7 @@ async function runAction(cluster, action) {
       PATH: process.env.PATH, PGWARREN_DATABASE_URL: url, PGWARREN_AMQP_URL: AMQP_URL, PGWARREN_SLOT: 'bench',
       PGWARREN_PUBLICATION: 'bench', PGWARREN_EXCHANGE: exchange, PGWARREN_FLOOD_EXCHANGE: floodExchange,
       PGWARREN_FLOOD_ACTION: action, PGWARREN_HTTP_PORT: String(httpPort), PGWARREN_LOG_LEVEL: 'warn',
+      MALLOC_ARENA_MAX: '2', // as the Docker image and `npm start` run it
       // Tuning knobs under study pass through from the bench's own environment.
       ...Object.fromEntries(Object.entries(process.env).filter(([k]) => /^PGWARREN_(MAX_INFLIGHT|BATCH_|FLOOD_BUFFER)/.test(k) || k === 'NODE_OPTIONS' || k === 'MALLOC_ARENA_MAX')),
     },

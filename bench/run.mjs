@@ -31,6 +31,8 @@
  * Usage: npm run bench -- [--runs 3] [--scenarios throughput,latency,memory] [--batch 1,200]
  *        [--rows 200000] [--txs 2000] [--latency-seconds 60] [--big-rows 1000000]
  * BENCH_NODE_ARGS passes node flags to the daemon (e.g. "--cpu-prof --cpu-prof-dir=/tmp/prof").
+ * The daemon runs with MALLOC_ARENA_MAX=2, as the Docker image and `npm start` run it; set
+ * MALLOC_ARENA_MAX in the bench's environment to measure another value.
  */
 import { spawn, execFileSync } from 'node:child_process';
 import { readFileSync, mkdtempSync, rmSync, statSync } from 'node:fs';
@@ -153,7 +155,8 @@ class Bench {
         PATH: process.env.PATH, PGWARREN_DATABASE_URL: url, PGWARREN_AMQP_URL: AMQP_URL, PGWARREN_SLOT: 'bench',
         PGWARREN_PUBLICATION: 'bench', PGWARREN_EXCHANGE: exchange, PGWARREN_HTTP_PORT: String(httpPort),
         PGWARREN_LOG_LEVEL: 'warn', PGWARREN_PUBLICATION_SYNC_INTERVAL: '0',
-        ...Object.fromEntries(Object.entries(process.env).filter(([k]) => k.startsWith('PGWARREN_') || k === 'NODE_OPTIONS')),
+        MALLOC_ARENA_MAX: '2', // as the Docker image and `npm start` run it; override from the environment
+        ...Object.fromEntries(Object.entries(process.env).filter(([k]) => k.startsWith('PGWARREN_') || k.startsWith('MALLOC_') || k === 'NODE_OPTIONS')),
         ...extraEnv,
       },
       stdio: ['ignore', 'inherit', 'inherit'],
@@ -422,7 +425,7 @@ try {
 }
 
 const m = (rs, pick) => median(rs.map(pick));
-console.log(`\nMachine: ${cpus().length} cores (${cpus()[0]?.model ?? '?'}), ${Math.round(totalmem() / 2 ** 30)} GiB, Node ${process.version}; medians of ${RUNS} run(s).\n`);
+console.log(`\nMachine: ${cpus().length} cores (${cpus()[0]?.model ?? '?'}), ${Math.round(totalmem() / 2 ** 30)} GiB, Node ${process.version}; daemon MALLOC_ARENA_MAX=${process.env.MALLOC_ARENA_MAX ?? 2}; medians of ${RUNS} run(s).\n`);
 if (results.throughput.size) {
   console.log(`| throughput (${ROWS} rows, ${TXS} transactions) | rows/s | × raw amqplib | × pg_recvlogical decode | messages | mean body B | peak RSS MB | final RSS MB |`);
   console.log('|---|---|---|---|---|---|---|---|');

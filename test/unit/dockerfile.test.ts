@@ -134,8 +134,13 @@ describe('Dockerfile', () => {
   test('the start command is npm start (package.json) and the bin', () => {
     const entry = argv(last(runtime, 'ENTRYPOINT')!);
     const cmd = argv(last(runtime, 'CMD')!);
-    assert.equal([...entry, ...cmd].join(' '), pkg.scripts.start, 'ENTRYPOINT + CMD = npm start');
+    // npm start may set environment defaults (VAR=${VAR:-value}) that the image sets with ENV.
+    const defaults = [...pkg.scripts.start.matchAll(/(\w+)=\$\{\1:-([^}]*)\} /g)];
+    const command = pkg.scripts.start.slice(defaults.reduce((n, m) => n + m[0].length, 0));
+    assert.equal([...entry, ...cmd].join(' '), command, 'ENTRYPOINT + CMD = npm start');
     assert.equal(entry[1], pkg.bin.pgwarren, 'the entrypoint is the package bin');
+    const envs = effective(runtime).filter((i) => i.op === 'ENV').map((i) => i.args).join(' ');
+    for (const [, name, value] of defaults) assert.match(envs, new RegExp(`\\b${name}=${value}\\b`), `the image sets ${name}=${value} as npm start does`);
   });
 
   test('the runtime has production dependencies only, and runs as a non-root user', () => {
