@@ -8,10 +8,15 @@
  * - An unchanged TOASTed value is not in the change. With a full old row it is taken from there;
  *   otherwise the column is left out of `new` and named in `unchanged_toast`. Never null.
  * - `changed` needs a full old row to compare against; without one it is null.
+ *
+ * The row parts (`key`, `old`, `new`) are written as JSON text straight from the raw tuple, with each
+ * column's `"name":` quoted once per relation. Their bytes are those of the object the envelope used
+ * to build and hand to `stringify`: same keys, same values, same key order (JS property order,
+ * worked out once per relation by letting the engine order an object of the column names).
  */
 import { UNCHANGED_TOAST, type Change, type Op, type RawTuple, type RelationInfo, type RowChange, type SourceInfo, type TxInfo } from '../types.js';
 import { formatLsn } from '../source/lsn.js';
-import { stringify, type JsonValue } from './json.js';
+import { stringify } from './json.js';
 import { converterFor, type Converter } from './values.js';
 import type { TypeLookup } from '../source/type-catalog.js';
 
@@ -23,15 +28,41 @@ export interface BuiltEvent {
   readonly body: string;
 }
 
+/** The columns of one `key` variant. */
+interface KeyColumns {
+  /** Every column that must be known for the key to be (a repeated column counts each time). */
+  readonly all: readonly number[];
+  /** The columns written, in output order. */
+  readonly order: readonly number[];
+}
+
 /** Per-relation conversion plan, made once per relation announcement. */
 interface RelationPlan {
   readonly converters: readonly Converter[];
   readonly names: readonly string[];
-  /** Indexes of `keyColumns` in the column list; null when a key column is missing. */
-  readonly keyIndexes: readonly number[] | null;
-  readonly identityIndexes: readonly number[];
-  /** Column indexes left out of events (per-table rules). */
-  readonly excluded: ReadonlySet<number>;
+  /** `"name":` per column: json.ts's quoteKey text, as `stringify` of a string is its quote. */
+  readonly keyTexts: readonly string[];
+  /** `"name"` per column, for the name lists `changed` and `unchanged_toast`. */
+  readonly nameTexts: readonly string[];
+  /** Columns events carry (per-table rules leave some out), in table order. */
+  readonly included: readonly number[];
+  /** `included` in output order. */
+  readonly rowOrder: readonly number[];
+  /** Replica identity columns, in table order. */
+  readonly identity: readonly number[];
+  /** The included identity columns (an old key row), in table order and in output order. */
+  readonly oldKey: readonly number[];
+  readonly oldKeyOrder: readonly number[];
+  /** The key's columns; null when a key column is missing from the relation. */
+  readonly key: KeyColumns | null;
+  /** The key of a delete that carries only the replica identity (oldKind 'key'). */
+  readonly identityDeleteKey: KeyColumns | null;
+  /**
+   * Two columns share a name. Postgres forbids it, so no decoder produces it, but RelationInfo does
+   * not: such a relation keeps the object semantics (the last value wins, the first position stays)
+   * by ordering each row's present columns afresh.
+   */
+  readonly repeatedNames: boolean;
 }
 
 export class EventBuilder {
@@ -67,10 +98,10 @@ export class EventBuilder {
       };
     }
     const plan = this.plan(rel);
-    const parts = this.rowParts(change, plan);
+    const parts = rowParts(change, plan);
     const body =
-      `${head},"key":${stringify(parts.key)},"old":${stringify(parts.old)},"new":${stringify(parts.new)},` +
-      `"changed":${stringify(parts.changed)},"unchanged_toast":${stringify(parts.unchangedToast)},"tx":${txJson},"source":${this.sourceJson}}`;
+      `${head},"key":${parts.key},"old":${parts.old},"new":${parts.new},` +
+      `"changed":${parts.changed},"unchanged_toast":${parts.unchangedToast},"tx":${txJson},"source":${this.sourceJson}}`;
     return { id, op: change.op, schema: rel.schema, table: rel.table, body };
   }
 
@@ -91,108 +122,175 @@ export class EventBuilder {
 
   private plan(rel: RelationInfo): RelationPlan {
     let plan = this.plans.get(rel);
-    if (plan) return plan;
-    const names = rel.columns.map((c) => c.name);
-    const keyIndexes = rel.keyColumns.map((k) => names.indexOf(k));
-    const excludedNames = this.excludedColumns(rel.schema, rel.table);
-    plan = {
-      converters: rel.columns.map((c) => converterFor(c.typeOid, this.types)),
-      names,
-      keyIndexes: keyIndexes.length > 0 && keyIndexes.every((i) => i >= 0) ? keyIndexes : null,
-      identityIndexes: rel.columns.flatMap((c, i) => (c.inReplicaIdentity ? [i] : [])),
-      excluded: new Set(names.flatMap((n, i) => (excludedNames.has(n) ? [i] : []))),
-    };
-    this.plans.set(rel, plan);
+    if (!plan) {
+      plan = makePlan(rel, this.types, this.excludedColumns(rel.schema, rel.table));
+      this.plans.set(rel, plan);
+    }
     return plan;
   }
+}
 
-  private rowParts(change: RowChange, plan: RelationPlan) {
-    const fullOld = change.oldKind === 'full' ? change.old : null;
-    let old: JsonValue = null;
-    if (change.old && change.oldKind === 'full') old = this.row(change.old, plan, null);
-    else if (change.old && change.oldKind === 'key' && !(change.op === 'update' && this.sameIdentity(change.old, change.new, plan))) {
-      // An update that kept its key has no old values to report, even if the plugin sent the
-      // key anyway (wal2json always does; pgoutput does for a TOASTed key).
-      old = this.subset(change.old, plan, plan.identityIndexes);
-    }
+function makePlan(rel: RelationInfo, types: TypeLookup, excludedNames: ReadonlySet<string>): RelationPlan {
+  const names = rel.columns.map((c) => c.name);
+  const all = names.map((_, i) => i);
+  const included = all.filter((i) => !excludedNames.has(names[i]!));
+  const identity = all.filter((i) => rel.columns[i]!.inReplicaIdentity);
+  const oldKey = identity.filter((i) => included.includes(i));
+  const keyIndexes = rel.keyColumns.map((k) => names.indexOf(k));
+  const key = keyIndexes.length > 0 && keyIndexes.every((i) => i >= 0) ? keyColumns(names, keyIndexes) : null;
+  // A delete under REPLICA IDENTITY USING INDEX sends only that index's columns; when the primary
+  // key is not among them, the identity columns are the key we honestly know.
+  let identityDeleteKey = key;
+  if (key && !key.all.every((i) => identity.includes(i))) {
+    identityDeleteKey = identity.length > 0 ? keyColumns(names, identity) : null;
+  }
+  return {
+    converters: rel.columns.map((c) => converterFor(c.typeOid, types)),
+    names,
+    keyTexts: names.map((n) => stringify(n) + ':'),
+    nameTexts: names.map((n) => stringify(n)),
+    included,
+    rowOrder: objectOrder(names, included),
+    identity,
+    oldKey,
+    oldKeyOrder: objectOrder(names, oldKey),
+    key,
+    identityDeleteKey,
+    repeatedNames: new Set(names).size < names.length,
+  };
+}
 
-    let newRow: JsonValue = null;
-    const unchangedToast: string[] = [];
-    if (change.new) newRow = this.row(change.new, plan, fullOld, unchangedToast);
+function keyColumns(names: readonly string[], indexes: readonly number[]): KeyColumns {
+  return { all: indexes, order: objectOrder(names, indexes) };
+}
 
-    // The key after the change (before it for a delete), completed from the old row if the new
-    // one lacks a key value (an unchanged TOASTed key column).
-    let key: JsonValue = null;
-    if (plan.keyIndexes) {
-      // A delete under REPLICA IDENTITY USING INDEX sends only that index's columns; when the
-      // primary key is not among them, the identity columns are the key we honestly know.
-      const keyIndexes =
-        change.op === 'delete' && change.oldKind === 'key' && !plan.keyIndexes.every((i) => plan.identityIndexes.includes(i))
-          ? plan.identityIndexes
-          : plan.keyIndexes;
-      const primary = change.op === 'delete' ? change.old : change.new;
-      key = keyIndexes.length > 0 ? this.key(plan.names, plan.converters, keyIndexes, primary, change.old) : null;
-    }
+/**
+ * The columns an object built by `out[names[i]] = value`, for each `i` of `indexes` in turn, would
+ * hold, in that object's key order. The engine orders the keys itself, so JS's rule (array-index
+ * keys such as "1" and "42" first, ascending; then insertion order) is matched exactly rather than
+ * re-implemented. A repeated name keeps its first position and its last column, as assignment does.
+ *
+ * With distinct names, leaving some columns out does not reorder the others, so the order of all
+ * candidate columns, made once per relation, holds for every row.
+ */
+function objectOrder(names: readonly string[], indexes: readonly number[]): number[] {
+  const slots: Record<string, number> = Object.create(null); // a column may be named __proto__
+  for (const i of indexes) slots[names[i]!] = i;
+  const order: number[] = [];
+  for (const name in slots) order.push(slots[name]!);
+  return order;
+}
 
-    let changed: JsonValue = null;
-    if (change.op === 'update' && fullOld && change.new) {
-      const names: string[] = [];
-      for (let i = 0; i < plan.names.length; i++) {
-        if (plan.excluded.has(i)) continue;
-        const after = change.new[i] === UNCHANGED_TOAST ? fullOld[i] : change.new[i];
-        if (after !== fullOld[i]) names.push(plan.names[i]!);
-      }
-      changed = names;
-    }
-    return { key, old, new: newRow, changed, unchangedToast };
+interface RowParts {
+  readonly key: string;
+  readonly old: string;
+  readonly new: string;
+  readonly changed: string;
+  readonly unchangedToast: string;
+}
+
+function rowParts(change: RowChange, plan: RelationPlan): RowParts {
+  const fullOld = change.oldKind === 'full' ? change.old : null;
+  let old = 'null';
+  if (change.old && change.oldKind === 'full') old = objectText(plan, plan.included, plan.rowOrder, change.old, null);
+  else if (change.old && change.oldKind === 'key' && !(change.op === 'update' && sameIdentity(change.old, change.new, plan))) {
+    // An update that kept its key has no old values to report, even if the plugin sent the
+    // key anyway (wal2json always does; pgoutput does for a TOASTed key).
+    old = objectText(plan, plan.oldKey, plan.oldKeyOrder, change.old, null);
   }
 
-  private sameIdentity(old: RawTuple, next: RawTuple | null, plan: RelationPlan): boolean {
-    if (!next) return false;
-    return plan.identityIndexes.every((i) => next[i] === UNCHANGED_TOAST || next[i] === old[i]);
+  let newRow = 'null';
+  let unchangedToast = '[]';
+  if (change.new) {
+    newRow = objectText(plan, plan.included, plan.rowOrder, change.new, fullOld);
+    // Most rows carry every value: only a row with an unchanged TOASTed one needs the name pass.
+    if (change.new.includes(UNCHANGED_TOAST)) unchangedToast = unchangedToastText(plan, change.new, fullOld);
   }
 
-  private row(tuple: RawTuple, plan: RelationPlan, fallback: RawTuple | null, unchangedToast?: string[]): JsonValue {
-    const out: Record<string, JsonValue> = Object.create(null); // a column may be named __proto__
-    for (let i = 0; i < plan.names.length; i++) {
-      if (plan.excluded.has(i)) continue;
-      let raw = tuple[i];
-      if (raw === UNCHANGED_TOAST && fallback) raw = fallback[i];
-      if (raw === undefined) continue;
-      if (raw === UNCHANGED_TOAST) {
-        unchangedToast?.push(plan.names[i]!);
-        continue;
-      }
-      out[plan.names[i]!] = raw === null ? null : plan.converters[i]!(raw);
-    }
-    return out;
-  }
+  // The key after the change (before it for a delete), completed from the old row if the new
+  // one lacks a key value (an unchanged TOASTed key column).
+  const keyCols = change.op === 'delete' && change.oldKind === 'key' ? plan.identityDeleteKey : plan.key;
+  const primary = change.op === 'delete' ? change.old : change.new;
+  const key = keyCols ? keyText(plan, keyCols, primary, change.old) : 'null';
 
-  private subset(tuple: RawTuple, plan: RelationPlan, indexes: readonly number[]): JsonValue {
-    const out: Record<string, JsonValue> = Object.create(null); // a column may be named __proto__
-    for (const i of indexes) {
-      if (plan.excluded.has(i)) continue;
-      const raw = tuple[i];
-      if (raw === undefined || raw === UNCHANGED_TOAST) continue;
-      out[plan.names[i]!] = raw === null ? null : plan.converters[i]!(raw);
-    }
-    return out;
-  }
+  const changed = change.op === 'update' && fullOld && change.new ? changedText(plan, change.new, fullOld) : 'null';
+  return { key, old, new: newRow, changed, unchangedToast };
+}
 
-  private key(
-    names: readonly string[],
-    converters: readonly Converter[],
-    indexes: readonly number[],
-    primary: RawTuple | null,
-    secondary: RawTuple | null,
-  ): JsonValue {
-    const out: Record<string, JsonValue> = Object.create(null); // a column may be named __proto__
-    for (const i of indexes) {
-      let raw = primary?.[i];
-      if (raw === undefined || raw === UNCHANGED_TOAST) raw = secondary?.[i];
-      if (raw === undefined || raw === UNCHANGED_TOAST) return null; // key not fully known
-      out[names[i]!] = raw === null ? null : converters[i]!(raw);
-    }
-    return out;
+function sameIdentity(old: RawTuple, next: RawTuple | null, plan: RelationPlan): boolean {
+  if (!next) return false;
+  return plan.identity.every((i) => next[i] === UNCHANGED_TOAST || next[i] === old[i]);
+}
+
+/** A row value as written: an unchanged TOASTed value comes from `fallback`; undefined = left out. */
+function rowValue(tuple: RawTuple, fallback: RawTuple | null, i: number): string | null | undefined {
+  let raw = tuple[i];
+  if (raw === UNCHANGED_TOAST && fallback) raw = fallback[i];
+  return raw === UNCHANGED_TOAST ? undefined : raw;
+}
+
+function valueText(plan: RelationPlan, i: number, raw: string | null): string {
+  return raw === null ? 'null' : stringify(plan.converters[i]!(raw));
+}
+
+/** The object of the `columns` of `tuple` that have a value; `order` is `columns` in output order. */
+function objectText(plan: RelationPlan, columns: readonly number[], order: readonly number[], tuple: RawTuple, fallback: RawTuple | null): string {
+  // See RelationPlan.repeatedNames: which columns are present decides the order.
+  if (plan.repeatedNames) order = objectOrder(plan.names, columns.filter((i) => rowValue(tuple, fallback, i) !== undefined));
+  let out = '{';
+  let sep = '';
+  for (let n = 0; n < order.length; n++) {
+    const i = order[n]!;
+    const raw = rowValue(tuple, fallback, i);
+    if (raw === undefined) continue;
+    out += sep + plan.keyTexts[i] + valueText(plan, i, raw);
+    sep = ',';
   }
+  return out + '}';
+}
+
+/** The key object, or null when some key column's value is not known. */
+function keyText(plan: RelationPlan, key: KeyColumns, primary: RawTuple | null, secondary: RawTuple | null): string {
+  // `all`, not `order`: a column whose name a later key column repeats must be known as well.
+  for (const i of key.all) if (keyValue(primary, secondary, i) === undefined) return 'null';
+  let out = '{';
+  let sep = '';
+  for (const i of key.order) {
+    out += sep + plan.keyTexts[i] + valueText(plan, i, keyValue(primary, secondary, i)!);
+    sep = ',';
+  }
+  return out + '}';
+}
+
+function keyValue(primary: RawTuple | null, secondary: RawTuple | null, i: number): string | null | undefined {
+  let raw = primary?.[i];
+  if (raw === undefined || raw === UNCHANGED_TOAST) raw = secondary?.[i];
+  return raw === UNCHANGED_TOAST ? undefined : raw;
+}
+
+/** Names of the columns whose value the update changed, in table order. */
+function changedText(plan: RelationPlan, next: RawTuple, old: RawTuple): string {
+  let out = '[';
+  let sep = '';
+  for (const i of plan.included) {
+    const after = next[i] === UNCHANGED_TOAST ? old[i] : next[i];
+    if (after !== old[i]) {
+      out += sep + plan.nameTexts[i];
+      sep = ',';
+    }
+  }
+  return out + ']';
+}
+
+/** Names of the columns left out of `new` as unchanged TOASTed values, in table order. */
+function unchangedToastText(plan: RelationPlan, next: RawTuple, fallback: RawTuple | null): string {
+  let out = '[';
+  let sep = '';
+  for (const i of plan.included) {
+    if (next[i] === UNCHANGED_TOAST && (!fallback || fallback[i] === UNCHANGED_TOAST)) {
+      out += sep + plan.nameTexts[i];
+      sep = ',';
+    }
+  }
+  return out + ']';
 }
