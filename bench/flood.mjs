@@ -78,7 +78,9 @@ async function runAction(cluster, action) {
   // pgwarren streams from its publication and the keyless companion (slot-admin.ts); both must
   // exist before the slot, or decoding WAL written before they did fails.
   await c.query("CREATE PUBLICATION bench_keyless WITH (publish = 'insert, truncate')");
+  // Both slots at the same point, as `pgwarren setup` would make the daemon's: publications first.
   await c.query("SELECT pg_create_logical_replication_slot('baseline', 'pgoutput')");
+  await c.query("SELECT pg_create_logical_replication_slot('bench', 'pgoutput')");
 
   const conn = await amqp.connect(AMQP_URL);
   const ch = await conn.createChannel();
