@@ -73,11 +73,14 @@ function ids(bodies: Body[]): string[] {
  * at or before its commit LSN (tx.lsn). A position inside a transaction still being written (a
  * keepalive can report one) is not a pass. `held` was read while the transaction was unconfirmed.
  */
-function assertNotPassed(held: string | null, bodies: Body[], rowId: number, what: string): void {
+function assertNotPassed(held: string | null, bodies: Body[], rowId: number, what: string): Body {
   const event = bodies.find((b) => `${b.new?.id ?? b.old?.id}` === String(rowId));
   assert.ok(event, `the event for row ${rowId} arrived`);
-  if (held === null) return; // never confirmed anything
-  assert.ok(lsnLe(held, event.tx.lsn), `slot at ${held} passed ${what} (commit ${event.tx.lsn}) before the broker confirmed it`);
+  if (held !== null) {
+    // null: the slot never confirmed anything
+    assert.ok(lsnLe(held, event.tx.lsn), `slot at ${held} passed ${what} (commit ${event.tx.lsn}) before the broker confirmed it`);
+  }
+  return event;
 }
 
 describe('every operation arrives once, in commit order, with the contract fields', () => {
@@ -281,8 +284,7 @@ describe('failures never lose a committed change', () => {
     // Row 1 may arrive twice: its confirm can reach the broker but not yet the slot before the cut,
     // and the new session re-reads it (at-least-once). Wait for row 2 itself, not a count.
     await waitUntil(() => ids(queue.bodies()).includes('2'), { timeoutMs: 30_000, message: 'row 2 arrives once the broker is back' });
-    assertNotPassed(held, queue.bodies(), 2, 'the transaction written while the broker was away');
-    const commit = queue.bodies().find((b) => `${b.new?.id}` === '2')!.tx.lsn as string;
+    const commit = assertNotPassed(held, queue.bodies(), 2, 'the transaction written while the broker was away').tx.lsn as string;
     await waitUntil(async () => !lsnLe((await slotInfo(f.db.name, f.slot))!.confirmedFlushLsn, commit), { timeoutMs: 15_000, message: 'slot advances once confirmed' });
   });
 
@@ -309,8 +311,7 @@ describe('failures never lose a committed change', () => {
 
     proxy.resume();
     await waitUntil(() => ids(queue.bodies()).includes('2'), { timeoutMs: 30_000, message: 'row 2 arrives once the broker answers again' });
-    assertNotPassed(held!.confirmedFlushLsn, queue.bodies(), 2, 'the transaction whose confirm stalled');
-    const commit = queue.bodies().find((b) => `${b.new?.id}` === '2')!.tx.lsn as string;
+    const commit = assertNotPassed(held!.confirmedFlushLsn, queue.bodies(), 2, 'the transaction whose confirm stalled').tx.lsn as string;
     await waitUntil(async () => !lsnLe((await slotInfo(f.db.name, f.slot))!.confirmedFlushLsn, commit), { timeoutMs: 15_000, message: 'slot advances once confirmed' });
   });
 
