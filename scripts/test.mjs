@@ -143,8 +143,16 @@ async function main() {
     const t0 = Date.now();
     cluster = await startCluster();
     const { port, bindir, datadir, wal2json } = cluster;
-    log(`private Postgres ${bindir} on 127.0.0.1:${port} ready in ${Date.now() - t0} ms; wal2json ${wal2json ? 'available' : 'missing: its tests are skipped'}; run ${runId}`);
+    log(`private Postgres ${bindir} on 127.0.0.1:${port} ready in ${Date.now() - t0} ms; wal2json ${wal2json ? 'available' : 'missing'}; run ${runId}`);
     if (interrupted) throw new Error(`interrupted by ${interrupted}`);
+    // Half of the contract is "the same events with both plugins": a run that cannot check it must
+    // fail, not pass quietly with those tests skipped. A developer may opt out explicitly.
+    if (!wal2json && process.env.PGWARREN_TEST_WITHOUT_WAL2JSON !== '1') {
+      throw new Error(
+        `wal2json is not installed for ${bindir}: install postgresql-${bindir.split('/').at(-2)}-wal2json (Debian), ` +
+          'or set PGWARREN_TEST_WITHOUT_WAL2JSON=1 to run without the wal2json tests (they are then skipped)',
+      );
+    }
 
     const env = {
       ...process.env,
