@@ -14,6 +14,7 @@ import { createTestBroker, type TestBroker } from '../support/amqp.js';
 import { runCli, start, type Daemon } from '../support/daemon.js';
 import { testEnv, uniqueName } from '../support/env.js';
 import { sleep, waitUntil } from '../support/wait.js';
+import amqp from 'amqplib';
 
 const file = (p: string) => fileURLToPath(new URL(`../../${p}`, import.meta.url));
 const CONSUMER = file('examples/consumer.mjs');
@@ -200,6 +201,35 @@ describe('the demo consumer prints what the load generator changes, through pgwa
       consumer.kill('SIGTERM');
       assert.equal(await consumer.exited, 0, `consumer exit code; stderr:\n${consumer.stderr.join('\n')}`);
       assert.ok(consumer.stderr.includes('consumer: SIGTERM, stopping'));
+    }
+  });
+});
+
+describe('npm run demo: the demo without Docker', () => {
+  test('starts its own Postgres, prints events from the load generator, and removes what it made on exit', async () => {
+    // DEMO_SECONDS stands in for Ctrl-C; the script handles both the same way.
+    const demo = run(file('scripts/demo.mjs'), { AMQP_URL: testEnv().amqpUrl, DEMO_SECONDS: '6', RATE: '10', BULK_EVERY: '0' });
+    const code = await demo.exited;
+    assert.equal(code, 0, `demo exit code; stderr:\n${demo.stderr.join('\n')}`);
+    const events = eventLines(demo).filter((l) => / (insert|update|delete) public\./.test(l));
+    assert.ok(events.length > 0, `the demo printed events; stdout:\n${demo.stdout.slice(-10).join('\n')}`);
+    const exchange = /streaming to exchange (\S+)/.exec(demo.stderr.join('\n'))?.[1];
+    const queue = /consumer reads queue (\S+)/.exec(demo.stderr.join('\n'))?.[1];
+    assert.ok(exchange && queue, `the demo named its exchange and queue:\n${demo.stderr.join('\n')}`);
+    assert.ok(demo.stderr.includes('[demo] done'), 'the demo cleaned up');
+    const conn = await amqp.connect(testEnv().amqpUrl);
+    try {
+      for (const [kind, name] of [['exchange', exchange], ['queue', queue]] as const) {
+        const ch = await conn.createChannel();
+        ch.on('error', () => undefined);
+        const exists = await (kind === 'exchange' ? ch.checkExchange(name) : ch.checkQueue(name)).then(
+          () => true,
+          () => false,
+        );
+        assert.equal(exists, false, `the demo's ${kind} ${name} is deleted`);
+      }
+    } finally {
+      await conn.close();
     }
   });
 });
