@@ -63,8 +63,9 @@ export interface PipelineDeps {
 }
 
 /**
- * A transaction outgrew the flood buffer: nothing of it was published. The session must end
- * (after settling what came before) and the next one read it again with this plan.
+ * A transaction outgrew the flood buffer: nothing of it was published but, with `divert`, the
+ * rows of tables that flooded before the overflow (counted in `plan.diverted`). The session must
+ * end (after the broker confirmed what came before) and the next one read it again with this plan.
  */
 export class ReplanRequest extends Error {
   constructor(readonly plan: TxPlan) {
@@ -205,7 +206,10 @@ export class Pipeline {
     if (!tx) throw new Error('commit outside a transaction');
     const verdict = this.guard.commit(tx.info.commitLsn);
     if (verdict.replan) {
-      this.batch = null; // nothing of this read counts; the next session reads it again
+      // The plan says the rows this read diverted were sent: the open batch of them must be.
+      // (Their transaction is not committed in the checkpoint, so the slot stays before it.)
+      const p = this.flush();
+      if (p) await p;
       throw new ReplanRequest(verdict.replan);
     }
     for (const event of verdict.publish) {
