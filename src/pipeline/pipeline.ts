@@ -5,8 +5,11 @@
  * Transaction states: outside -> (Begin) inside -> (Commit) outside. Changes outside a
  * transaction cannot happen with either plugin; logical messages outside one are ignored.
  *
- * Backpressure: `handle` does not return while the publisher is not writable or too many
- * messages wait for confirms; the replication stream does not read on until it returns.
+ * Backpressure: `handle` does not return while the publisher is not writable, while
+ * `maxInflight` messages wait for confirms, or (at a Begin) while the checkpoint holds
+ * `maxInflight` open transactions; the replication stream does not read on until it returns.
+ * Both bound memory: the checkpoint merges settled transactions, so open ones outnumber those
+ * with unconfirmed messages at most twice, but the bound holds whatever it does.
  *
  * Batched mode (`batch.maxEvents` > 1): consecutive events of one transaction that share every
  * message property but the id (exchange, routing key, schema, table, op) travel as one message
@@ -46,6 +49,7 @@ export interface PipelineDeps {
   readonly router: Router;
   readonly publisher: Publisher;
   readonly checkpoint: Checkpoint;
+  /** Bound on messages awaiting confirms, and on transactions open in the checkpoint. */
   readonly maxInflight: number;
   readonly metrics: Metrics;
   readonly log: Logger;
@@ -127,7 +131,8 @@ export class Pipeline {
   private tx: OpenTx | null = null;
   private readonly prepared = new WeakSet<RelationInfo>();
   private failure: Error | null = null;
-  private confirmWaiter: (() => void) | null = null;
+  /** The waiting `handle`, woken by a confirm (or a failure) once `ready` holds. */
+  private confirmWaiter: { readonly ready: () => boolean; readonly wake: () => void } | null = null;
   private readonly guard: FloodGuard<BuiltEvent>;
   private readonly routes = new Map<string, Route>();
   private lastRoute: Route | null = null;
@@ -174,6 +179,7 @@ export class Pipeline {
   private item(item: Decoded): Promise<void> | void {
     switch (item.kind) {
       case 'begin':
+        if (this.tooManyOpen()) return this.waitForTransactions().then(() => this.begin(item.xid, item.commitLsn, item.commitTime));
         return this.begin(item.xid, item.commitLsn, item.commitTime);
       case 'commit':
         return this.commit(item.endLsn);
@@ -313,22 +319,49 @@ export class Pipeline {
   }
 
   private mustWait(): boolean {
-    return !this.deps.publisher.writable() || this.deps.checkpoint.outstanding() >= this.deps.maxInflight;
+    return !this.deps.publisher.writable() || this.windowFull();
+  }
+
+  private windowFull(): boolean {
+    return this.deps.checkpoint.outstanding() >= this.deps.maxInflight;
+  }
+
+  /** Outside a transaction only. With none open, nothing is outstanding: it cannot wait forever. */
+  private tooManyOpen(): boolean {
+    return this.deps.checkpoint.openTransactions() >= this.deps.maxInflight;
   }
 
   private async waitToSend(): Promise<void> {
-    const { publisher, checkpoint, maxInflight } = this.deps;
+    const { publisher } = this.deps;
     this.brokerWait = true;
     try {
-      while (!publisher.writable() || checkpoint.outstanding() >= maxInflight) {
+      while (!publisher.writable() || this.windowFull()) {
         const reason = publisher.failureReason() ?? this.failure;
         if (reason) throw reason;
         if (!publisher.writable()) await publisher.whenWritable();
-        else await new Promise<void>((resolve) => (this.confirmWaiter = resolve));
+        else await this.confirms(() => !this.windowFull());
       }
     } finally {
       this.brokerWait = false;
     }
+  }
+
+  private async waitForTransactions(): Promise<void> {
+    this.brokerWait = true;
+    try {
+      while (this.tooManyOpen()) {
+        const reason = this.deps.publisher.failureReason() ?? this.failure;
+        if (reason) throw reason;
+        await this.confirms(() => !this.tooManyOpen());
+      }
+    } finally {
+      this.brokerWait = false;
+    }
+  }
+
+  /** Resolves on the confirm after which `ready` holds, or on a failure. */
+  private confirms(ready: () => boolean): Promise<void> {
+    return new Promise<void>((wake) => (this.confirmWaiter = { ready, wake }));
   }
 
   /** One AMQP message: one event (`count` 1 outside batched mode) or a batch of `count`. */
@@ -418,9 +451,9 @@ export class Pipeline {
 
   private wakeConfirmWaiter(): void {
     const w = this.confirmWaiter;
-    if (w && (this.failure || this.deps.checkpoint.outstanding() < this.deps.maxInflight)) {
+    if (w && (this.failure || w.ready())) {
       this.confirmWaiter = null;
-      w();
+      w.wake();
     }
   }
 

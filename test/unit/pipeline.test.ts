@@ -210,3 +210,23 @@ for (const maxEvents of [1, 10]) {
     assert.deepEqual(ids(second.publisher.sent.filter((m) => m.exchange === 'ex')), ['extra:1', 'extra:2']);
   });
 }
+
+test('backpressure: reading waits while too many transactions are open in the checkpoint, not only messages', async () => {
+  // maxInflight 3 bounds messages and open transactions alike. Each message transaction is
+  // followed by one that publishes nothing (another table, as wal2json sends it): the
+  // checkpoint cannot merge those away while the transaction before them is unconfirmed.
+  const { p, publisher, checkpoint } = pipeline({ maxInflight: 3 });
+  await p.handle([...tx([[orders, 1]]), ...tx([])]);
+  const more = [...tx([[orders, 2]]), ...tx([]), ...tx([[orders, 3]])];
+  let done = false;
+  const handled = Promise.resolve(p.handle(more)).then(() => (done = true));
+  await new Promise((r) => setImmediate(r));
+  assert.equal(checkpoint.outstanding(), 2, 'below the message bound');
+  assert.equal(checkpoint.openTransactions(), 3);
+  assert.equal(done, false, 'the next transaction waits for a confirm');
+  assert.equal(p.waitingOnBroker(), true);
+  publisher.sent[0]!.confirm(null);
+  await handled;
+  assert.equal(publisher.sent.length, 3);
+  assert.ok(checkpoint.openTransactions() <= 3);
+});
