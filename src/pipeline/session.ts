@@ -39,6 +39,7 @@ import { LogThrottle } from '../ops/throttle.js';
 import { closeWithin, pgSocketOwner } from '../ops/close.js';
 import { PeriodicTask } from '../ops/periodic.js';
 import type { Op, Plugin, SourceInfo } from '../types.js';
+import { tableName } from '../filter/table-name.js';
 
 export interface SessionSettings {
   readonly pg: pg.ClientConfig;
@@ -480,7 +481,7 @@ export class Session {
 
 }
 
-const nameOf = (t: { schema: string; table: string }) => `${t.schema}.${t.table}`;
+const nameOf = (t: { schema: string; table: string }) => tableName(t.schema, t.table);
 
 /** Per-table value from the first rule whose glob matches and sets it, else the default. */
 
