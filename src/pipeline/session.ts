@@ -380,8 +380,14 @@ export class Session {
         );
       }
       if (outcome.kind === 'stream' && outcome.reason instanceof ReplanRequest) {
-        // Settle what came before the oversized transaction so the next read starts at it.
+        // Settle what came before the oversized transaction, and what its first read diverted,
+        // so the next read starts at it. Not a shutdown: wait for confirms as streaming does,
+        // for as long as the broker is up (a deadline here could fail every attempt).
+        while (checkpoint.outstanding() > 0 && !this.stopRequested && !pipeline.failed() && !this.sink?.failureReason()) {
+          await new Promise((r) => setTimeout(r, 20));
+        }
         await this.drain(checkpoint, pipeline);
+        if (this.stopRequested) return 'stopped';
         const plan = outcome.reason.plan;
         // What the first read diverted may be skipped only if the broker confirmed all of it.
         // Otherwise fail: the next session reads the transaction from scratch, and its first
