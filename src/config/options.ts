@@ -112,7 +112,7 @@ export const OPTIONS = [
     name: 'tables',
     group: 'source',
     ...kinds.globList(),
-    description: 'comma-separated schema.table globs to publish, * and ? wildcards (public.*, *.orders)',
+    description: 'comma-separated schema.table globs to publish, * and ? wildcards (public.*, *.orders); double-quote a name holding a dot or other special character ("my.schema".orders)',
     default: '',
     defaultText: 'all tables outside system schemas',
   }),
@@ -241,7 +241,7 @@ export const OPTIONS = [
     name: 'max-inflight',
     group: 'performance',
     ...kinds.integer(1),
-    description: 'messages published but not yet confirmed by the broker before reading from the slot pauses',
+    description: 'messages published but not yet confirmed by the broker, and transactions read but not yet acknowledgeable, before reading from the slot pauses',
     default: '10000',
   }),
   option({

@@ -39,6 +39,7 @@ import { LogThrottle } from '../ops/throttle.js';
 import { closeWithin, pgSocketOwner } from '../ops/close.js';
 import { PeriodicTask } from '../ops/periodic.js';
 import type { Op, Plugin, SourceInfo } from '../types.js';
+import { tableName } from '../filter/table-name.js';
 
 export interface SessionSettings {
   readonly pg: pg.ClientConfig;
@@ -379,12 +380,25 @@ export class Session {
         );
       }
       if (outcome.kind === 'stream' && outcome.reason instanceof ReplanRequest) {
-        // Settle what came before the oversized transaction so the next read starts at it.
+        // Settle what came before the oversized transaction, and what its first read diverted,
+        // so the next read starts at it. Not a shutdown: wait for confirms as streaming does,
+        // for as long as the broker is up (a deadline here could fail every attempt).
+        while (checkpoint.outstanding() > 0 && !this.stopRequested && !pipeline.failed() && !this.sink?.failureReason()) {
+          await new Promise((r) => setTimeout(r, 20));
+        }
         await this.drain(checkpoint, pipeline);
+        if (this.stopRequested) return 'stopped';
         const plan = outcome.reason.plan;
         // What the first read diverted may be skipped only if the broker confirmed all of it.
+        // Otherwise fail: the next session reads the transaction from scratch, and its first
+        // read sends exactly the same messages again (a second read without the prefix would
+        // batch those rows differently under the same messageIds; see README "Batched mode").
         const allConfirmed = checkpoint.outstanding() === 0 && !pipeline.failed() && !this.sink?.failureReason();
-        return { replan: allConfirmed ? plan : { commitLsn: plan.commitLsn, flooded: plan.flooded } };
+        if (!allConfirmed && plan.diverted) {
+          const reason = pipeline.failed() ?? this.sink?.failureReason() ?? new Error('the rows diverted before a flood re-read were not all confirmed by the broker');
+          throw new SessionFailure('rabbitmq', reason);
+        }
+        return { replan: plan };
       }
       if (outcome.kind === 'sink') throw new SessionFailure('rabbitmq', outcome.reason);
       const pipelineFailure = pipeline.failed();
@@ -473,7 +487,7 @@ export class Session {
 
 }
 
-const nameOf = (t: { schema: string; table: string }) => `${t.schema}.${t.table}`;
+const nameOf = (t: { schema: string; table: string }) => tableName(t.schema, t.table);
 
 /** Per-table value from the first rule whose glob matches and sets it, else the default. */
 
