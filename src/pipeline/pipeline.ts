@@ -433,11 +433,11 @@ export class Pipeline {
       return;
     }
     let body = letter.body;
-    let bytes = batchIds ? 0 : utf8Bytes(body);
+    let bytes = utf8Bytes(body);
     if (batchIds || rejected || bytes > this.maxMessageBytes) {
       const stub = { ...letter, error: rejected ? `${letter.error}; the broker refused the message (${rejected.error})` : letter.error };
       body = batchIds
-        ? '[' + batchIds.map((id) => stubBody({ ...stub, id }, tx.info, tx.lsn, source, -1)).join(',') + ']'
+        ? '[' + batchIds.map((id) => stubBody({ ...stub, id }, tx.info, tx.lsn, source, bytes)).join(',') + ']'
         : stubBody(stub, tx.info, tx.lsn, source, bytes);
       bytes = utf8Bytes(body);
     }
