@@ -27,6 +27,7 @@ import { AmqpSink, SinkError, type AmqpTls } from '../sink/amqp-sink.js';
 import { Checkpoint } from './checkpoint.js';
 import { StallWatch, STALL_RECONNECT_INTERVALS } from './stall-watch.js';
 import { Pipeline, ReplanRequest } from './pipeline.js';
+import type { DeliveryMemory } from './delivery-memory.js';
 import type { FloodAction, TxPlan } from '../filter/flood-guard.js';
 import { EventBuilder } from '../events/envelope.js';
 import { Router, type RouteRule } from '../events/router.js';
@@ -71,6 +72,10 @@ export interface SessionSettings {
   readonly floodBufferEvents: number;
   readonly floodBufferBytes: number;
   readonly unroutable: 'warn' | 'block';
+  /** Where changes that can never be published as configured go (README: Dead letters). */
+  readonly deadLetterExchange: string;
+  /** Largest body published; an event above it is dead-lettered. */
+  readonly maxMessageBytes: number;
   readonly maxInflight: number;
   /** Batched mode: events per message (1 = off) and the bound on a message body. */
   readonly batchMaxEvents: number;
@@ -142,6 +147,8 @@ export class Session {
       mayCreateSlot: boolean;
       firstUrl: number;
       plans: ReadonlyMap<bigint, TxPlan>;
+      /** Kept by the supervisor across sessions: confirmed prefixes, careful mode, refused messages. */
+      memory: DeliveryMemory;
       log: Logger;
       metrics: Metrics;
       hooks: SessionHooks;
@@ -291,10 +298,7 @@ export class Session {
         signal: this.abort.signal,
         urls: settings.amqpUrls,
         firstUrl: opts.firstUrl,
-        exchanges: [
-          ...router.exchanges(),
-          ...(settings.floodAction === 'divert' && !router.exchanges().includes(settings.floodExchange) ? [settings.floodExchange] : []),
-        ].map((name) => ({ name, type: settings.exchangeType })),
+        exchanges: this.exchanges(router),
         unroutable: settings.unroutable,
         tls: settings.amqpTls,
         log: log.child({ component: 'broker' }),
@@ -341,6 +345,8 @@ export class Session {
       checkpoint,
       maxInflight: settings.maxInflight,
       batch: { maxEvents: settings.batchMaxEvents, maxBytes: settings.batchMaxBytes },
+      deadLetter: { exchange: settings.deadLetterExchange, maxMessageBytes: settings.maxMessageBytes },
+      memory: opts.memory,
       metrics: opts.metrics,
       log,
       flood: {
@@ -476,6 +482,9 @@ export class Session {
       throw pgFailure(reason, `streaming from slot "${settings.slot}"`);
     } finally {
       clearInterval(ticker);
+      // Before the sink closes (closing is a failure too): what ended the session, if the broker did.
+      const refusal = pipeline.remember(pipeline.failed() ?? sink.failureReason());
+      if (refusal === 'nack') opts.metrics.nacks.inc();
       syncer?.stop();
       watch.end();
       // Whatever ended the session, Postgres hears what the broker confirmed (a stop has already
@@ -565,6 +574,17 @@ export class Session {
     const r = rows[0];
     if (!r || r.state !== 'active') return 'stalled';
     return r.wait_event_type === 'Client' || r.wait_event_type === 'Activity' ? 'stalled' : 'busy';
+  }
+
+  /** Every exchange to declare at start. */
+  private exchanges(router: Router): Array<{ name: string; type: string }> {
+    const { settings } = this;
+    const names = new Set(router.exchanges());
+    if (settings.floodAction === 'divert') names.add(settings.floodExchange);
+    const out = [...names].map((name) => ({ name, type: settings.exchangeType }));
+    // Dead letters are routed by schema.table.op whatever PGWARREN_EXCHANGE_TYPE is.
+    if (!names.has(settings.deadLetterExchange)) out.push({ name: settings.deadLetterExchange, type: 'topic' });
+    return out;
   }
 
   private decoder(relations: RelationCatalog, types: TypeCatalog, pushTablesDown: boolean): Decoder<unknown> {
