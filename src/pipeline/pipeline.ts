@@ -18,13 +18,23 @@
  * transaction are the same on every read of it (a redelivery repeats them byte for byte).
  * With `maxEvents` 1 (the default) messages are exactly one event each, with no batch header.
  *
+ * Beyond rows (CONTRACT §12), in stream order with the row changes:
+ * - application events (`pgwarren.event` logical messages) take a `seq` like a row change and
+ *   keep their place among held events; they are never part of a flood;
+ * - a schema event goes before the first change of an included table whose shape differs from
+ *   the last one seen (ShapeMemory); it takes no `seq`, so row ids do not depend on it;
+ * - with transaction events on, a commit event follows the last event of each transaction that
+ *   published any, counting them per table (or prefix) and op.
+ * Events routed by a fixed key (application, commit) have routes of their own, so a batch never
+ * mixes them with table events.
+ *
  * The hot path allocates little per event: route, routing key, metric child and the AMQP headers
  * object are shared by the events of one table and op (the headers also by one transaction),
  * and a message's content is released as soon as the publisher has written it, so the window of
  * unconfirmed messages holds only small objects (less garbage promoted, a flatter RSS).
  */
 import type { Checkpoint, TxEntry } from './checkpoint.js';
-import type { EventBuilder, BuiltEvent } from '../events/envelope.js';
+import type { EventBuilder, BuiltEvent, SchemaColumn } from '../events/envelope.js';
 import type { Router } from '../events/router.js';
 import type { OperationSelection, TableSelection } from '../filter/selection.js';
 import type { Metrics } from '../ops/metrics.js';
@@ -35,6 +45,8 @@ import type { TableRoute } from '../events/router.js';
 import type { Change, Decoded, LogicalMessage, Op, RelationInfo, SourceInfo, TxInfo } from '../types.js';
 import { formatLsn } from '../source/lsn.js';
 import { FloodGuard, type FloodAction, type FloodedTable, type TxPlan } from '../filter/flood-guard.js';
+import { APP_EVENT_PREFIX, messageRoutingKey, readAppEvent } from '../events/app-event.js';
+import { ShapeMemory, shapeSignature } from './shapes.js';
 
 export interface PipelineDeps {
   readonly source: SourceInfo;
@@ -60,6 +72,25 @@ export interface PipelineDeps {
   readonly plans: ReadonlyMap<bigint, TxPlan>;
   /** Batched mode; absent or maxEvents 1: one event per message. */
   readonly batch?: { readonly maxEvents: number; readonly maxBytes: number };
+  /** Routing key template of application events without a `routing_key` (default `message.{prefix}`). */
+  readonly messageRoutingKey?: string;
+  /** Publish a commit event after each transaction that published anything. */
+  readonly transactionEvents?: boolean;
+  /** Table shapes seen so far (kept across sessions, rewound by the session); default: a fresh one. */
+  readonly shapes?: ShapeMemory;
+  /**
+   * An event that can never be published as built (a malformed application event payload):
+   * dead-lettered (CONTRACT §9), never fatal. Default: logged and counted as filtered.
+   */
+  readonly reject?: (rejected: RejectedEvent) => Promise<void> | void;
+}
+
+/** What `PipelineDeps.reject` is given: the event's id, its raw content and why it was refused. */
+export interface RejectedEvent {
+  readonly id: string;
+  readonly content: Buffer;
+  readonly reason: string;
+  readonly tx: TxInfo;
 }
 
 /**
@@ -86,6 +117,8 @@ interface OpenTx {
   readonly lsn: string;
   seq: number;
   published: number;
+  /** Events published per `schema.table` (or prefix) and op; only with transaction events on. */
+  counts: Map<string, Map<string, number>> | null;
 }
 
 /** Everything a message needs that is the same for all events of one table and op. */
@@ -93,6 +126,8 @@ interface Route {
   readonly schema: string;
   readonly table: string;
   readonly op: string;
+  /** Routed by a key of its own, not by table (application and commit events). */
+  readonly fixed: boolean;
   readonly table_: TableRoute;
   readonly routingKey: string;
   /** The labelled published-events counter, resolved once. */
@@ -135,6 +170,10 @@ export class Pipeline {
   private readonly batchMaxBytes: number;
   private batch: OpenBatch | null = null;
   private brokerWait = false;
+  private readonly shapes: ShapeMemory;
+  /** A relation's shape as schema events report it, worked out once per relation. */
+  private readonly relationShapes = new WeakMap<RelationInfo, { columns: SchemaColumn[]; signature: string }>();
+  private readonly defaultMessageKey: string;
 
   constructor(private readonly deps: PipelineDeps) {
     this.guard = new FloodGuard<BuiltEvent>({
@@ -145,6 +184,8 @@ export class Pipeline {
     });
     this.batchMaxEvents = Math.max(1, Math.floor(deps.batch?.maxEvents ?? 1));
     this.batchMaxBytes = Math.max(1, Math.floor(deps.batch?.maxBytes ?? Number.MAX_SAFE_INTEGER));
+    this.shapes = deps.shapes ?? new ShapeMemory();
+    this.defaultMessageKey = messageRoutingKey(deps.messageRoutingKey ?? 'message.{prefix}', { db: deps.source.db, prefix: APP_EVENT_PREFIX });
   }
 
   inTransaction(): boolean {
@@ -177,6 +218,7 @@ export class Pipeline {
       case 'commit':
         return this.commit(item.endLsn);
       case 'message':
+        if (item.prefix === APP_EVENT_PREFIX) return this.appEvent(item);
         if (this.tx && isFloodMarker(item)) return this.divert(this.guard.markMarker(), this.tx);
         return;
       case 'change':
@@ -196,6 +238,7 @@ export class Pipeline {
       lsn: formatLsn(commitLsn),
       seq: 0,
       published: 0,
+      counts: this.deps.transactionEvents ? new Map() : null,
     };
     this.guard.begin(this.deps.plans.get(commitLsn) ?? null);
   }
@@ -213,6 +256,7 @@ export class Pipeline {
       if (p) await p;
     }
     if (verdict.flooded.length > 0) await this.floods(verdict.flooded, tx);
+    if (tx.counts && tx.counts.size > 0) await this.publish(this.deps.builder.buildCommit(tx.counts, tx.info), tx, 'normal');
     const p = this.flush();
     if (p) await p;
     this.tx = null;
@@ -241,6 +285,55 @@ export class Pipeline {
     }
   }
 
+  /**
+   * An application event: counts in `seq` wherever it stands; published (or held with the
+   * transaction's other events) unless its payload cannot be, which is rejected (dead-lettered).
+   */
+  private appEvent(msg: LogicalMessage): Promise<void> | void {
+    const tx = this.tx;
+    if (!msg.transactional || !tx) {
+      // Not atomic with anything: it would be published even if the transaction rolled back.
+      this.deps.log.debug({ prefix: msg.prefix, bytes: msg.content.length }, 'ignored a non-transactional pgwarren.event message (use pg_logical_emit_message(true, ...))');
+      return;
+    }
+    const seq = tx.seq++;
+    const read = readAppEvent(msg.content);
+    if (!read.ok) {
+      const id = `${tx.lsn}:${seq}`;
+      if (this.deps.reject) return this.deps.reject({ id, content: msg.content, reason: read.reason, tx: tx.info });
+      this.deps.log.error({ id, xid: tx.info.xid, reason: read.reason }, `application event ${id} cannot be published: ${read.reason}`);
+      this.deps.metrics.eventsFiltered.inc({ reason: 'malformed' });
+      return;
+    }
+    const event = this.deps.builder.buildMessage(APP_EVENT_PREFIX, read.payload, read.routingKey ?? this.defaultMessageKey, tx.info, seq);
+    return this.placeOther(event, tx);
+  }
+
+  /** An event that is never part of a flood (schema, application): held in order, or published now. */
+  private placeOther(event: BuiltEvent, tx: OpenTx): Promise<void> | void {
+    const now = this.guard.truncate();
+    if (now === 'hold') this.guard.keep(event, null, event.body.length);
+    else if (now === 'publish') return this.publish(event, tx, 'normal');
+    // 'count': the transaction is being counted and will be read again, this event with it.
+  }
+
+  /**
+   * The schema event due before a change of `relation` at `seq`, if its shape differs from the
+   * last one seen. The relation's types must be loaded.
+   */
+  private schemaEvent(relation: RelationInfo, tx: OpenTx, seq: number): BuiltEvent | null {
+    let shape = this.relationShapes.get(relation);
+    if (!shape) {
+      const columns = this.deps.builder.schemaColumns(relation);
+      shape = { columns, signature: shapeSignature(columns) };
+      this.relationShapes.set(relation, shape);
+    }
+    const { schema, table } = relation;
+    const previous = this.shapes.observe(`${schema}.${table}`, shape.columns, shape.signature, tx.info.commitLsn);
+    if (!previous) return null;
+    return this.deps.builder.buildSchema(schema, table, shape.columns, previous, tx.info, seq);
+  }
+
   private change(change: Change): Promise<void> | void {
     const tx = this.tx;
     if (!tx) throw new Error('row change outside a transaction');
@@ -250,7 +343,28 @@ export class Pipeline {
       metrics.eventsFiltered.inc({ reason: 'table' });
       return;
     }
+    if (change.kind === 'change' && !this.prepared.has(change.relation)) {
+      // Schema events need the relation's type names: load them before the change takes its seq.
+      return this.deps.prepareRelation(change.relation).then(() => {
+        this.prepared.add(change.relation);
+        return this.change(change);
+      });
+    }
     const seq = tx.seq++;
+    if (change.kind === 'change') {
+      const schemaEvent = this.schemaEvent(change.relation, tx, seq);
+      if (schemaEvent) {
+        const p = this.placeOther(schemaEvent, tx);
+        if (p) return p.then(() => this.filtered(change, tx, seq));
+      }
+    }
+    return this.filtered(change, tx, seq);
+  }
+
+  /** Operation selection and the flood guard, for a change of an included table at `seq`. */
+  private filtered(change: Change, tx: OpenTx, seq: number): Promise<void> | void {
+    const { schema, table } = change.relation;
+    const { metrics } = this.deps;
     const op: Op = change.kind === 'truncate' ? 'truncate' : change.op;
     if (!this.deps.operations.includes(op)) {
       metrics.eventsFiltered.inc({ reason: 'operation' });
@@ -276,8 +390,9 @@ export class Pipeline {
 
   /** Send `event` (or add it to the open batch). Returns a promise only when it has to wait. */
   private publish(event: BuiltEvent, tx: OpenTx, destination: 'normal' | 'flood'): Promise<void> | void {
-    const route = this.route(event.schema, event.table, event.op);
+    const route = event.routingKey === undefined ? this.route(event.schema, event.table, event.op) : this.fixedRoute(event.table, event.op, event.routingKey);
     const exchange = destination === 'flood' ? this.deps.flood.exchange : route.table_.exchange;
+    if (tx.counts && destination === 'normal' && event.op !== 'commit') count(tx.counts, event.schema === '' ? event.table : `${event.schema}.${event.table}`, event.op);
     if (this.batchMaxEvents === 1) {
       if (this.mustWait()) return this.waitToSend().then(() => this.send(tx, exchange, route, event.id, event.body, 1));
       this.send(tx, exchange, route, event.id, event.body, 1);
@@ -376,7 +491,7 @@ export class Pipeline {
   /** The route of events of one table and op; the last one is checked first (runs of one table). */
   private route(schema: string, table: string, op: string): Route {
     const last = this.lastRoute;
-    if (last && last.table === table && last.schema === schema && last.op === op) return last;
+    if (last && !last.fixed && last.table === table && last.schema === schema && last.op === op) return last;
     const key = `${schema}\u0000${table}\u0000${op}`;
     let route = this.routes.get(key);
     if (!route) {
@@ -386,6 +501,7 @@ export class Pipeline {
         schema,
         table,
         op,
+        fixed: false,
         table_,
         routingKey: table_.routingKey({ db: source.db, schema, table, op }),
         counter: metrics.publishedCounter(`${schema}.${table}`, op),
@@ -397,16 +513,38 @@ export class Pipeline {
     return route;
   }
 
+  /**
+   * The route of events with a routing key of their own (application and commit events): the
+   * default exchange, no per-table rule. `label` names them in metrics (a prefix, or '').
+   */
+  private fixedRoute(label: string, op: string, routingKey: string): Route {
+    const last = this.lastRoute;
+    if (last && last.fixed && last.routingKey === routingKey && last.op === op && last.table === label) return last;
+    const key = `\u0001${label}\u0000${op}\u0000${routingKey}`;
+    let route = this.routes.get(key);
+    if (!route) {
+      const table_ = this.deps.router.defaultRoute();
+      route = { schema: '', table: label, op, fixed: true, table_, routingKey, counter: this.deps.metrics.publishedCounter(label, op) };
+      if (this.routes.size >= 4096) this.routes.clear();
+      this.routes.set(key, route);
+    }
+    this.lastRoute = route;
+    return route;
+  }
+
   private headerSet(tx: OpenTx, route: Route): HeaderSet {
     const last = this.lastHeaders;
     if (last && last.tx === tx && last.route === route) return last;
-    const headers = {
-      'pgwarren-schema': route.schema,
-      'pgwarren-table': route.table,
-      'pgwarren-op': route.op,
-      'pgwarren-lsn': tx.lsn,
-      'pgwarren-xid': tx.info.xid,
-    };
+    // Events of no table (application, commit) carry no schema and table headers.
+    const headers: Readonly<Record<string, string | number>> = route.fixed
+      ? { 'pgwarren-op': route.op, 'pgwarren-lsn': tx.lsn, 'pgwarren-xid': tx.info.xid }
+      : {
+          'pgwarren-schema': route.schema,
+          'pgwarren-table': route.table,
+          'pgwarren-op': route.op,
+          'pgwarren-lsn': tx.lsn,
+          'pgwarren-xid': tx.info.xid,
+        };
     const set: HeaderSet = { tx, route, headers, confirmOne: this.confirmer(tx, route, 1) };
     this.lastHeaders = set;
     return set;
@@ -423,4 +561,10 @@ export class Pipeline {
   private observeLatency(tx: OpenTx): void {
     this.deps.metrics.commitToConfirm.observe(Math.max(0, Date.now() - tx.commitMs) / 1000);
   }
+}
+
+function count(counts: Map<string, Map<string, number>>, name: string, op: string): void {
+  let ops = counts.get(name);
+  if (!ops) counts.set(name, (ops = new Map()));
+  ops.set(op, (ops.get(op) ?? 0) + 1);
 }
