@@ -181,7 +181,9 @@ export class Wal2jsonDecoder implements Decoder<W2jAction> {
     let rel: RelationInfo;
     if (root) rel = buildRelation(root.schema, root.table, sent, await this.freshFacts(root.schema, root.table));
     else if (action === 'I') rel = relationOfInsert(schema, table, sent, leaf);
-    else rel = buildRelation(schema, table, sent, leaf);
+    // An update or delete may lack columns (unchanged TOAST, identity only): the catalog fills
+    // them in, but only with columns the known shape had (one added since is not in this row).
+    else rel = buildRelation(schema, table, sent, leaf, known ? (n) => known.byName.has(n) : undefined);
     if (known && relationSignature(known.relation) === relationSignature(rel)) rel = known.relation;
     if (this.shapes.size > 10_000) this.shapes.clear();
     this.shapes.set(name, {
@@ -297,12 +299,19 @@ export function wal2jsonTableFilter(globs: readonly string[]): string[] | null {
   return globs.map((g) => g.replace(/,/g, '\\,'));
 }
 
-function buildRelation(schema: string, table: string, sent: readonly W2jColumn[], facts: TableFacts | undefined): RelationInfo {
+function buildRelation(
+  schema: string,
+  table: string,
+  sent: readonly W2jColumn[],
+  facts: TableFacts | undefined,
+  knownBefore?: (name: string) => boolean,
+): RelationInfo {
   const sentTypes = new Map(sent.map((c) => [c.name, asNumber(c.typeoid)]));
   const identityCols = identityColumns(facts);
   // Catalog columns in table order; a sent column the catalog no longer has (dropped since) is
   // kept at the end so its value is not lost.
-  const columns: ColumnInfo[] = (facts?.columns ?? []).map((c) => ({
+  const catalogColumns = (facts?.columns ?? []).filter((c) => !knownBefore || sentTypes.has(c.name) || knownBefore(c.name));
+  const columns: ColumnInfo[] = catalogColumns.map((c) => ({
     name: c.name,
     typeOid: sentTypes.get(c.name) ?? c.typeOid,
     typeMod: c.typeMod,
