@@ -50,6 +50,8 @@ export interface Config {
   /** Publish a commit event after each transaction that published anything. */
   readonly transactionEvents: boolean;
   readonly unroutable: (typeof UNROUTABLE_ACTIONS)[number];
+  readonly deadLetterExchange: string;
+  readonly maxMessageBytes: number;
   readonly floodThreshold: number;
   readonly floodAction: (typeof FLOOD_ACTIONS)[number];
   readonly floodExchange: string;
@@ -149,6 +151,8 @@ export function loadConfig(input: LoadInput): Config {
     messageRoutingKey: get('message-routing-key'),
     transactionEvents: get('transaction-events'),
     unroutable: get('unroutable'),
+    deadLetterExchange: get('dead-letter-exchange'),
+    maxMessageBytes: get('max-message-bytes'),
     floodThreshold: get('flood-threshold'),
     floodAction: get('flood-action'),
     floodExchange: get('flood-exchange'),

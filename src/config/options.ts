@@ -161,8 +161,25 @@ export const OPTIONS = [
     name: 'transaction-events',
     group: 'routing',
     ...kinds.boolean(),
-    description: 'true: after the last event of each transaction that published any, a commit event (routing key pgwarren.tx.commit) with counts per table and operation',
+    description: 'true or false; true: after the last event of each transaction that published any, a commit event (routing key pgwarren.tx.commit) with counts per table and operation',
     default: 'false',
+  }),
+  option({
+    name: 'dead-letter-exchange',
+    group: 'routing',
+    ...exchangeName,
+    description:
+      'durable topic exchange for changes that can never be published as configured (routing key over 255 bytes, body over the max message size, ...), routed by schema.table.op with header pgwarren-error',
+    default: 'pgwarren.dead',
+  }),
+  option({
+    name: 'max-message-bytes',
+    group: 'routing',
+    ...kinds.integer(4096),
+    description:
+      "largest message body in bytes pgwarren publishes (an event above it is dead-lettered); keep it at or below the broker's max_message_size",
+    default: '134217728',
+    defaultText: "134217728 (RabbitMQ's default max_message_size, 128 MiB)",
   }),
   option({
     name: 'unroutable',

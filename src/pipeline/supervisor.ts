@@ -13,6 +13,7 @@ import type { Metrics } from '../ops/metrics.js';
 import { PrerequisiteError } from '../errors.js';
 import { Session, SessionFailure, type SessionSettings, type SessionState } from './session.js';
 import type { TxPlan } from '../filter/flood-guard.js';
+import { DeliveryMemory } from './delivery-memory.js';
 import { formatLsn } from '../source/lsn.js';
 
 export interface Health {
@@ -37,6 +38,8 @@ export class Supervisor implements Health {
   private readonly plans = new Map<bigint, TxPlan>();
   /** Table shapes seen, for schema events; outlives sessions (each rewinds it). */
   private readonly shapes = new ShapeMemory();
+  /** What sessions learn about messages the broker refused (README: Delivery). */
+  private readonly memory = new DeliveryMemory();
 
   constructor(
     private readonly settings: SessionSettings,
@@ -78,6 +81,7 @@ export class Supervisor implements Health {
         firstUrl: brokerIndex,
         plans: this.plans,
         shapes: this.shapes,
+        memory: this.memory,
         log,
         metrics,
         hooks: {
@@ -94,6 +98,7 @@ export class Supervisor implements Health {
           onAcknowledged: (lsn) => {
             this.acknowledged = lsn;
             metrics.confirmedLsn.set(Number(lsn));
+            this.memory.passed(lsn);
           },
         },
       });

@@ -26,6 +26,9 @@ interface Side {
   readonly broker: TestBroker;
   readonly all: Collector;
   readonly checkout: Collector;
+  /** Bound to the daemon's own dead-letter exchange (CONTRACT §9). */
+  dead?: Collector;
+  readonly deadExchange: string;
   readonly daemon: Daemon;
 }
 
@@ -71,7 +74,10 @@ describe('application, schema and commit events (CONTRACT §12), pgoutput and wa
       // A consumer of business events that knows nothing of tables.
       const checkout = await broker.bindQueue('checkout.*');
       const slot = uniqueName(`appev_${plugin}`);
+      const deadExchange = `${broker.exchange}.dead`;
+      broker.track(deadExchange);
       const daemon = await start({
+        PGWARREN_DEAD_LETTER_EXCHANGE: deadExchange,
         PGWARREN_DATABASE_URL: db.url,
         PGWARREN_AMQP_URL: testEnv().amqpUrl,
         PGWARREN_PLUGIN: plugin,
@@ -80,9 +86,11 @@ describe('application, schema and commit events (CONTRACT §12), pgoutput and wa
         PGWARREN_EXCHANGE: broker.exchange,
         PGWARREN_TRANSACTION_EVENTS: 'true',
       });
-      sides.push({ plugin, slot, broker, all, checkout, daemon });
+      sides.push({ plugin, slot, broker, all, checkout, deadExchange, daemon });
     }
     await Promise.all(sides.map((s) => s.daemon.waitReady(30_000)));
+    // The daemon declared its dead-letter exchange before it became ready.
+    for (const s of sides) s.dead = await s.broker.bindQueue('#', s.deadExchange);
   });
 
   after(async () => {
@@ -222,10 +230,16 @@ describe('application, schema and commit events (CONTRACT §12), pgoutput and wa
     // The 1 MB payload, whole.
     assert.equal(event(22).payload.blob, BIG_BLOB);
 
-    // The malformed payload was refused with its id (seq 1 of its transaction), not published.
+    // The malformed payload was dead-lettered with its id (seq 1 of its transaction), not published.
     const refusedId = `${event(19).tx.lsn}:1`;
     for (const s of sides) {
-      await s.daemon.waitForLog((l) => typeof l.msg === 'string' && l.msg.includes(refusedId) && l.msg.includes('not JSON'));
+      await s.dead!.waitForCount(1);
+      assert.equal(s.dead!.messages.length, 1, `${s.plugin}: one dead letter`);
+      const letter = s.dead!.messages[0]!;
+      assert.equal(letter.properties.messageId, refusedId);
+      assert.equal(letter.fields.routingKey, 'pgwarren.event.message');
+      assert.match(String(letter.properties.headers?.['pgwarren-error']), /not JSON/);
+      assert.equal(letter.body.payload_text, '{"broken": ');
       assert.equal(s.daemon.logs.filter((l) => l.msg === 'ignored a non-transactional pgwarren.event message (use pg_logical_emit_message(true, ...))').length, 1);
     }
 
