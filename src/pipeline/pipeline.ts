@@ -823,16 +823,15 @@ export class Pipeline {
   private headerSet(tx: OpenTx, route: Route): HeaderSet {
     const last = this.lastHeaders;
     if (last && last.tx === tx && last.route === route) return last;
-    // Events of no table (application, commit) carry no schema and table headers.
-    const headers: Readonly<Record<string, string | number>> = route.fixed
-      ? { 'pgwarren-op': route.op, 'pgwarren-lsn': tx.lsn, 'pgwarren-xid': tx.info.xid }
-      : {
-          'pgwarren-schema': route.schema,
-          'pgwarren-table': route.table,
-          'pgwarren-op': route.op,
-          'pgwarren-lsn': tx.lsn,
-          'pgwarren-xid': tx.info.xid,
-        };
+    // Events of no table (application, commit) carry the same headers: schema '', table = the
+    // application event's prefix ('' for commit events).
+    const headers = {
+      'pgwarren-schema': route.schema,
+      'pgwarren-table': route.table,
+      'pgwarren-op': route.op,
+      'pgwarren-lsn': tx.lsn,
+      'pgwarren-xid': tx.info.xid,
+    };
     const set: HeaderSet = { tx, route, headers, confirmOne: this.confirmer(tx, route, 1) };
     this.lastHeaders = set;
     return set;

@@ -204,7 +204,10 @@ describe('application, schema and commit events (CONTRACT §12), pgoutput and wa
     assert.equal(props.contentType, 'application/json');
     assert.equal(props.deliveryMode, 2);
     assert.equal(props.appId, 'pgwarren');
-    assert.deepEqual(props.headers, { 'pgwarren-op': 'message', 'pgwarren-lsn': msg.tx.lsn, 'pgwarren-xid': msg.tx.xid });
+    assert.deepEqual(props.headers, { 'pgwarren-schema': '', 'pgwarren-table': 'pgwarren.event', 'pgwarren-op': 'message', 'pgwarren-lsn': msg.tx.lsn, 'pgwarren-xid': msg.tx.xid });
+    const commitProps = pgo.all.messages[5]!.properties;
+    assert.equal(commitProps.type, 'commit');
+    assert.deepEqual(commitProps.headers, { 'pgwarren-schema': '', 'pgwarren-table': '', 'pgwarren-op': 'commit', 'pgwarren-lsn': msg.tx.lsn, 'pgwarren-xid': msg.tx.xid });
     // Commit events count what the transaction published, per table (or prefix) and op.
     assert.deepEqual(event(5).counts, { 'public.shape_t': { insert: 1 }, 'pgwarren.event': { message: 1 }, 'public.other_t': { insert: 1 } });
     assert.equal(event(5).id, `${msg.tx.lsn}:commit`);

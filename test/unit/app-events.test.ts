@@ -149,7 +149,7 @@ test('application events count in seq among row changes; other prefixes and the 
   assert.deepEqual(event.payload, { routing_key: 'checkout.completed', x: 1 });
   assert.equal(event.prefix, 'pgwarren.event');
   assert.equal(publisher.sent[1]!.properties.type, 'message');
-  assert.deepEqual(publisher.sent[1]!.properties.headers, { 'pgwarren-op': 'message', 'pgwarren-lsn': '0/1000', 'pgwarren-xid': 7 });
+  assert.deepEqual(publisher.sent[1]!.properties.headers, { 'pgwarren-schema': '', 'pgwarren-table': 'pgwarren.event', 'pgwarren-op': 'message', 'pgwarren-lsn': '0/1000', 'pgwarren-xid': 7 });
 });
 
 test('a non-transactional application event is ignored, outside or inside a transaction', async () => {
