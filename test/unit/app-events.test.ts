@@ -226,3 +226,18 @@ test('schema events: before the first row of a new shape, no seq of their own; t
   await stale.p.handle(tx(0x7100n, [[rel('orders', [['tags', 1007]]), 3]]));
   assert.deepEqual(stale.publisher.sent, []);
 });
+
+test('an application event that cannot be published is dead-lettered in its place, never fatal', async () => {
+  const { p, publisher } = pipeline({ action: 'pass' });
+  const orders = rel('orders');
+  const longKey = 'k'.repeat(300);
+  await p.handle(tx(0x8000n, [[orders, 1], { message: '{"broken": ' }, { message: `{"routing_key":"${longKey}"}` }, [orders, 2]]));
+  assert.deepEqual(
+    publisher.sent.map((m) => `${m.exchange} ${m.routingKey} ${m.properties.messageId}`),
+    ['ex public.orders.insert 0/8000:0', 'pgwarren.dead pgwarren.event.message 0/8000:1', 'pgwarren.dead pgwarren.event.message 0/8000:2', 'ex public.orders.insert 0/8000:3'],
+  );
+  const malformed = publisher.sent[1]!;
+  assert.match(String((malformed.properties.headers as Record<string, unknown>)['pgwarren-error']), /not JSON/);
+  assert.equal(JSON.parse(malformed.body).payload_text, '{"broken": ');
+  assert.match(String((publisher.sent[2]!.properties.headers as Record<string, unknown>)['pgwarren-error']), /routing key is 300 bytes/);
+});
