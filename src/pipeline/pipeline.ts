@@ -183,6 +183,15 @@ interface OpenBatch {
 type Mutable<T> = { -readonly [K in keyof T]: T[K] };
 const EMPTY = Buffer.alloc(0);
 
+/**
+ * An event the pipeline knows it cannot publish (an application event with malformed JSON): it is
+ * dead-lettered where it would have been published, so it is held with the transaction's other
+ * events and takes the same message slot on every read.
+ */
+interface RefusedEvent extends BuiltEvent {
+  readonly refused: { readonly reason: DeadLetterReason; readonly error: string };
+}
+
 /** The dead-letter fields an event carries itself. */
 function letterOf(event: BuiltEvent): Pick<DeadLetter, 'id' | 'schema' | 'table' | 'op'> {
   return { id: event.id, schema: event.schema, table: event.table, op: event.op };
@@ -365,7 +374,8 @@ export class Pipeline {
       const body =
         `{"id":"${id}","op":"message","prefix":${JSON.stringify(APP_EVENT_PREFIX)},"payload_text":${JSON.stringify(msg.content.toString('utf8'))},` +
         `"tx":{"xid":${tx.info.xid},"lsn":"${tx.lsn}","commit_time":"${tx.info.commitTime}","seq":${seq}}}`;
-      return this.deadLetterIn(tx, { id, schema: '', table: APP_EVENT_PREFIX, op: 'message', body, reason: 'malformed', error: read.reason });
+      const refused: RefusedEvent = { id, op: 'message', schema: '', table: APP_EVENT_PREFIX, body, refused: { reason: 'malformed', error: read.reason } };
+      return this.placeOther(refused, tx);
     }
     const event = this.deps.builder.buildMessage(APP_EVENT_PREFIX, read.payload, read.routingKey ?? this.defaultMessageKey, tx.info, seq);
     return this.placeOther(event, tx);
@@ -452,6 +462,8 @@ export class Pipeline {
 
   /** Send `event` (or add it to the open batch). Returns a promise only when it has to wait. */
   private publish(event: BuiltEvent, tx: OpenTx, destination: 'normal' | 'flood'): Promise<void> | void {
+    const refused = (event as Partial<RefusedEvent>).refused;
+    if (refused) return this.deadLetterIn(tx, { ...letterOf(event), body: event.body, reason: refused.reason, error: refused.error });
     const route = event.routingKey === undefined ? this.route(event.schema, event.table, event.op) : this.fixedRoute(event.table, event.op, event.routingKey);
     // A change that can never be published as configured must not block the ones after it.
     if (route.keyError !== null) return this.deadLetterIn(tx, { ...letterOf(event), body: event.body, reason: 'routing_key', error: route.keyError });

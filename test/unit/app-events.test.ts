@@ -241,3 +241,13 @@ test('an application event that cannot be published is dead-lettered in its plac
   assert.equal(JSON.parse(malformed.body).payload_text, '{"broken": ');
   assert.match(String((publisher.sent[2]!.properties.headers as Record<string, unknown>)['pgwarren-error']), /routing key is 300 bytes/);
 });
+
+test('a malformed application event keeps its place while the flood guard holds the transaction', async () => {
+  const { p, publisher } = pipeline(); // summarize: events are held until commit
+  const orders = rel('orders');
+  await p.handle(tx(0x9000n, [[orders, 1], { message: 'nope' }, [orders, 2]]));
+  assert.deepEqual(
+    publisher.sent.map((m) => `${m.exchange} ${m.properties.messageId}`),
+    ['ex 0/9000:0', 'pgwarren.dead 0/9000:1', 'ex 0/9000:2'],
+  );
+});
