@@ -140,13 +140,15 @@ export class EventBuilder {
   }
 
   /**
-   * A table's shape as schema events report it: every column the relation carries (excluded
-   * columns too: they are part of the table, and a consumer may need to know the shape moved).
+   * A table's shape as schema events report it: the columns its events can carry, so a rule's
+   * excluded columns are left out (their names are not for consumers either, and whether
+   * Postgres sends them at all depends on the publication's column list and the plugin).
    * The relation's types must be loaded (`typeOids`) first.
    */
   schemaColumns(rel: RelationInfo): SchemaColumn[] {
     const key = new Set(rel.keyColumns);
-    return rel.columns.map((c) => ({ name: c.name, type: typeName(this.types, c.typeOid), key: key.has(c.name) }));
+    const excluded = this.excludedColumns(rel.schema, rel.table);
+    return rel.columns.filter((c) => !excluded.has(c.name)).map((c) => ({ name: c.name, type: typeName(this.types, c.typeOid), key: key.has(c.name) }));
   }
 
   /** A table changed shape before change `seq` of the transaction (CONTRACT §12). */

@@ -14,7 +14,8 @@
 import type { SchemaColumn } from '../events/envelope.js';
 
 interface Entry {
-  readonly columns: readonly SchemaColumn[];
+  /** The latest columns of this shape (key flags may change without a change of shape). */
+  columns: readonly SchemaColumn[];
   readonly signature: string;
   /** Commit LSN of the transaction that first used this shape. */
   readonly since: bigint;
@@ -25,8 +26,13 @@ interface Entry {
 const MAX_CHAIN = 16;
 const MAX_TABLES = 100_000;
 
+/**
+ * What a change of shape is (CONTRACT §12): columns added, dropped, renamed or retyped. The key
+ * flags are reported but are not part of it: wal2json gives no sign of a key redefined without a
+ * column change, so counting it would make the plugins disagree.
+ */
 export function shapeSignature(columns: readonly SchemaColumn[]): string {
-  return columns.map((c) => `${c.name}\u0000${c.type}\u0000${c.key ? 1 : 0}`).join('\u0001');
+  return columns.map((c) => `${c.name}\u0000${c.type}`).join('\u0001');
 }
 
 export class ShapeMemory {
@@ -38,7 +44,10 @@ export class ShapeMemory {
    */
   observe(table: string, columns: readonly SchemaColumn[], signature: string, commitLsn: bigint): readonly SchemaColumn[] | null {
     const current = this.tables.get(table);
-    if (current?.signature === signature) return null;
+    if (current?.signature === signature) {
+      current.columns = columns;
+      return null;
+    }
     if (!current && this.tables.size >= MAX_TABLES) this.tables.clear();
     const entry: Entry = { columns, signature, since: commitLsn, previous: current ?? null };
     let e: Entry = entry;
