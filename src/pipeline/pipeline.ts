@@ -401,7 +401,7 @@ export class Pipeline {
       this.relationShapes.set(relation, shape);
     }
     const { schema, table } = relation;
-    const previous = this.shapes.observe(`${schema}.${table}`, shape.columns, shape.signature, tx.info.commitLsn);
+    const previous = this.shapes.observe(`${schema}\u0000${table}`, shape.columns, shape.signature, tx.info.commitLsn);
     if (!previous) return null;
     return this.deps.builder.buildSchema(schema, table, shape.columns, previous, tx.info, seq);
   }

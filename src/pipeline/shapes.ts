@@ -39,7 +39,7 @@ export class ShapeMemory {
   private readonly tables = new Map<string, Entry>();
 
   /**
-   * A change of `table` (`schema.table`) in the transaction committed at `commitLsn` used this
+   * A change of `table` (schema and table joined by NUL) in the transaction committed at `commitLsn` used this
    * shape. Returns the shape before it when that differs, else null (same shape, or first sight).
    */
   observe(table: string, columns: readonly SchemaColumn[], signature: string, commitLsn: bigint): readonly SchemaColumn[] | null {

@@ -59,7 +59,7 @@ export function wal2jsonTimeToIso(text: string): string {
 
 export class Wal2jsonDecoder implements Decoder<W2jAction> {
   readonly plugin = 'wal2json' as const;
-  /** wal2json's `schema.table` -> the table's shape at its last change. */
+  /** (schema, table) as wal2json names it -> the table's shape at its last change. */
   private readonly shapes = new Map<string, Shape>();
 
   constructor(
@@ -171,7 +171,7 @@ export class Wal2jsonDecoder implements Decoder<W2jAction> {
    * one keeps the old object, so per-relation work downstream is done once per real shape.
    */
   private async relation(schema: string, table: string, action: W2jAction['action'], sent: readonly W2jColumn[]): Promise<RelationInfo> {
-    const name = `${schema}.${table}`;
+    const name = `${schema}\u0000${table}`; // a pair: "a.b"."c" is not "a"."b.c"
     const known = this.shapes.get(name);
     if (known && (await this.fits(known, action, sent))) return known.relation;
     const leaf = await this.freshFacts(schema, table);
