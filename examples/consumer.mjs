@@ -52,6 +52,9 @@ const redact = (u) => u.replace(/\/\/([^:/@]*):[^@]*@/, '//$1:***@');
 /** One human-readable line per event. */
 function describe(e) {
   const where = `${e.schema}.${e.table}`;
+  if (e.op === 'message') return `${e.id} message ${e.payload?.routing_key ?? e.prefix} ${JSON.stringify(e.payload)}`;
+  if (e.op === 'schema') return `${e.id} schema ${where} columns=${e.columns.map((c) => `${c.name}:${c.type}`).join(',')}`;
+  if (e.op === 'commit') return `${e.id} commit ${JSON.stringify(e.counts)}`;
   if (e.op === 'bulk') {
     const c = e.counts ?? {};
     return `${e.id} bulk ${where} insert=${c.insert} update=${c.update} delete=${c.delete} reason=${e.reason}`;

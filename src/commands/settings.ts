@@ -31,6 +31,8 @@ export function sessionSettings(config: Config): SessionSettings {
     exchange: config.exchange,
     exchangeType: config.exchangeType,
     routingKey: config.routingKey,
+    messageRoutingKey: config.messageRoutingKey,
+    transactionEvents: config.transactionEvents,
     rules: config.rules.map((r) => ({
       match: r.match,
       exchange: r.exchange,

@@ -45,6 +45,10 @@ export interface Config {
   readonly exchange: string;
   readonly exchangeType: string;
   readonly routingKey: string;
+  /** Routing key template of application events whose payload names none ({db}, {prefix}). */
+  readonly messageRoutingKey: string;
+  /** Publish a commit event after each transaction that published anything. */
+  readonly transactionEvents: boolean;
   readonly unroutable: (typeof UNROUTABLE_ACTIONS)[number];
   readonly deadLetterExchange: string;
   readonly maxMessageBytes: number;
@@ -148,6 +152,8 @@ export function loadConfig(input: LoadInput): Config {
     exchange: get('exchange'),
     exchangeType: get('exchange-type'),
     routingKey: get('routing-key'),
+    messageRoutingKey: get('message-routing-key'),
+    transactionEvents: get('transaction-events'),
     unroutable: get('unroutable'),
     deadLetterExchange: get('dead-letter-exchange'),
     maxMessageBytes: get('max-message-bytes'),

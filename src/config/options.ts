@@ -150,6 +150,21 @@ export const OPTIONS = [
     default: '{schema}.{table}.{op}',
   }),
   option({
+    name: 'message-routing-key',
+    group: 'routing',
+    type: 'string',
+    schema: kinds.messageRoutingKey,
+    description: 'routing key of an application event (pg_logical_emit_message with prefix pgwarren.event) whose payload has no "routing_key" string; placeholders {db} {prefix}',
+    default: 'message.{prefix}',
+  }),
+  option({
+    name: 'transaction-events',
+    group: 'routing',
+    ...kinds.boolean(),
+    description: 'true or false; true: after the last event of each transaction that published any, a commit event (routing key pgwarren.tx.commit) with counts per table and operation',
+    default: 'false',
+  }),
+  option({
     name: 'dead-letter-exchange',
     group: 'routing',
     ...exchangeName,

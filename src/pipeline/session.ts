@@ -27,6 +27,7 @@ import { AmqpSink, SinkError, type AmqpTls } from '../sink/amqp-sink.js';
 import { Checkpoint } from './checkpoint.js';
 import { StallWatch, STALL_RECONNECT_INTERVALS } from './stall-watch.js';
 import { Pipeline, ReplanRequest } from './pipeline.js';
+import type { ShapeMemory } from './shapes.js';
 import type { DeliveryMemory } from './delivery-memory.js';
 import type { FloodAction, TxPlan } from '../filter/flood-guard.js';
 import { EventBuilder } from '../events/envelope.js';
@@ -65,6 +66,10 @@ export interface SessionSettings {
   readonly exchange: string;
   readonly exchangeType: string;
   readonly routingKey: string;
+  /** Routing key template of application events without a routing_key ({db}, {prefix}). */
+  readonly messageRoutingKey: string;
+  /** Commit events after each transaction that published anything (CONTRACT §12). */
+  readonly transactionEvents: boolean;
   readonly rules: readonly (RouteRule & { excludeColumns?: readonly string[]; floodThreshold?: number })[];
   readonly floodThreshold: number;
   readonly floodAction: FloodAction;
@@ -147,6 +152,8 @@ export class Session {
       mayCreateSlot: boolean;
       firstUrl: number;
       plans: ReadonlyMap<bigint, TxPlan>;
+      /** Table shapes seen by earlier sessions; rewound here to the slot's confirmed position. */
+      shapes: ShapeMemory;
       /** Kept by the supervisor across sessions: confirmed prefixes, careful mode, refused messages. */
       memory: DeliveryMemory;
       log: Logger;
@@ -334,6 +341,8 @@ export class Session {
     const checkpoint = new Checkpoint(slotState.confirmedFlushLsn ? parseLsn(slotState.confirmedFlushLsn) : 0n);
     opts.metrics.inflightSource = () => checkpoint.outstanding();
     this.lastReported = checkpoint.safeLsn();
+    // Transactions after the confirmed position are read again: so are their shape changes.
+    opts.shapes.rewind(checkpoint.safeLsn());
     const pipeline = new Pipeline({
       source,
       tables,
@@ -357,6 +366,9 @@ export class Session {
         thresholdFor: ruleLookup(settings.rules, (r) => r.floodThreshold, settings.floodThreshold),
       },
       plans: opts.plans,
+      messageRoutingKey: settings.messageRoutingKey,
+      transactionEvents: settings.transactionEvents,
+      shapes: opts.shapes,
     });
 
     let stallTimeout = (_silentMs: number): void => undefined;
