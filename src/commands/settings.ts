@@ -39,6 +39,8 @@ export function sessionSettings(config: Config): SessionSettings {
     floodBufferEvents: config.floodBufferEvents,
     floodBufferBytes: config.floodBufferBytes,
     unroutable: config.unroutable,
+    deadLetterExchange: config.deadLetterExchange,
+    maxMessageBytes: config.maxMessageBytes,
     maxInflight: config.maxInflight,
     batchMaxEvents: config.batchMaxEvents,
     batchMaxBytes: config.batchMaxBytes,

@@ -46,6 +46,8 @@ export interface Config {
   readonly exchangeType: string;
   readonly routingKey: string;
   readonly unroutable: (typeof UNROUTABLE_ACTIONS)[number];
+  readonly deadLetterExchange: string;
+  readonly maxMessageBytes: number;
   readonly floodThreshold: number;
   readonly floodAction: (typeof FLOOD_ACTIONS)[number];
   readonly floodExchange: string;
@@ -143,6 +145,8 @@ export function loadConfig(input: LoadInput): Config {
     exchangeType: get('exchange-type'),
     routingKey: get('routing-key'),
     unroutable: get('unroutable'),
+    deadLetterExchange: get('dead-letter-exchange'),
+    maxMessageBytes: get('max-message-bytes'),
     floodThreshold: get('flood-threshold'),
     floodAction: get('flood-action'),
     floodExchange: get('flood-exchange'),

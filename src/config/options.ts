@@ -150,6 +150,23 @@ export const OPTIONS = [
     default: '{schema}.{table}.{op}',
   }),
   option({
+    name: 'dead-letter-exchange',
+    group: 'routing',
+    ...exchangeName,
+    description:
+      'durable topic exchange for changes that can never be published as configured (routing key over 255 bytes, body over the max message size, ...), routed by schema.table.op with header pgwarren-error',
+    default: 'pgwarren.dead',
+  }),
+  option({
+    name: 'max-message-bytes',
+    group: 'routing',
+    ...kinds.integer(4096),
+    description:
+      "largest message body in bytes pgwarren publishes (an event above it is dead-lettered); keep it at or below the broker's max_message_size",
+    default: '134217728',
+    defaultText: "134217728 (RabbitMQ's default max_message_size, 128 MiB)",
+  }),
+  option({
     name: 'unroutable',
     group: 'routing',
     ...kinds.oneOf(UNROUTABLE_ACTIONS),

@@ -76,6 +76,19 @@ export class Metrics {
     help: 'Messages the broker returned because no queue was bound for their routing key.',
     registers: [this.registry],
   });
+  readonly deadLettered = new Counter({
+    name: 'pgwarren_dead_lettered_total',
+    help:
+      'Events that could not be published as configured, by reason (routing_key, size, broker_rejected, and those of application events and transforms): ' +
+      'sent to the dead-letter exchange, or logged and skipped where even that is impossible.',
+    labelNames: ['reason'] as const,
+    registers: [this.registry],
+  });
+  readonly nacks = new Counter({
+    name: 'pgwarren_nacks_total',
+    help: 'Broker nacks (basic.nack) of published messages; each ends the session, which resumes after a backoff.',
+    registers: [this.registry],
+  });
   readonly confirmedLsn = new Gauge({
     name: 'pgwarren_confirmed_lsn',
     help: 'The last LSN acknowledged to Postgres, as a number (for rate() and alerting on a stall).',

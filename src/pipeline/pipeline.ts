@@ -29,12 +29,15 @@ import type { Router } from '../events/router.js';
 import type { OperationSelection, TableSelection } from '../filter/selection.js';
 import type { Metrics } from '../ops/metrics.js';
 import type { Logger } from '../ops/logger.js';
-import type { Publisher } from '../sink/publisher.js';
+import type { Confirm, Publisher } from '../sink/publisher.js';
 import type { OutgoingMessage } from '../sink/amqp-sink.js';
 import type { TableRoute } from '../events/router.js';
 import type { Change, Decoded, LogicalMessage, Op, RelationInfo, SourceInfo, TxInfo } from '../types.js';
 import { formatLsn } from '../source/lsn.js';
 import { FloodGuard, type FloodAction, type FloodedTable, type TxPlan } from '../filter/flood-guard.js';
+import { DeliveryMemory } from './delivery-memory.js';
+import { deadLetterRoutingKey, ROUTING_KEY_MAX_BYTES, stubBody, utf8Bytes, type DeadLetter, type DeadLetterReason } from './dead-letter.js';
+import { NackError, publishRefused } from '../sink/amqp-sink.js';
 
 export interface PipelineDeps {
   readonly source: SourceInfo;
@@ -60,6 +63,10 @@ export interface PipelineDeps {
   readonly plans: ReadonlyMap<bigint, TxPlan>;
   /** Batched mode; absent or maxEvents 1: one event per message. */
   readonly batch?: { readonly maxEvents: number; readonly maxBytes: number };
+  /** Dead letters (README: Dead letters); absent: exchange `pgwarren.dead`, 128 MiB bodies. */
+  readonly deadLetter?: { readonly exchange: string; readonly maxMessageBytes: number };
+  /** What the supervisor keeps across sessions (confirmed prefixes, careful mode, rejections). */
+  readonly memory?: DeliveryMemory;
 }
 
 /**
@@ -86,6 +93,24 @@ interface OpenTx {
   readonly lsn: string;
   seq: number;
   published: number;
+  /** The flood plan this read uses (identity matters: see DeliveryMemory). */
+  readonly plan: TxPlan | null;
+  /** Inflight window for this transaction: 1 in careful mode, else maxInflight. */
+  readonly window: number;
+  /** Message slots so far in this read: sent, skipped as confirmed earlier, or skipped as refused. */
+  slots: number;
+  /** Leading slots an earlier read had confirmed: not sent again. */
+  readonly skip: number;
+  readonly skipLastId: string | null;
+  /** Leading slots confirmed so far (this read or an earlier one), and the id of the last. */
+  confirmed: number;
+  confirmedLastId: string | null;
+  /** Slots confirmed beyond a gap (confirms out of order), by slot, with their ids. */
+  ahead: Map<number, string> | null;
+  /** Publisher tag minus slot for this transaction's messages; null before the first send. */
+  tagBase: number | null;
+  /** False once a publisher tag did not follow the slots (no prefix is recorded then). */
+  trackable: boolean;
 }
 
 /** Everything a message needs that is the same for all events of one table and op. */
@@ -95,6 +120,8 @@ interface Route {
   readonly op: string;
   readonly table_: TableRoute;
   readonly routingKey: string;
+  /** Why the routing key cannot be used (over 255 bytes), or null. */
+  readonly keyError: string | null;
   /** The labelled published-events counter, resolved once. */
   readonly counter: { inc(n?: number): void };
 }
@@ -105,7 +132,7 @@ interface HeaderSet {
   readonly route: Route;
   readonly headers: Readonly<Record<string, string | number>>;
   /** Confirm callback of a single-event message of this route and transaction. */
-  readonly confirmOne: (err: Error | null) => void;
+  readonly confirmOne: Confirm;
 }
 
 /** A batch being filled (batched mode only). */
@@ -115,12 +142,19 @@ interface OpenBatch {
   readonly route: Route;
   readonly firstId: string;
   readonly bodies: string[];
+  /** Event ids, for dead-lettering the batch should the broker refuse it. */
+  readonly ids: string[];
   /** Body bytes so far, brackets and commas included. */
   bytes: number;
 }
 
 type Mutable<T> = { -readonly [K in keyof T]: T[K] };
 const EMPTY = Buffer.alloc(0);
+
+/** The dead-letter fields an event carries itself. */
+function letterOf(event: BuiltEvent): Pick<DeadLetter, 'id' | 'schema' | 'table' | 'op'> {
+  return { id: event.id, schema: event.schema, table: event.table, op: event.op };
+}
 
 export class Pipeline {
   private tx: OpenTx | null = null;
@@ -135,6 +169,16 @@ export class Pipeline {
   private readonly batchMaxBytes: number;
   private batch: OpenBatch | null = null;
   private brokerWait = false;
+  private readonly memory: DeliveryMemory;
+  private readonly deadExchange: string;
+  private readonly maxMessageBytes: number;
+  /** Transactions with messages sent in this session, for recording their confirmed prefixes. */
+  private tracked: OpenTx[] = [];
+  /** The transaction and id of the last message sent (careful mode: the one unconfirmed). */
+  private lastSentTx: OpenTx | null = null;
+  private lastSentId = '';
+  /** Inflight window of the transaction being read. */
+  private window: number;
 
   constructor(private readonly deps: PipelineDeps) {
     this.guard = new FloodGuard<BuiltEvent>({
@@ -144,7 +188,12 @@ export class Pipeline {
       bufferBytes: deps.flood.bufferBytes,
     });
     this.batchMaxEvents = Math.max(1, Math.floor(deps.batch?.maxEvents ?? 1));
-    this.batchMaxBytes = Math.max(1, Math.floor(deps.batch?.maxBytes ?? Number.MAX_SAFE_INTEGER));
+    this.memory = deps.memory ?? new DeliveryMemory();
+    this.deadExchange = deps.deadLetter?.exchange ?? 'pgwarren.dead';
+    this.maxMessageBytes = Math.max(1, Math.floor(deps.deadLetter?.maxMessageBytes ?? 134_217_728));
+    // A batch is a message: it must not outgrow the max message size either.
+    this.batchMaxBytes = Math.min(this.maxMessageBytes, Math.max(1, Math.floor(deps.batch?.maxBytes ?? Number.MAX_SAFE_INTEGER)));
+    this.window = deps.maxInflight;
   }
 
   inTransaction(): boolean {
@@ -188,6 +237,9 @@ export class Pipeline {
   private begin(xid: number, commitLsn: bigint, commitTime: string): void {
     if (this.tx) throw new Error(`transaction ${xid} began inside transaction ${this.tx.info.xid}`);
     const commitMs = Date.parse(commitTime);
+    const plan = this.deps.plans.get(commitLsn) ?? null;
+    const prefix = this.memory.prefix(commitLsn, plan);
+    this.window = this.memory.careful(commitLsn) ? 1 : this.deps.maxInflight;
     this.tx = {
       info: { xid, commitLsn, commitTime },
       entry: this.deps.checkpoint.begin(commitLsn),
@@ -196,8 +248,19 @@ export class Pipeline {
       lsn: formatLsn(commitLsn),
       seq: 0,
       published: 0,
+      plan,
+      window: this.window,
+      slots: 0,
+      skip: prefix?.count ?? 0,
+      skipLastId: prefix?.lastId ?? null,
+      confirmed: prefix?.count ?? 0,
+      confirmedLastId: prefix?.lastId ?? null,
+      ahead: null,
+      tagBase: null,
+      trackable: true,
     };
-    this.guard.begin(this.deps.plans.get(commitLsn) ?? null);
+    if (prefix) this.deps.log.info({ lsn: this.tx.lsn, skipped: prefix.count }, `transaction at ${this.tx.lsn}: skipping the ${prefix.count} leading messages the broker confirmed before`);
+    this.guard.begin(plan);
   }
 
   private async commit(endLsn: bigint): Promise<void> {
@@ -215,6 +278,7 @@ export class Pipeline {
     if (verdict.flooded.length > 0) await this.floods(verdict.flooded, tx);
     const p = this.flush();
     if (p) await p;
+    if (tx.slots < tx.skip) this.prefixMismatch(tx, `it has ${tx.slots} messages, the earlier read confirmed ${tx.skip}`);
     this.tx = null;
     this.deps.checkpoint.committed(tx.entry, endLsn);
     if (tx.published > 0 && tx.entry.outstanding === 0) this.observeLatency(tx);
@@ -277,10 +341,19 @@ export class Pipeline {
   /** Send `event` (or add it to the open batch). Returns a promise only when it has to wait. */
   private publish(event: BuiltEvent, tx: OpenTx, destination: 'normal' | 'flood'): Promise<void> | void {
     const route = this.route(event.schema, event.table, event.op);
+    // A change that can never be published as configured must not block the ones after it.
+    if (route.keyError !== null) return this.deadLetterIn(tx, { ...letterOf(event), body: event.body, reason: 'routing_key', error: route.keyError });
+    if (event.body.length * 3 > this.maxMessageBytes) {
+      const bytes = utf8Bytes(event.body);
+      if (bytes > this.maxMessageBytes) {
+        const error = `the body is ${bytes} bytes, above PGWARREN_MAX_MESSAGE_BYTES (${this.maxMessageBytes})`;
+        return this.deadLetterIn(tx, { ...letterOf(event), body: event.body, reason: 'size', error });
+      }
+    }
     const exchange = destination === 'flood' ? this.deps.flood.exchange : route.table_.exchange;
     if (this.batchMaxEvents === 1) {
-      if (this.mustWait()) return this.waitToSend().then(() => this.send(tx, exchange, route, event.id, event.body, 1));
-      this.send(tx, exchange, route, event.id, event.body, 1);
+      if (this.mustWait()) return this.waitToSend().then(() => this.send(tx, exchange, route, event.id, event.body, null));
+      this.send(tx, exchange, route, event.id, event.body, null);
       return;
     }
     const bytes = Buffer.byteLength(event.body, 'utf8');
@@ -292,9 +365,10 @@ export class Pipeline {
     }
     if (open) {
       open.bodies.push(event.body);
+      open.ids.push(event.id);
       open.bytes += 1 + bytes;
     } else {
-      this.batch = { tx, exchange, route, firstId: event.id, bodies: [event.body], bytes: 2 + bytes };
+      this.batch = { tx, exchange, route, firstId: event.id, bodies: [event.body], ids: [event.id], bytes: 2 + bytes };
     }
     if (this.batch!.bodies.length >= this.batchMaxEvents) return this.flush();
   }
@@ -305,18 +379,104 @@ export class Pipeline {
     if (!b) return;
     if (this.mustWait()) return this.waitToSend().then(() => this.flush());
     this.batch = null;
-    this.send(b.tx, b.exchange, b.route, b.firstId, '[' + b.bodies.join(',') + ']', b.bodies.length);
+    this.send(b.tx, b.exchange, b.route, b.firstId, '[' + b.bodies.join(',') + ']', b.ids);
+  }
+
+  /**
+   * Dead-letter one event of the transaction being read instead of publishing it (CONTRACT §9,
+   * README "Dead letters"). For callers inside the pipeline that find an event cannot be
+   * published: an application event whose JSON is malformed, a transform that throws. Call it
+   * only between a transaction's begin and commit, in stream order with the transaction's other
+   * events, like `publish`; it returns a promise only when it has to wait (inflight window).
+   *
+   * The event becomes one message on `PGWARREN_DEAD_LETTER_EXCHANGE` (routing key
+   * `schema.table.op`, the §5 properties and headers plus `pgwarren-error` = `letter.error`),
+   * confirmed like any other message before the slot passes the transaction, and counted in
+   * `pgwarren_dead_lettered_total{reason}` once confirmed. A body above the max message size is
+   * replaced by a stub without row values; one the broker refused even as a stub is logged,
+   * counted and skipped.
+   */
+  deadLetter(letter: DeadLetter): Promise<void> | void {
+    const tx = this.tx;
+    if (!tx) throw new Error('dead letter outside a transaction');
+    return this.deadLetterIn(tx, letter);
+  }
+
+  private deadLetterIn(tx: OpenTx, letter: DeadLetter): Promise<void> | void {
+    if (this.mustWait()) return this.waitToSend().then(() => this.sendDeadLetter(tx, letter, null));
+    this.sendDeadLetter(tx, letter, null);
+  }
+
+  /**
+   * One dead-letter message: `letter`, or with `batchIds` a batch the broker refused (the body is
+   * then a JSON array of stubs, with `pgwarren-batch`).
+   */
+  private sendDeadLetter(tx: OpenTx, letter: DeadLetter, batchIds: readonly string[] | null): void {
+    const { log, metrics, source } = this.deps;
+    const rejected = this.memory.anyRejected() ? this.memory.rejection(letter.id) : undefined;
+    const where = { id: letter.id, table: `${letter.schema}.${letter.table}`, op: letter.op, lsn: tx.lsn, reason: letter.reason, error: letter.error };
+    if (rejected && rejected.times >= 2) {
+      // The broker closed the channel even over the stub: nothing of it can be published.
+      log.error({ ...where, broker: rejected.error }, `event ${letter.id} skipped: the broker refused it even as a dead-letter stub (${rejected.error})`);
+      metrics.deadLettered.inc({ reason: letter.reason });
+      this.skipSlot(tx, letter.id);
+      return;
+    }
+    let body = letter.body;
+    let bytes = batchIds ? 0 : utf8Bytes(body);
+    if (batchIds || rejected || bytes > this.maxMessageBytes) {
+      const stub = { ...letter, error: rejected ? `${letter.error}; the broker refused the message (${rejected.error})` : letter.error };
+      body = batchIds
+        ? '[' + batchIds.map((id) => stubBody({ ...stub, id }, tx.info, tx.lsn, source, -1)).join(',') + ']'
+        : stubBody(stub, tx.info, tx.lsn, source, bytes);
+      bytes = utf8Bytes(body);
+    }
+    log.warn(where, `event ${letter.id} dead-lettered to exchange "${this.deadExchange}": ${letter.error}`);
+    const headers: Record<string, string | number> = {
+      'pgwarren-schema': letter.schema,
+      'pgwarren-table': letter.table,
+      'pgwarren-op': letter.op,
+      'pgwarren-lsn': tx.lsn,
+      'pgwarren-xid': tx.info.xid,
+      'pgwarren-error': letter.error,
+    };
+    if (batchIds) headers['pgwarren-batch'] = batchIds.length;
+    const reason: DeadLetterReason = letter.reason;
+    const count = batchIds?.length ?? 1;
+    const msg: Mutable<OutgoingMessage> = {
+      exchange: this.deadExchange,
+      routingKey: deadLetterRoutingKey(letter.schema, letter.table, letter.op),
+      content: Buffer.from(body, 'utf8'),
+      properties: {
+        messageId: letter.id,
+        contentType: 'application/json',
+        persistent: true,
+        timestamp: tx.timestampSeconds,
+        type: letter.op,
+        appId: 'pgwarren',
+        mandatory: true,
+        headers,
+      },
+    };
+    this.write(tx, msg, (err, tag) => {
+      if (err) return this.confirmFailed(err);
+      this.deps.checkpoint.confirmed(tx.entry);
+      this.confirmedTag(tx, tag, letter.id);
+      metrics.deadLettered.inc({ reason }, count);
+      if (tx.entry.outstanding === 0 && tx.entry.endLsn !== null) this.observeLatency(tx);
+      this.wakeConfirmWaiter();
+    });
   }
 
   private mustWait(): boolean {
-    return !this.deps.publisher.writable() || this.deps.checkpoint.outstanding() >= this.deps.maxInflight;
+    return !this.deps.publisher.writable() || this.deps.checkpoint.outstanding() >= this.window;
   }
 
   private async waitToSend(): Promise<void> {
-    const { publisher, checkpoint, maxInflight } = this.deps;
+    const { publisher, checkpoint } = this.deps;
     this.brokerWait = true;
     try {
-      while (!publisher.writable() || checkpoint.outstanding() >= maxInflight) {
+      while (!publisher.writable() || checkpoint.outstanding() >= this.window) {
         const reason = publisher.failureReason() ?? this.failure;
         if (reason) throw reason;
         if (!publisher.writable()) await publisher.whenWritable();
@@ -327,9 +487,23 @@ export class Pipeline {
     }
   }
 
-  /** One AMQP message: one event (`count` 1 outside batched mode) or a batch of `count`. */
-  private send(tx: OpenTx, exchange: string, route: Route, messageId: string, body: string, count: number): void {
-    const { publisher, checkpoint } = this.deps;
+  /** One AMQP message: one event (`ids` null outside batched mode) or a batch of `ids`. */
+  private send(tx: OpenTx, exchange: string, route: Route, messageId: string, body: string, ids: readonly string[] | null): void {
+    if (this.memory.anyRejected() && this.memory.rejection(messageId)) {
+      // The broker closed the channel over this very message in an earlier session.
+      const letter: DeadLetter = {
+        id: messageId,
+        schema: route.schema,
+        table: route.table,
+        op: route.op,
+        body,
+        reason: 'broker_rejected',
+        error: 'the broker closed the channel when this message was published (406 PRECONDITION_FAILED: above its max_message_size?)',
+      };
+      this.sendDeadLetter(tx, letter, ids);
+      return;
+    }
+    const count = ids?.length ?? 1;
     const set = this.headerSet(tx, route);
     const msg: Mutable<OutgoingMessage> = {
       exchange,
@@ -347,11 +521,32 @@ export class Pipeline {
         headers: this.batchMaxEvents > 1 ? { ...set.headers, 'pgwarren-batch': count } : set.headers,
       },
     };
-    checkpoint.published(tx.entry);
-    tx.published++;
     // Messages of one route in one transaction share their confirm callback: the window of
     // unconfirmed messages should hold as few objects as possible.
-    publisher.publish(msg, count === 1 ? set.confirmOne : this.confirmer(tx, route, count));
+    this.write(tx, msg, count === 1 ? set.confirmOne : this.confirmer(tx, route, count));
+  }
+
+  /**
+   * Account for one message slot of `tx` and publish `msg`, unless an earlier read of the
+   * transaction (under the same plan) had the broker confirm it already.
+   */
+  private write(tx: OpenTx, msg: Mutable<OutgoingMessage>, confirm: Confirm): void {
+    const messageId = msg.properties.messageId as string;
+    const slot = tx.slots++;
+    if (slot < tx.skip) {
+      if (slot === tx.skip - 1 && messageId !== tx.skipLastId) this.prefixMismatch(tx, `message ${slot} is ${messageId}, was ${tx.skipLastId}`);
+      return;
+    }
+    const { publisher, checkpoint } = this.deps;
+    checkpoint.published(tx.entry);
+    tx.published++;
+    if (tx.tagBase === null && tx.trackable) this.track(tx);
+    this.lastSentTx = tx;
+    this.lastSentId = messageId;
+    const tag = publisher.publish(msg, confirm);
+    if (typeof tag !== 'number') tx.trackable = false;
+    else if (tx.tagBase === null) tx.tagBase = tag - slot;
+    else if (tag - tx.tagBase !== slot) tx.trackable = false; // someone else published in between
     // The publisher has written the message (Publisher contract) and may still hold `msg` until
     // the confirm: keep only what it may still read, so the window of unconfirmed messages does
     // not keep every body and property set alive (they would be promoted to V8's old space).
@@ -359,18 +554,99 @@ export class Pipeline {
     msg.properties = { messageId };
   }
 
-  private confirmer(tx: OpenTx, route: Route, count: number): (err: Error | null) => void {
-    return (err) => {
-      if (err) {
-        this.failure ??= err;
-        this.wakeConfirmWaiter();
-        return;
+  /** A slot not sent at all (a dead letter refused even as a stub): it counts as confirmed. */
+  private skipSlot(tx: OpenTx, id: string): void {
+    const slot = tx.slots++;
+    if (slot < tx.skip) return;
+    // The next message's tag is one more than the last one's, but its slot two more.
+    if (tx.tagBase !== null) tx.tagBase--;
+    this.advance(tx, slot, id);
+  }
+
+  private track(tx: OpenTx): void {
+    if (this.tracked.length >= 64) this.tracked = this.tracked.filter((t) => t.entry.outstanding > 0 || t.entry.endLsn === null);
+    this.tracked.push(tx);
+  }
+
+  /** The message with publisher tag `tag` of `tx` was confirmed: extend the confirmed prefix. */
+  private confirmedTag(tx: OpenTx, tag: number | undefined, id: string | undefined): void {
+    if (!tx.trackable || tx.tagBase === null) return;
+    if (tag === undefined || id === undefined) {
+      tx.trackable = false;
+      return;
+    }
+    this.advance(tx, tag - tx.tagBase, id);
+  }
+
+  private advance(tx: OpenTx, slot: number, id: string): void {
+    if (slot !== tx.confirmed) {
+      if (slot > tx.confirmed) (tx.ahead ??= new Map()).set(slot, id);
+      return;
+    }
+    tx.confirmed++;
+    tx.confirmedLastId = id;
+    const ahead = tx.ahead;
+    if (!ahead) return;
+    let next: string | undefined;
+    while ((next = ahead.get(tx.confirmed)) !== undefined) {
+      ahead.delete(tx.confirmed);
+      tx.confirmed++;
+      tx.confirmedLastId = next;
+    }
+    if (ahead.size === 0) tx.ahead = null;
+  }
+
+  /** A re-read does not match the earlier read the prefix came from: forget it, read again whole. */
+  private prefixMismatch(tx: OpenTx, detail: string): never {
+    this.memory.forgetPrefix(tx.info.commitLsn);
+    throw new Error(`transaction at ${tx.lsn} read differently than before (${detail}); reading it again from its start`);
+  }
+
+  /**
+   * The session is ending (`failure`: why, if it failed). Remember across sessions what the
+   * broker confirmed of unsettled transactions, and after a nack or a publish the broker closed
+   * the channel over, publish one message at a time up to the last transaction that was on the
+   * wire; a message refused that way while it was the only one unconfirmed is marked, so that the
+   * next read dead-letters it (README: Delivery). Returns what kind of refusal ended it, if any.
+   */
+  remember(failure: unknown): 'nack' | 'refused' | null {
+    for (const tx of this.tracked) {
+      const settled = tx.entry.outstanding === 0 && tx.entry.endLsn !== null;
+      if (!settled && tx.trackable && tx.confirmed > tx.skip && tx.confirmedLastId !== null) {
+        this.memory.recordPrefix(tx.info.commitLsn, tx.plan, tx.confirmed, tx.confirmedLastId);
       }
+    }
+    const kind = failure instanceof NackError ? 'nack' : publishRefused(failure) ? 'refused' : null;
+    const last = this.lastSentTx;
+    if (kind === null || last === null) return kind;
+    const commitLsn = last.info.commitLsn;
+    if (kind === 'refused' && last.window === 1 && this.deps.checkpoint.outstanding() === 1) {
+      const id = this.lastSentId;
+      const text = failure instanceof Error ? (failure.cause instanceof Error ? failure.cause.message : failure.message) : String(failure);
+      const r = this.memory.recordRejection(id, commitLsn, text);
+      this.deps.log.warn(
+        { id, lsn: last.lsn, times: r.times },
+        `the broker closed the channel over message ${id} (406); the next read ${r.times === 1 ? 'dead-letters it' : 'skips it'}`,
+      );
+    }
+    this.memory.beCareful(commitLsn);
+    return kind;
+  }
+
+  private confirmer(tx: OpenTx, route: Route, count: number): Confirm {
+    return (err, tag, messageId) => {
+      if (err) return this.confirmFailed(err);
       this.deps.checkpoint.confirmed(tx.entry);
+      this.confirmedTag(tx, tag, messageId);
       route.counter.inc(count);
       if (tx.entry.outstanding === 0 && tx.entry.endLsn !== null) this.observeLatency(tx);
       this.wakeConfirmWaiter();
     };
+  }
+
+  private confirmFailed(err: Error): void {
+    this.failure ??= err;
+    this.wakeConfirmWaiter();
   }
 
   /** The route of events of one table and op; the last one is checked first (runs of one table). */
@@ -382,12 +658,15 @@ export class Pipeline {
     if (!route) {
       const { router, source, metrics } = this.deps;
       const table_ = router.forTable(schema, table);
+      const routingKey = table_.routingKey({ db: source.db, schema, table, op });
+      const keyBytes = utf8Bytes(routingKey);
       route = {
         schema,
         table,
         op,
         table_,
-        routingKey: table_.routingKey({ db: source.db, schema, table, op }),
+        routingKey,
+        keyError: keyBytes > ROUTING_KEY_MAX_BYTES ? `routing key is ${keyBytes} bytes, above the ${ROUTING_KEY_MAX_BYTES} AMQP allows: "${routingKey.slice(0, 80)}..."` : null,
         counter: metrics.publishedCounter(`${schema}.${table}`, op),
       };
       if (this.routes.size >= 4096) this.routes.clear();
@@ -414,7 +693,7 @@ export class Pipeline {
 
   private wakeConfirmWaiter(): void {
     const w = this.confirmWaiter;
-    if (w && (this.failure || this.deps.checkpoint.outstanding() < this.deps.maxInflight)) {
+    if (w && (this.failure || this.deps.checkpoint.outstanding() < this.window)) {
       this.confirmWaiter = null;
       w();
     }

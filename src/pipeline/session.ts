@@ -19,6 +19,7 @@ import { AmqpSink, SinkError, type AmqpTls } from '../sink/amqp-sink.js';
 import { Checkpoint } from './checkpoint.js';
 import { StallWatch, STALL_RECONNECT_INTERVALS } from './stall-watch.js';
 import { Pipeline, ReplanRequest } from './pipeline.js';
+import type { DeliveryMemory } from './delivery-memory.js';
 import type { FloodAction, TxPlan } from '../filter/flood-guard.js';
 import { EventBuilder } from '../events/envelope.js';
 import { Router, type RouteRule } from '../events/router.js';
@@ -61,6 +62,10 @@ export interface SessionSettings {
   readonly floodBufferEvents: number;
   readonly floodBufferBytes: number;
   readonly unroutable: 'warn' | 'block';
+  /** Where changes that can never be published as configured go (README: Dead letters). */
+  readonly deadLetterExchange: string;
+  /** Largest body published; an event above it is dead-lettered. */
+  readonly maxMessageBytes: number;
   readonly maxInflight: number;
   /** Batched mode: events per message (1 = off) and the bound on a message body. */
   readonly batchMaxEvents: number;
@@ -113,6 +118,8 @@ export class Session {
       mayCreateSlot: boolean;
       firstUrl: number;
       plans: ReadonlyMap<bigint, TxPlan>;
+      /** Kept by the supervisor across sessions: confirmed prefixes, careful mode, refused messages. */
+      memory: DeliveryMemory;
       log: Logger;
       metrics: Metrics;
       hooks: SessionHooks;
@@ -227,9 +234,15 @@ export class Session {
         urls: settings.amqpUrls,
         firstUrl: opts.firstUrl,
         exchanges: [
-          ...router.exchanges(),
-          ...(settings.floodAction === 'divert' && !router.exchanges().includes(settings.floodExchange) ? [settings.floodExchange] : []),
-        ].map((name) => ({ name, type: settings.exchangeType })),
+          ...[
+            ...router.exchanges(),
+            ...(settings.floodAction === 'divert' && !router.exchanges().includes(settings.floodExchange) ? [settings.floodExchange] : []),
+          ].map((name) => ({ name, type: settings.exchangeType })),
+          // Dead letters are routed by schema.table.op whatever PGWARREN_EXCHANGE_TYPE is.
+          ...(router.exchanges().includes(settings.deadLetterExchange) || settings.floodExchange === settings.deadLetterExchange
+            ? []
+            : [{ name: settings.deadLetterExchange, type: 'topic' }]),
+        ],
         unroutable: settings.unroutable,
         tls: settings.amqpTls,
         log: log.child({ component: 'broker' }),
@@ -275,6 +288,8 @@ export class Session {
       checkpoint,
       maxInflight: settings.maxInflight,
       batch: { maxEvents: settings.batchMaxEvents, maxBytes: settings.batchMaxBytes },
+      deadLetter: { exchange: settings.deadLetterExchange, maxMessageBytes: settings.maxMessageBytes },
+      memory: opts.memory,
       metrics: opts.metrics,
       log,
       flood: {
@@ -396,6 +411,9 @@ export class Session {
       throw new SessionFailure(reason instanceof SinkError ? 'rabbitmq' : 'postgres', reason);
     } finally {
       clearInterval(ticker);
+      // Before the sink closes (closing is a failure too): what ended the session, if the broker did.
+      const refusal = pipeline.remember(pipeline.failed() ?? sink.failureReason());
+      if (refusal === 'nack') opts.metrics.nacks.inc();
       syncer?.stop();
       watch.end();
     }

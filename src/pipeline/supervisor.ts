@@ -12,6 +12,7 @@ import type { Metrics } from '../ops/metrics.js';
 import { PrerequisiteError } from '../errors.js';
 import { Session, SessionFailure, type SessionSettings, type SessionState } from './session.js';
 import type { TxPlan } from '../filter/flood-guard.js';
+import { DeliveryMemory } from './delivery-memory.js';
 import { formatLsn } from '../source/lsn.js';
 
 export interface Health {
@@ -34,6 +35,8 @@ export class Supervisor implements Health {
   private acknowledged = 0n;
   /** Flood verdicts for transactions that outgrew the buffer, kept until read again. */
   private readonly plans = new Map<bigint, TxPlan>();
+  /** What sessions learn about messages the broker refused (README: Delivery). */
+  private readonly memory = new DeliveryMemory();
 
   constructor(
     private readonly settings: SessionSettings,
@@ -74,6 +77,7 @@ export class Supervisor implements Health {
         mayCreateSlot: !this.everStreamed,
         firstUrl: brokerIndex,
         plans: this.plans,
+        memory: this.memory,
         log,
         metrics,
         hooks: {
@@ -90,6 +94,7 @@ export class Supervisor implements Health {
           onAcknowledged: (lsn) => {
             this.acknowledged = lsn;
             metrics.confirmedLsn.set(Number(lsn));
+            this.memory.passed(lsn);
           },
         },
       });

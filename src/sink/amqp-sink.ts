@@ -15,6 +15,7 @@
 import { readFileSync } from 'node:fs';
 import amqp, { type ChannelModel, type ConfirmChannel, type Options } from 'amqplib';
 import type { Logger } from '../ops/logger.js';
+import type { Confirm } from './publisher.js';
 import { redactUrl } from '../config/load.js';
 import { tlsFailure } from '../config/database.js';
 import { closeWithin } from '../ops/close.js';
@@ -61,7 +62,26 @@ export class SinkError extends Error {
   }
 }
 
-type Confirm = (err: Error | null) => void;
+/** The broker refused a message with basic.nack (a queue with `x-overflow: reject-publish` full, ...). */
+export class NackError extends SinkError {
+  constructor(readonly messageId: string) {
+    super(`broker rejected message ${messageId} (nack)`, 'transient');
+    this.name = 'NackError';
+  }
+}
+
+/**
+ * True when the broker closed the channel with 406 PRECONDITION_FAILED over a basic.publish: the
+ * message itself was refused (a body above the broker's max_message_size), so sending it again
+ * would close the channel again. Read from the AMQP reply, class and method codes.
+ */
+export function publishRefused(err: unknown): boolean {
+  for (let e = err, depth = 0; e instanceof Error && depth < 5; e = e.cause, depth++) {
+    const { code, classId, methodId } = e as { code?: unknown; classId?: unknown; methodId?: unknown };
+    if (code === 406 && classId === 60 && methodId === 40) return true;
+  }
+  return false;
+}
 
 export class AmqpSink {
   private blocked = false;
@@ -70,6 +90,8 @@ export class AmqpSink {
   private waiters: Array<() => void> = [];
   private resolveFailed!: (err: SinkError) => void;
   private closing = false;
+  /** Messages published on this channel: the last one's number (its AMQP delivery tag). */
+  private published = 0;
   /** Resolves once, with the reason, when the sink stops working. Never rejects. */
   readonly failed: Promise<SinkError> = new Promise((resolve) => (this.resolveFailed = resolve));
 
@@ -199,22 +221,26 @@ export class AmqpSink {
    * Publish one message; `confirm` is called exactly once: with null when the broker took it,
    * with an error when it nacked it or the sink failed first.
    */
-  publish(msg: OutgoingMessage, confirm: Confirm): void {
+  publish(msg: OutgoingMessage, confirm: Confirm): number | undefined {
     if (this.failure) {
       confirm(this.failure);
-      return;
+      return undefined;
     }
     // Keep only the id for the callback: holding `msg` would keep its body alive until the confirm.
     const messageId = String(msg.properties.messageId);
+    const tag = ++this.published;
+    // After the first failure (a nack included) nothing is confirmed any more, not even a message
+    // the broker acks later: the next session decides from the slot what to send again.
     const ok = this.channel.publish(msg.exchange, msg.routingKey, msg.content, msg.properties, (err: unknown) => {
-      if (this.failure) confirm(this.failure);
+      if (this.failure) confirm(this.failure, tag, messageId);
       else if (err) {
-        const e = new SinkError(`broker rejected message ${messageId} (nack)`, 'transient');
+        const e = new NackError(messageId);
         this.fail(e);
-        confirm(e);
-      } else confirm(null);
+        confirm(e, tag, messageId);
+      } else confirm(null, tag, messageId);
     });
     if (!ok) this.needsDrain = true;
+    return tag;
   }
 
   async close(): Promise<void> {
