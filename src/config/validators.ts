@@ -80,6 +80,21 @@ export function oneOf<const T extends readonly [string, ...string[]]>(values: T)
   };
 }
 
+/** true or false (also yes/no, on/off, 1/0, any case). */
+export function boolean(): Kind<boolean> {
+  const yes = ['true', 'yes', 'on', '1'];
+  const no = ['false', 'no', 'off', '0'];
+  return {
+    type: 'enum',
+    allowed: ['true', 'false'],
+    schema: z
+      .string()
+      .trim()
+      .refine((s) => isOneOf([...yes, ...no], s), isNot('true or false'))
+      .transform((s) => yes.includes(s.toLowerCase())),
+  };
+}
+
 /** A non-empty comma-separated subset of `values`, duplicates removed, order kept. */
 export function subsetOf<const T extends readonly [string, ...string[]]>(values: T): Kind<T[number][]> {
   return {

@@ -26,6 +26,11 @@ export interface BuiltEvent {
   readonly schema: string;
   readonly table: string;
   readonly body: string;
+  /** An update whose `changed` is `[]` (skip-unchanged drops it). */
+  readonly unchanged?: boolean;
+  /** Set by a transform: the routing key instead of the route's, and extra AMQP headers. */
+  readonly routingKey?: string;
+  readonly headers?: Readonly<Record<string, string | number | boolean>>;
 }
 
 /** The columns of one `key` variant. */
@@ -102,7 +107,7 @@ export class EventBuilder {
     const body =
       `${head},"key":${parts.key},"old":${parts.old},"new":${parts.new},` +
       `"changed":${parts.changed},"unchanged_toast":${parts.unchangedToast},"tx":${txJson},"source":${this.sourceJson}}`;
-    return { id, op: change.op, schema: rel.schema, table: rel.table, body };
+    return { id, op: change.op, schema: rel.schema, table: rel.table, body, unchanged: parts.changed === '[]' };
   }
 
   /** The summary that replaces a flooded table's rows (CONTRACT §4, the bulk event). */

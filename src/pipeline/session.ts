@@ -20,6 +20,10 @@ import { Checkpoint } from './checkpoint.js';
 import { StallWatch, STALL_RECONNECT_INTERVALS } from './stall-watch.js';
 import { Pipeline, ReplanRequest } from './pipeline.js';
 import type { DeliveryMemory } from './delivery-memory.js';
+import { Shaper } from './shaping.js';
+import { Transformer, type TransformFn } from './transform.js';
+import { bodyEncoder, type Compression } from '../sink/compression.js';
+import { parseFilter, type Expr } from '../filter/row-filter.js';
 import type { FloodAction, TxPlan } from '../filter/flood-guard.js';
 import { EventBuilder } from '../events/envelope.js';
 import { Router, type RouteRule } from '../events/router.js';
@@ -33,7 +37,7 @@ import { PgoutputDecoder } from '../source/pgoutput-decoder.js';
 import { Wal2jsonDecoder, wal2jsonTableFilter } from '../source/wal2json-decoder.js';
 import type { Decoder } from '../source/decoder.js';
 import { formatLsn, parseLsn } from '../source/lsn.js';
-import { classifyPgError, PrerequisiteError } from '../errors.js';
+import { classifyPgError, PrerequisiteError, UsageError } from '../errors.js';
 import { tlsFailure } from '../config/database.js';
 import { redactUrl } from '../config/redact.js';
 import { LogThrottle } from '../ops/throttle.js';
@@ -55,7 +59,12 @@ export interface SessionSettings {
   readonly exchange: string;
   readonly exchangeType: string;
   readonly routingKey: string;
-  readonly rules: readonly (RouteRule & { excludeColumns?: readonly string[]; floodThreshold?: number })[];
+  readonly rules: readonly (RouteRule & { excludeColumns?: readonly string[]; floodThreshold?: number; where?: string; skipUnchanged?: boolean })[];
+  /** README "Shaping the stream". */
+  readonly skipUnchanged: boolean;
+  readonly compression: Compression;
+  readonly transform: TransformFn | null;
+  readonly transformTimeoutSeconds: number;
   readonly floodThreshold: number;
   readonly floodAction: FloodAction;
   readonly floodExchange: string;
@@ -176,11 +185,12 @@ export class Session {
     const tables = new TableSelection(settings.tables, settings.excludeTables);
     const operations = new OperationSelection(settings.operations);
     const excludedColumns = excludedColumnsLookup(settings.rules);
+    const rowFilters = ruleLookup<(typeof settings.rules)[number], string | null>(settings.rules, (r) => r.where, null);
     let firstSync = true;
     let publicationExisted = false;
     let lastKeyless = '';
     const syncPublication = async () => {
-      const pub = await ensurePublication(query, { publication: settings.publication, tables, operations, excludedColumns });
+      const pub = await ensurePublication(query, { publication: settings.publication, tables, operations, excludedColumns, rowFilters });
       if (firstSync) publicationExisted = !pub.created;
       if (pub.created || pub.added.length || pub.removed.length || pub.recolumned.length) {
         log.info(
@@ -289,6 +299,8 @@ export class Session {
       maxInflight: settings.maxInflight,
       batch: { maxEvents: settings.batchMaxEvents, maxBytes: settings.batchMaxBytes },
       deadLetter: { exchange: settings.deadLetterExchange, maxMessageBytes: settings.maxMessageBytes },
+      shaper: this.shaper(types, builder, log),
+      encoder: settings.compression === 'none' ? undefined : bodyEncoder(settings.compression),
       memory: opts.memory,
       metrics: opts.metrics,
       log,
@@ -407,7 +419,7 @@ export class Session {
       const reason = outcome.reason;
       const undecodable = publicationMissingInHistory(reason, settings.slot);
       if (undecodable) throw undecodable;
-      if (reason instanceof PrerequisiteError) throw reason;
+      if (reason instanceof PrerequisiteError || reason instanceof UsageError) throw reason;
       throw new SessionFailure(reason instanceof SinkError ? 'rabbitmq' : 'postgres', reason);
     } finally {
       clearInterval(ticker);
@@ -417,6 +429,29 @@ export class Session {
       syncer?.stop();
       watch.end();
     }
+  }
+
+  /** Row filter (wal2json: in-process), skip-unchanged, transform; undefined when none is set. */
+  private shaper(types: TypeCatalog, builder: EventBuilder, log: Logger): Shaper | undefined {
+    const s = this.settings;
+    const inProcess = s.plugin === 'wal2json' && s.rules.some((r) => r.where !== undefined);
+    if (!inProcess && !s.transform && !s.skipUnchanged && !s.rules.some((r) => r.skipUnchanged)) return undefined;
+    // Config loading checked that every wal2json filter parses (README "Shaping the stream").
+    const filters = new Map<(typeof s.rules)[number], { expr: Expr; rule: string }>();
+    if (inProcess) s.rules.forEach((r, i) => r.where !== undefined && filters.set(r, { expr: parseFilter(r.where), rule: `rules[${i}].where (${r.match})` }));
+    const timeoutMs = Math.round(s.transformTimeoutSeconds * 1000);
+    return new Shaper({
+      rowFilter: inProcess ? ruleLookup(s.rules, (r) => filters.get(r), null) : () => null,
+      identityRule: s.operations.includes('update') || s.operations.includes('delete'),
+      skipUnchanged: ruleLookup(s.rules, (r) => r.skipUnchanged, s.skipUnchanged),
+      transformer: s.transform
+        ? new Transformer(s.transform, timeoutMs, (ms, id) =>
+            log.warn({ ms: Math.round(ms), id }, `transform took ${Math.round(ms)} ms on event ${id}, above PGWARREN_TRANSFORM_TIMEOUT; a synchronous transform cannot be interrupted`),
+          )
+        : null,
+      types,
+      prepare: (rel) => types.ensure(builder.typeOids(rel)),
+    });
   }
 
   private decoder(relations: RelationCatalog, types: TypeCatalog, pushTablesDown: boolean): Decoder<unknown> {
@@ -470,7 +505,7 @@ export class Session {
       return await fn();
     } catch (err) {
       const e = classifyPgError(err, doing);
-      if (e instanceof PrerequisiteError) throw e;
+      if (e instanceof PrerequisiteError || e instanceof UsageError) throw e;
       throw new SessionFailure('postgres', e);
     }
   }

@@ -9,7 +9,7 @@
  */
 import type { Logger } from '../ops/logger.js';
 import type { Metrics } from '../ops/metrics.js';
-import { PrerequisiteError } from '../errors.js';
+import { PrerequisiteError, UsageError } from '../errors.js';
 import { Session, SessionFailure, type SessionSettings, type SessionState } from './session.js';
 import type { TxPlan } from '../filter/flood-guard.js';
 import { DeliveryMemory } from './delivery-memory.js';
@@ -109,7 +109,7 @@ export class Supervisor implements Health {
         log.info({ lsn: formatLsn(outcome.replan.commitLsn), flooded: [...outcome.replan.flooded.keys()] }, 'reading an oversized transaction again with its flood verdict known');
         continue;
       } catch (err) {
-        if (err instanceof PrerequisiteError) throw err;
+        if (err instanceof PrerequisiteError || err instanceof UsageError) throw err;
         if (this.stopping) break;
         const failure = err instanceof SessionFailure ? err : new SessionFailure('pipeline', err);
         if (failure.target === 'rabbitmq') brokerIndex = ((session.brokerUrlIndex() ?? brokerIndex) + 1) % this.settings.amqpUrls.length;
