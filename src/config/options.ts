@@ -181,7 +181,7 @@ export const OPTIONS = [
     name: 'skip-unchanged',
     group: 'shaping',
     ...kinds.boolean(),
-    description: 'do not publish an update whose changed list is empty (needs REPLICA IDENTITY FULL; per-table rules may override)',
+    description: 'true: do not publish an update whose changed list is empty (needs REPLICA IDENTITY FULL; per-table rules may override); false: publish it',
     default: 'false',
   }),
   option({
