@@ -19,8 +19,8 @@
  * FALSE AND NULL is FALSE, TRUE OR NULL is TRUE) and a row passes only when the whole expression
  * is TRUE. Values compare by their column's type: integers and numeric exactly (decimal), float4
  * and float8 as the doubles Postgres compares (NaN equal to itself and above every number), bool,
- * text/varchar/name and char(n) (trailing spaces ignored) by code point (the C collation), uuid,
- * and enums (= and <> only: their order is their declaration order). A quoted string compared
+ * text/varchar/name and char(n) (trailing spaces ignored) by code point (the C collation), and
+ * uuid; no user-defined type (enum, domain), which Postgres refuses in row filters too. A quoted string compared
  * with a number, bool or uuid column is read as that type, as Postgres reads an untyped literal.
  *
  * Updates follow pgoutput's rule (Postgres 15, pgoutput_row_filter): with only a new row (the key
@@ -317,21 +317,20 @@ export function sqlExpressionProblem(src: string): string | null {
 // ---- evaluation -------------------------------------------------------------------------------
 
 type Tri = boolean | null;
-type ValueClass = 'int' | 'numeric' | 'float4' | 'float8' | 'bool' | 'text' | 'bpchar' | 'uuid' | 'enum';
+type ValueClass = 'int' | 'numeric' | 'float4' | 'float8' | 'bool' | 'text' | 'bpchar' | 'uuid';
 
 const BUILTIN_CLASS: Readonly<Record<number, ValueClass>> = {
   20: 'int', 21: 'int', 23: 'int', 26: 'int', 1700: 'numeric', 700: 'float4', 701: 'float8',
   16: 'bool', 25: 'text', 1043: 'text', 19: 'text', 1042: 'bpchar', 2950: 'uuid',
 };
 
-function classOf(oid: number, types: TypeLookup, depth = 0): ValueClass | null {
-  const builtin = BUILTIN_CLASS[oid];
-  if (builtin) return builtin;
-  const info = types.get(oid);
-  if (!info || depth > 10) return null;
-  if (info.kind === 'enum') return 'enum';
-  if (info.kind === 'domain' && info.baseOid !== undefined) return classOf(info.baseOid, types, depth + 1);
-  return null;
+/**
+ * Builtin types only: Postgres refuses user-defined types (enums, domains) in a publication row
+ * filter ("invalid publication WHERE expression"), and the same filter must mean the same with
+ * both plugins.
+ */
+function classOf(oid: number): ValueClass | null {
+  return BUILTIN_CLASS[oid] ?? null;
 }
 
 /** A value ready to compare: decimals as [BigInt mantissa, scale], floats as numbers, else text. */
@@ -404,7 +403,6 @@ function fromText(cls: ValueClass, text: string): Value | undefined {
       return /^[0-9a-f]{32}$/.test(t) ? { c: 'str', v: t } : undefined;
     }
     case 'text':
-    case 'enum':
       return { c: 'str', v: text };
   }
 }
@@ -468,11 +466,11 @@ function compileExpr(expr: Expr, rel: RelationInfo, types: TypeLookup): Eval {
   };
   const classAt = (i: number) => {
     const col = rel.columns[i]!;
-    const cls = classOf(col.typeOid, types);
+    const cls = classOf(col.typeOid);
     if (!cls) {
       throw new FilterTableError(
         `column "${col.name}" of ${rel.schema}.${rel.table} has type ${types.get(col.typeOid)?.name ?? col.typeOid}, which in-process row filters do not compare ` +
-          '(supported: integer types, numeric, real, double precision, boolean, text, varchar, char, name, uuid, enums)',
+          '(supported: integer types, numeric, real, double precision, boolean, text, varchar, char, name, uuid; Postgres allows no user-defined type, enum or domain, in a row filter)',
       );
     }
     return cls;
@@ -546,9 +544,6 @@ function compileExpr(expr: Expr, rel: RelationInfo, types: TypeLookup): Eval {
           throw new FilterTableError(`columns of types ${lc} and ${rc} cannot be compared (${describeCmp(e)})`);
         }
         const cls = lc ?? rc;
-        if (cls === 'enum' && e.op !== '=' && e.op !== '<>') {
-          throw new FilterTableError(`enum columns compare only with = and <> in-process (${describeCmp(e)})`);
-        }
         const l = operandValue(e.left, cls, e.right.kind === 'column' ? e.right.name : '');
         const r = operandValue(e.right, cls, e.left.kind === 'column' ? e.left.name : '');
         const op = e.op;
@@ -595,7 +590,7 @@ function compileExpr(expr: Expr, rel: RelationInfo, types: TypeLookup): Eval {
 }
 
 const NUMERIC_FAMILY: readonly ValueClass[] = ['int', 'numeric', 'float4', 'float8'];
-const sameFamily = (a: ValueClass, b: ValueClass) => a === b || (NUMERIC_FAMILY.includes(a) && NUMERIC_FAMILY.includes(b)) || (a !== 'enum' && b !== 'enum' && ['text', 'bpchar'].includes(a) && ['text', 'bpchar'].includes(b));
+const sameFamily = (a: ValueClass, b: ValueClass) => a === b || (NUMERIC_FAMILY.includes(a) && NUMERIC_FAMILY.includes(b)) || (['text', 'bpchar'].includes(a) && ['text', 'bpchar'].includes(b));
 const describeCmp = (e: { left: Operand; op: string; right: Operand }) => `${operandText(e.left)} ${e.op} ${operandText(e.right)}`;
 const operandText = (o: Operand) => (o.kind === 'column' ? o.name : o.value.kind === 'string' ? `'${o.value.value}'` : o.value.kind === 'number' ? o.value.text : o.value.kind === 'bool' ? String(o.value.value).toUpperCase() : 'NULL');
 

@@ -237,9 +237,9 @@ export async function planTables(
   excluded: ExcludedColumns | undefined,
   operations: OperationSelection,
   rowFilters: RowFilters = () => null,
-): Promise<{ publish: PublishedTable[]; withoutIdentity: PublishedTable[] }> {
+): Promise<{ publish: PublishedTable[]; withoutIdentity: PublishedTable[]; probes: string[] }> {
   const guardIdentity = operations.includes('update') || operations.includes('delete');
-  if (tables.length === 0) return { publish: [], withoutIdentity: [] };
+  if (tables.length === 0) return { publish: [], withoutIdentity: [], probes: [] };
   const version = await query<{ v: string }>("SELECT current_setting('server_version_num') AS v");
   const listsSupported = Number(version.rows[0]?.v ?? 0) >= 150000;
   const { rows } = await query<{ schema: string; table: string; kind: string; ident: string; columns: string[]; identity: string[] }>(
@@ -257,6 +257,10 @@ export async function planTables(
   const publish: PublishedTable[] = [];
   const withoutIdentity: PublishedTable[] = [];
   const filterProblems: string[] = [];
+  // Statements that fail (SQLSTATE 42P10) where Postgres would refuse the application's UPDATEs or
+  // DELETEs because of a row filter: run after the filters are set, in the same transaction, so
+  // such a filter is never committed. They cover expressions outside the subset checked above.
+  const probes: string[] = [];
   for (const t of tables) {
     const f = facts.get(keyOf(t));
     if (!f) continue; // dropped meanwhile
@@ -271,6 +275,11 @@ export async function planTables(
       withoutIdentity.push({ ...t, columns: null, where });
       continue;
     }
+    if (where !== null && f.columns.length > 0) {
+      const col = quoteIdent(f.columns[0]!);
+      if (operations.includes('update')) probes.push(`EXPLAIN UPDATE ${tableRef(t)} SET ${col} = ${col} WHERE false`);
+      if (operations.includes('delete')) probes.push(`EXPLAIN DELETE FROM ${tableRef(t)} WHERE false`);
+    }
     const drop = excluded ? excluded(t.schema, t.table) : new Set<string>();
     const whole = (note?: string): PublishedTable => ({ ...t, columns: null, where, ...(note && { note }) });
     const columns = f.columns.filter((c) => !drop.has(c));
@@ -284,7 +293,7 @@ export async function planTables(
     else publish.push({ ...t, columns, where });
   }
   if (filterProblems.length > 0) throw new UsageError(`row filters that do not fit their tables:\n${filterProblems.map((p) => `  - ${p}`).join('\n')}`);
-  return { publish, withoutIdentity };
+  return { publish, withoutIdentity, probes };
 }
 
 const publishedRef = (t: PublishedTable) => `${tableRef(t)}${t.columns ? ` (${t.columns.map(quoteIdent).join(', ')})` : ''}${t.where ? ` WHERE (${t.where})` : ''}`;
@@ -472,6 +481,7 @@ export async function ensurePublication(
       statements.push(...alignPublication(keylessName, keylessCurrent, await publicationSettings(query, keylessName), keyless, keylessPublish).statements);
     }
     if (statements.length > 0) {
+      statements.push(...plan.probes);
       try {
         // One simple query is one transaction.
         await query(statements.join(';\n'));
@@ -479,10 +489,17 @@ export async function ensurePublication(
         if (sqlState(err) === '42710') return ensurePublication(query, opts); // created concurrently
         const code = sqlState(err) ?? '';
         const filtered = [...wanted, ...keyless].filter((t) => t.where);
+        if (filtered.length > 0 && code === '42P10') {
+          throw new UsageError(
+            `a row filter uses columns outside its table's replica identity, so Postgres would refuse the application's UPDATEs or DELETEs ` +
+              `(${(err as Error).message}); nothing was changed. Use only key columns, or set REPLICA IDENTITY FULL on the table, ` +
+              `or publish only inserts (PGWARREN_OPERATIONS). The filters: ${filtered.map((t) => `${keyOf(t)} WHERE (${t.where})`).join('; ')}`,
+          );
+        }
         if (filtered.length > 0 && code !== '42501' && (code.startsWith('42') || code.startsWith('22') || code === '0A000')) {
           // Postgres rejected an expression (syntax, type, a function it does not allow in a row filter).
           throw new UsageError(
-            `Postgres refused a row filter (SQLSTATE ${code}: ${(err as Error).message}); the filters set: ` +
+            `Postgres refused a row filter (SQLSTATE ${code}: ${(err as Error).message}${pgDetail(err)}); the filters set: ` +
               filtered.map((t) => `${keyOf(t)} WHERE (${t.where})`).join('; '),
           );
         }
@@ -504,6 +521,12 @@ export async function ensurePublication(
     }
     throw classifyPgError(err, doing);
   }
+}
+
+/** Postgres' DETAIL line of an error, as " (detail)", or nothing. */
+function pgDetail(err: unknown): string {
+  const detail = (err as { detail?: unknown } | null)?.detail;
+  return typeof detail === 'string' && detail !== '' ? `: ${detail}` : '';
 }
 
 /** The publication and its keyless companion, whichever exist; returns the names dropped. */

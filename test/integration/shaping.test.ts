@@ -26,6 +26,8 @@ rules:
     where: "status <> 'draft' AND amount >= 10"
   - match: public.items
     where: "id IN (1, 2, 3) OR id > 100"
+  - match: public.typed
+    where: "m IN ('ok', 'happy') AND b AND c = 'ab' AND r > 0.5 AND n <> 1.10 AND u <> 'A0EEBC99-9C0B-4EF8-BB6D-6BB9BD380A11' AND NOT (t < 'b' OR t IS NULL)"
 `;
 
 interface Side {
@@ -54,7 +56,9 @@ describe('row filters: the same events with pgoutput and wal2json', { skip: wal2
       CREATE TABLE orders (id int4 PRIMARY KEY, status text, amount numeric);
       ALTER TABLE orders REPLICA IDENTITY FULL;
       CREATE TABLE items (id int4 PRIMARY KEY, note text);
-      CREATE TABLE unfiltered (id int4 PRIMARY KEY);`);
+      CREATE TABLE unfiltered (id int4 PRIMARY KEY);
+      CREATE TABLE typed (id int4 PRIMARY KEY, m text, u uuid, b bool, c char(4), r real, n numeric, t text);
+      ALTER TABLE typed REPLICA IDENTITY FULL;`);
     const config = file('rowfilter.yaml', RULES);
     for (const plugin of ['pgoutput', 'wal2json'] as const) {
       const broker = await createTestBroker(`rf-${plugin}`);
@@ -88,7 +92,7 @@ describe('row filters: the same events with pgoutput and wal2json', { skip: wal2
     const filters = await db.query('SELECT tablename, rowfilter FROM pg_publication_tables WHERE pubname = $1 ORDER BY 1', [pgo.slot]);
     assert.deepEqual(
       filters.rows.map((r: { tablename: string; rowfilter: string | null }) => [r.tablename, r.rowfilter !== null]),
-      [['items', true], ['orders', true], ['unfiltered', false]],
+      [['items', true], ['orders', true], ['typed', true], ['unfiltered', false]],
     );
 
     await q(`INSERT INTO orders VALUES (1, 'draft', 50)`); // filtered
@@ -141,6 +145,42 @@ describe('row filters: the same events with pgoutput and wal2json', { skip: wal2
     assert.deepEqual(w2j.queue.messages.map((m) => m.fields.routingKey), pgo.queue.messages.map((m) => m.fields.routingKey));
     assert.deepEqual(w2j.queue.messages.map((m) => m.properties.messageId), pgo.queue.messages.map((m) => m.properties.messageId));
   });
+
+  test('typed comparisons give what Postgres gives: text IN, uuid, bool, char(n), real, numeric, text, NULLs', async () => {
+    const [pgo, w2j] = sides as [Side, Side];
+    const U = 'a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11';
+    const V = '00000000-0000-0000-0000-000000000001';
+    const rows: string[] = [
+      `(1, 'ok', '${V}', true, 'ab', 0.6, 2, 'b')`, // passes
+      `(2, 'sad', '${V}', true, 'ab', 0.6, 2, 'b')`, // IN
+      `(3, 'happy', '${U}', true, 'ab', 0.6, 2, 'b')`, // uuid (case-insensitive equal)
+      `(4, 'ok', '${V}', false, 'ab', 0.6, 2, 'b')`, // bool
+      `(5, 'ok', '${V}', NULL, 'ab', 0.6, 2, 'b')`, // NULL bool
+      `(6, 'ok', '${V}', true, 'ab  ', 0.6, 2, 'b')`, // char(n) padding: passes
+      `(7, 'ok', '${V}', true, 'abc', 0.6, 2, 'b')`, // char differs
+      `(8, 'ok', '${V}', true, 'ab', 0.5, 2, 'b')`, // real 0.5 not > 0.5
+      `(9, 'ok', '${V}', true, 'ab', 0.50001, 2, 'b')`, // real just above: passes
+      `(10, 'ok', '${V}', true, 'ab', 0.6, 1.1, 'b')`, // numeric 1.1 = 1.10
+      `(11, 'ok', '${V}', true, 'ab', 0.6, NULL, 'b')`, // NULL numeric
+      `(12, 'ok', '${V}', true, 'ab', 0.6, 2, 'a')`, // text below 'b'
+      `(13, 'ok', '${V}', true, 'ab', 0.6, 2, NULL)`, // NOT (... OR NULL) is NULL
+      `(14, 'ok', '${V}', true, 'ab', 0.6, 2, 'é')`, // passes
+    ];
+    await db.query(`INSERT INTO typed VALUES ${rows.join(', ')}`);
+    await db.query(`UPDATE typed SET r = 0.4 WHERE id = 1`); // moves out: delete
+    await db.query(`UPDATE typed SET t = 'c' WHERE id = 12`); // moves in: insert
+    await db.query(`INSERT INTO unfiltered VALUES (1000)`); // marker
+    const done = (s: Side) => s.queue.messages.some((m) => m.body?.table === 'unfiltered' && m.body?.new?.id === 1000);
+    await waitUntil(() => done(pgo) && done(w2j), { timeoutMs: 30_000, message: 'typed marker' });
+    const mine = (s: Side) => s.queue.messages.filter((m) => m.body?.table === 'typed');
+    assert.deepEqual(
+      mine(pgo).map((m) => `${m.body.op} ${m.body.key.id}`),
+      ['insert 1', 'insert 6', 'insert 9', 'insert 14', 'delete 1', 'insert 12'],
+      'what Postgres itself passes',
+    );
+    const text = (s: Side) => mine(s).map((m) => m.content.toString('utf8').replace(/"source":\{[^}]*\}/, ''));
+    assert.deepEqual(text(w2j), text(pgo));
+  });
 });
 
 describe('row filters that cannot work are configuration errors', () => {
@@ -186,6 +226,49 @@ describe('row filters that cannot work are configuration errors', () => {
     assert.match(daemon.output(), /status, outside the table's replica identity/);
     await db.query(`INSERT INTO t VALUES (1, 'a'); UPDATE t SET status = 'b' WHERE id = 1`);
     await db.query(`DROP PUBLICATION IF EXISTS ${slot}; DROP PUBLICATION IF EXISTS ${slot}_keyless`);
+  });
+
+  test('pgoutput: an expression outside the subset on a non-identity column is refused by a probe, never committed', async () => {
+    const config = file('bad-identity-sql.yaml', `rules:\n  - match: public.t\n    where: "lower(status) = 'x'"\n`);
+    const pub = uniqueName('rfprobe');
+    const r = await runCli(['setup'], { PGWARREN_DATABASE_URL: db.url, PGWARREN_SLOT: pub, PGWARREN_PUBLICATION: pub, PGWARREN_CONFIG: config });
+    try {
+      assert.equal(r.code, 2, r.stdout + r.stderr);
+      assert.match(r.stdout + r.stderr, /outside its table's replica identity/);
+      const filters = await db.query('SELECT count(*)::int AS n FROM pg_publication_tables WHERE pubname = $1', [pub]);
+      assert.equal(filters.rows[0].n, 0, 'nothing was committed');
+      await db.query(`UPDATE t SET status = 'c' WHERE id = 1; DELETE FROM t WHERE id = 1`);
+    } finally {
+      await db.query(`SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = $1`, [pub]);
+      await db.query(`DROP PUBLICATION IF EXISTS ${pub}; DROP PUBLICATION IF EXISTS ${pub}_keyless`);
+    }
+  });
+
+  test('pgoutput: a changed where is applied to the publication, an unchanged one left alone', async () => {
+    const pub = uniqueName('rfsync');
+    const env = (where: string) => ({
+      PGWARREN_DATABASE_URL: db.url,
+      PGWARREN_SLOT: pub,
+      PGWARREN_PUBLICATION: pub,
+      PGWARREN_CONFIG: file(`sync-${where.length}.yaml`, `rules:\n  - match: public.t\n    where: "${where}"\n`),
+    });
+    const state = async () =>
+      (await db.query(`SELECT pr.xmin::text AS xmin, pg_get_expr(pr.prqual, pr.prrelid) AS expr FROM pg_publication_rel pr JOIN pg_publication p ON p.oid = pr.prpubid WHERE p.pubname = $1`, [pub])).rows[0];
+    try {
+      assert.equal((await runCli(['setup'], env('id > 1'))).code, 0);
+      assert.equal((await state()).expr, '(id > 1)');
+      assert.equal((await runCli(['setup'], env('id > 100'))).code, 0);
+      const changed = await state();
+      assert.equal(changed.expr, '(id > 100)');
+      assert.equal((await runCli(['setup'], env('id > 100'))).code, 0);
+      assert.equal((await state()).xmin, changed.xmin, 'the same filter is not set again');
+      await db.query(`ALTER PUBLICATION ${pub} SET TABLE t WHERE (id > 5)`); // changed by hand
+      assert.equal((await runCli(['setup'], env('id > 100'))).code, 0);
+      assert.equal((await state()).expr, '(id > 100)', 'a filter changed by hand is set back');
+    } finally {
+      await db.query(`SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = $1`, [pub]);
+      await db.query(`DROP PUBLICATION IF EXISTS ${pub}; DROP PUBLICATION IF EXISTS ${pub}_keyless`);
+    }
   });
 });
 
