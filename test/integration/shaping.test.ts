@@ -11,7 +11,9 @@ import assert from 'node:assert/strict';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { gunzipSync } from 'node:zlib';
+import { spawn, type ChildProcess } from 'node:child_process';
+import { fileURLToPath } from 'node:url';
+import { brotliDecompressSync, gunzipSync } from 'node:zlib';
 import { createTestDatabase, type TestDatabase } from '../support/pg.js';
 import { createTestBroker, type Collector, type Received, type TestBroker } from '../support/amqp.js';
 import { runCli, start, type Daemon } from '../support/daemon.js';
@@ -244,6 +246,29 @@ describe('row filters that cannot work are configuration errors', () => {
     }
   });
 
+  test('wal2json: a filter naming a column the table lacks exits 2 at its first change, naming the rule', { skip: wal2jsonMissing && 'wal2json is not installed' }, async () => {
+    const config = file('missing-column.yaml', `rules:\n  - match: public.t\n    where: "nope = 1"\n`);
+    const slot = uniqueName('rfmissing');
+    const daemon = await start({
+      PGWARREN_DATABASE_URL: db.url,
+      PGWARREN_AMQP_URL: testEnv().amqpUrl,
+      PGWARREN_PLUGIN: 'wal2json',
+      PGWARREN_SLOT: slot,
+      PGWARREN_EXCHANGE: broker.exchange,
+      PGWARREN_CONFIG: config,
+    });
+    try {
+      await daemon.waitReady(30_000);
+      await db.query(`INSERT INTO t VALUES (50, 'a')`);
+      const { code } = await daemon.exited;
+      assert.equal(code, 2, daemon.output());
+      assert.match(daemon.output(), /rules\[0\]\.where \(public\.t\): column \\?"nope\\?" does not exist in public\.t/);
+    } finally {
+      await daemon.stop();
+      await db.query(`SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = $1`, [slot]);
+    }
+  });
+
   test('pgoutput: a changed where is applied to the publication, an unchanged one left alone', async () => {
     const pub = uniqueName('rfsync');
     const env = (where: string) => ({
@@ -372,5 +397,70 @@ describe('skip-unchanged, compression and the transform hook', () => {
     assert.match(metrics, /pgwarren_events_filtered_total\{reason="unchanged"\} 1\b/);
     assert.match(metrics, /pgwarren_events_filtered_total\{reason="transform"\} 1\b/);
     assert.match(metrics, /pgwarren_dead_lettered_total\{reason="transform"\} 4\b/);
+  });
+});
+
+describe('compression in batched mode, read by the demo consumer', () => {
+  let db: TestDatabase;
+  let broker: TestBroker;
+  let daemon: Daemon;
+  let consumer: ChildProcess | undefined;
+  const queue = uniqueName('shape-consumer', 'amqp');
+
+  before(async () => {
+    db = await createTestDatabase('shapebr');
+    await db.query('CREATE TABLE t (id int4 PRIMARY KEY, v text)');
+    broker = await createTestBroker('shapebr');
+    await broker.declareExchange(broker.exchange, 'topic');
+    const slot = uniqueName('shapebr');
+    daemon = await start({
+      PGWARREN_DATABASE_URL: db.url,
+      PGWARREN_AMQP_URL: testEnv().amqpUrl,
+      PGWARREN_SLOT: slot,
+      PGWARREN_PUBLICATION: slot,
+      PGWARREN_EXCHANGE: broker.exchange,
+      PGWARREN_COMPRESSION: 'br',
+      PGWARREN_BATCH_MAX_EVENTS: '10',
+    });
+    await daemon.waitReady(30_000);
+  });
+
+  after(async () => {
+    if (consumer && consumer.exitCode === null) consumer.kill('SIGKILL');
+    await daemon?.stop();
+    await broker?.channel.deleteQueue(queue).catch(() => undefined);
+    await broker?.cleanup();
+    await db?.drop();
+  });
+
+  test('one Brotli-compressed batch per transaction; examples/consumer.mjs prints its events', async () => {
+    const raw = await broker.bindQueue('#');
+    const lines: string[] = [];
+    consumer = spawn(process.execPath, [fileURLToPath(new URL('../../examples/consumer.mjs', import.meta.url))], {
+      env: { PATH: process.env.PATH ?? '/usr/bin:/bin', AMQP_URL: testEnv().amqpUrl, EXCHANGE: broker.exchange, QUEUE: queue, OUTPUT: 'json' },
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
+    let pending = '';
+    let ready = false;
+    consumer.stdout!.on('data', (d: Buffer) => {
+      pending += d.toString('utf8');
+      const parts = pending.split('\n');
+      pending = parts.pop()!;
+      lines.push(...parts);
+    });
+    consumer.stderr!.on('data', (d: Buffer) => (ready ||= /consuming from queue/.test(d.toString('utf8'))));
+    await waitUntil(() => ready, { timeoutMs: 20_000, message: 'the consumer is consuming' });
+
+    await db.query(`INSERT INTO t SELECT g, repeat('x', 200) FROM generate_series(1, 3) g`);
+    await raw.waitForCount(1);
+    const m = raw.messages[0]!;
+    assert.equal(m.properties.contentEncoding, 'br');
+    assert.equal(m.properties.headers?.['pgwarren-batch'], 3);
+    const batch = JSON.parse(brotliDecompressSync(m.content).toString('utf8'));
+    assert.deepEqual(batch.map((e: { new: { id: number } }) => e.new.id), [1, 2, 3]);
+    assert.ok(m.content.length < Buffer.byteLength(JSON.stringify(batch)) / 2, `compressed: ${m.content.length} bytes`);
+
+    await waitUntil(() => lines.length >= 3, { timeoutMs: 20_000, message: () => `consumer printed: ${lines.join('\n')}` });
+    assert.deepEqual(lines.map((l) => JSON.parse(l).new.id), [1, 2, 3]);
   });
 });
