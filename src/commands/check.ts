@@ -168,6 +168,15 @@ async function brokerChecks(config: Config, add: (r: CheckResult) => void): Prom
       add({ name: 'broker', ok: true, detail: `${redactUrl(url)} reachable` });
       const exchanges = [config.exchange, ...config.rules.flatMap((r) => (r.exchange ? [r.exchange] : []))];
       for (const exchange of new Set(exchanges)) add(await exchangeCheck(model, exchange, config.exchangeType));
+      if (!exchanges.includes(config.deadLetterExchange)) add(await exchangeCheck(model, config.deadLetterExchange, 'topic'));
+      // AMQP does not tell a client the broker's max_message_size: say what must hold (README: Dead letters).
+      add({
+        name: 'max message size',
+        ok: true,
+        detail:
+          `warning: PGWARREN_MAX_MESSAGE_BYTES = ${config.maxMessageBytes}; it must not exceed the broker's max_message_size ` +
+          `(rabbitmq.conf; RabbitMQ's default 134217728). Above it, a bigger body closes the channel and costs reconnects before it is dead-lettered`,
+      });
     } catch (err) {
       add({ name: 'broker', ok: false, detail: `${redactUrl(url)}: ${errorText(err)}`, fix: 'Check PGWARREN_AMQP_URL, credentials and that RabbitMQ is running.' });
     } finally {

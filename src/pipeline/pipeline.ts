@@ -18,6 +18,16 @@
  * transaction are the same on every read of it (a redelivery repeats them byte for byte).
  * With `maxEvents` 1 (the default) messages are exactly one event each, with no batch header.
  *
+ * Dead letters (README "Dead letters"): an event whose routing key is over 255 bytes or whose
+ * body is over the max message size goes to the dead-letter exchange instead (`deadLetter`, also
+ * for callers that find an event cannot be published), as one message of its transaction.
+ *
+ * Message slots: every message a read of a transaction produces, sent or not, has a slot number
+ * (its position among them). Slots are the same on every read under the same flood plan, so after
+ * a nack the next read skips the slots the broker confirmed before (`DeliveryMemory`), mapping the
+ * publisher's tags back to slots to know which were confirmed; it publishes one message at a time
+ * (window 1) while the supervisor says to be careful (`remember`).
+ *
  * The hot path allocates little per event: route, routing key, metric child and the AMQP headers
  * object are shared by the events of one table and op (the headers also by one transaction),
  * and a message's content is released as soon as the publisher has written it, so the window of
@@ -487,11 +497,11 @@ export class Pipeline {
       return;
     }
     let body = letter.body;
-    let bytes = batchIds ? 0 : utf8Bytes(body);
+    let bytes = utf8Bytes(body);
     if (batchIds || rejected || bytes > this.maxMessageBytes) {
       const stub = { ...letter, error: rejected ? `${letter.error}; the broker refused the message (${rejected.error})` : letter.error };
       body = batchIds
-        ? '[' + batchIds.map((id) => stubBody({ ...stub, id }, tx.info, tx.lsn, source, -1)).join(',') + ']'
+        ? '[' + batchIds.map((id) => stubBody({ ...stub, id }, tx.info, tx.lsn, source, bytes)).join(',') + ']'
         : stubBody(stub, tx.info, tx.lsn, source, bytes);
       bytes = utf8Bytes(body);
     }
