@@ -230,6 +230,13 @@ describe('row filters that cannot work are configuration errors', () => {
     await db.query(`DROP PUBLICATION IF EXISTS ${slot}; DROP PUBLICATION IF EXISTS ${slot}_keyless`);
   });
 
+  test('check reports a row filter outside the replica identity', async () => {
+    const config = file('check-identity.yaml', `rules:\n  - match: public.t\n    where: "status = 'x'"\n`);
+    const r = await runCli(['check'], { PGWARREN_DATABASE_URL: db.url, PGWARREN_AMQP_URL: testEnv().amqpUrl, PGWARREN_CONFIG: config });
+    assert.equal(r.code, 3, r.stdout + r.stderr);
+    assert.match(r.stdout, /FAIL {2}row filters: [\s\S]*status, outside the table's replica identity/);
+  });
+
   test('pgoutput: an expression outside the subset on a non-identity column is refused by a probe, never committed', async () => {
     const config = file('bad-identity-sql.yaml', `rules:\n  - match: public.t\n    where: "lower(status) = 'x'"\n`);
     const pub = uniqueName('rfprobe');
