@@ -8,6 +8,17 @@ import { FilterSyntaxError, FilterTableError, TableRowFilter, parseFilter, sqlEx
 import { Transformer } from '../../src/pipeline/transform.js';
 import { UNCHANGED_TOAST, type RawTuple, type RelationInfo, type RowChange } from '../../src/types.js';
 import type { TypeLookup } from '../../src/source/type-catalog.js';
+import type { Decoded, SourceInfo } from '../../src/types.js';
+import type { Publisher } from '../../src/sink/publisher.js';
+import type { OutgoingMessage } from '../../src/sink/amqp-sink.js';
+import { Pipeline } from '../../src/pipeline/pipeline.js';
+import { Shaper } from '../../src/pipeline/shaping.js';
+import { Checkpoint } from '../../src/pipeline/checkpoint.js';
+import { EventBuilder } from '../../src/events/envelope.js';
+import { Router } from '../../src/events/router.js';
+import { OperationSelection, TableSelection } from '../../src/filter/selection.js';
+import { Metrics } from '../../src/ops/metrics.js';
+import { createLogger } from '../../src/ops/logger.js';
 
 const types: TypeLookup = { get: () => undefined };
 const rel = (identity: 'default' | 'full'): RelationInfo => ({
@@ -101,4 +112,72 @@ test('transform outcomes: event, routing key and headers, drop, throw, bad resul
   assert.match((run((e) => ({ ...e, _headers: { 'pgwarren-op': 'x' } })) as { error: string }).error, /pgwarren-\* headers/);
   assert.match(((await run(() => new Promise(() => undefined), 20)) as { error: string }).error, /did not settle within 20 ms/);
   assert.match(((await run(() => Promise.reject(new Error('no')))) as { error: string }).error, /rejected: Error: no/);
+});
+
+// ---- in the pipeline --------------------------------------------------------------------------
+
+class Recorder implements Publisher {
+  sent: Array<{ routingKey: string; body: string; headers: Record<string, unknown> }> = [];
+  publish(msg: OutgoingMessage, confirm: (err: Error | null) => void): void {
+    this.sent.push({ routingKey: msg.routingKey, body: msg.content.toString('utf8'), headers: { ...(msg.properties.headers as Record<string, unknown>) } });
+    queueMicrotask(() => confirm(null));
+  }
+  writable = () => true;
+  whenWritable = () => Promise.resolve();
+  failureReason = () => null;
+}
+
+function shapedPipeline(transform: (e: Record<string, unknown>) => unknown, batch = 1) {
+  const source: SourceInfo = { name: 'pgwarren', db: 'app', slot: 's', plugin: 'pgoutput' };
+  const publisher = new Recorder();
+  const metrics = new Metrics({ processMetrics: false });
+  const p = new Pipeline({
+    source,
+    tables: new TableSelection([], []),
+    operations: new OperationSelection(['insert', 'update', 'delete', 'truncate']),
+    builder: new EventBuilder(source, types),
+    prepareRelation: async () => undefined,
+    router: new Router({ exchange: 'ex', routingKey: '{schema}.{table}.{op}' }),
+    publisher,
+    checkpoint: new Checkpoint(0n),
+    maxInflight: 1000,
+    metrics,
+    log: createLogger('silent'),
+    flood: { action: 'summarize', exchange: 'ex.bulk', thresholdFor: () => 10_000, bufferEvents: 1000 },
+    plans: new Map(),
+    batch: { maxEvents: batch, maxBytes: 1 << 20 },
+    shaper: new Shaper({
+      rowFilter: () => null,
+      identityRule: true,
+      skipUnchanged: () => true,
+      transformer: new Transformer(transform, 100),
+      types,
+      prepare: async () => undefined,
+    }),
+  });
+  return { p, publisher, metrics };
+}
+
+function inserts(ids: number[]): Decoded[] {
+  const r = rel('full');
+  const commitLsn = 0x2000n;
+  return [
+    { kind: 'begin', xid: 9, commitLsn, commitTime: '2026-11-22T09:23:15.561510Z' },
+    ...ids.map((id): Decoded => insert(r, row(String(id), 's', '1', '1', 't', 'c'))),
+    { kind: 'commit', commitLsn, endLsn: commitLsn + 0x30n },
+  ];
+}
+
+test('pipeline: a transform that drops or reroutes keeps every other id; a rerouted event travels alone in batched mode', async () => {
+  const { p, publisher, metrics } = shapedPipeline((e) => {
+    const id = (e.new as { id: number }).id;
+    if (id === 2) return null;
+    if (id === 3) return { ...e, _routing_key: 'special', _headers: { 'x-k': 'v' } };
+    return e;
+  }, 10);
+  await p.handle(inserts([1, 2, 3, 4, 5]));
+  const shape = publisher.sent.map((m) => `${m.routingKey} ${(JSON.parse(m.body) as Array<{ id: string }>).map((e) => e.id).join(',')} batch=${m.headers['pgwarren-batch']}`);
+  assert.deepEqual(shape, ['public.t.insert 0/2000:0 batch=1', 'special 0/2000:2 batch=1', 'public.t.insert 0/2000:3,0/2000:4 batch=2']);
+  assert.equal(publisher.sent[1]!.headers['x-k'], 'v');
+  assert.match(await metrics.registry.metrics(), /pgwarren_events_filtered_total\{reason="transform"\} 1/);
 });
