@@ -243,16 +243,7 @@ export class Session {
       this.sink = await AmqpSink.open({
         urls: settings.amqpUrls,
         firstUrl: opts.firstUrl,
-        exchanges: [
-          ...[
-            ...router.exchanges(),
-            ...(settings.floodAction === 'divert' && !router.exchanges().includes(settings.floodExchange) ? [settings.floodExchange] : []),
-          ].map((name) => ({ name, type: settings.exchangeType })),
-          // Dead letters are routed by schema.table.op whatever PGWARREN_EXCHANGE_TYPE is.
-          ...(router.exchanges().includes(settings.deadLetterExchange) || settings.floodExchange === settings.deadLetterExchange
-            ? []
-            : [{ name: settings.deadLetterExchange, type: 'topic' }]),
-        ],
+        exchanges: this.exchanges(router),
         unroutable: settings.unroutable,
         tls: settings.amqpTls,
         log: log.child({ component: 'broker' }),
@@ -452,6 +443,17 @@ export class Session {
       types,
       prepare: (rel) => types.ensure(builder.typeOids(rel)),
     });
+  }
+
+  /** Every exchange to declare at start. */
+  private exchanges(router: Router): Array<{ name: string; type: string }> {
+    const { settings } = this;
+    const names = new Set(router.exchanges());
+    if (settings.floodAction === 'divert') names.add(settings.floodExchange);
+    const out = [...names].map((name) => ({ name, type: settings.exchangeType }));
+    // Dead letters are routed by schema.table.op whatever PGWARREN_EXCHANGE_TYPE is.
+    if (!names.has(settings.deadLetterExchange)) out.push({ name: settings.deadLetterExchange, type: 'topic' });
+    return out;
   }
 
   private decoder(relations: RelationCatalog, types: TypeCatalog, pushTablesDown: boolean): Decoder<unknown> {

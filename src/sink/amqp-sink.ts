@@ -5,7 +5,11 @@
  * It never buffers or republishes: a message that is not confirmed stays unacknowledged in the
  * slot, and the next session reads it again. So any failure here (connection lost, channel
  * closed, nack, unroutable message under `block`) closes the sink and reports the reason once
- * through `failed`; the session owning it ends and a new one starts from the slot.
+ * through `failed`; the session owning it ends and a new one starts from the slot. After the
+ * first failure no message counts as confirmed, not even one the broker acks later. Messages are
+ * numbered in publish order (`publish` returns the number, confirms carry it) so the pipeline
+ * knows which ones the broker confirmed (README: Delivery); a nack is a `NackError`, and a
+ * channel the broker closed over a publish (406) is recognised by `publishRefused`.
  *
  * amqplib traps handled here: `error` listeners go on the connection and channel before anything
  * else (an unhandled channel error crashes the process); a mandatory message no queue takes is

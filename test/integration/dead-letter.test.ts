@@ -105,6 +105,7 @@ describe('dead letters', () => {
     assert.deepEqual(later.new, { id: 2, note: 'after' });
     await slotPasses(f, later.tx.lsn);
     assert.equal(await metric(daemon, /^pgwarren_dead_lettered_total\{reason="routing_key"\} (\d+)/m), 1);
+    assert.ok(!daemon.logs.some((l) => typeof l.msg === 'string' && l.msg.startsWith('session ended')), 'no session ended over it');
   });
 
   test('a body over PGWARREN_MAX_MESSAGE_BYTES is dead-lettered as a stub', async () => {
@@ -128,6 +129,8 @@ describe('dead letters', () => {
     assert.match(String(deadQ.messages[0]!.properties.headers?.['pgwarren-error']), /above PGWARREN_MAX_MESSAGE_BYTES \(4096\)/);
     assert.deepEqual(queue.messages[0]!.body.new, { id: 2, note: 'after' });
     await slotPasses(f, queue.messages[0]!.body.tx.lsn);
+    assert.equal(await metric(daemon, /^pgwarren_dead_lettered_total\{reason="size"\} (\d+)/m), 1);
+    assert.ok(!daemon.logs.some((l) => typeof l.msg === 'string' && l.msg.startsWith('session ended')), 'no session ended over it');
   });
 
   test('batched mode with flood divert: the flooded rows that cannot be routed are dead-lettered, the rest arrives', async () => {

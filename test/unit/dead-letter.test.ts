@@ -263,3 +263,35 @@ test('dead-letter routing keys stay valid', () => {
   assert.ok(Buffer.byteLength(k) <= 255);
   assert.equal(truncateUtf8('aé', 2), 'a', 'never splits a character');
 });
+
+test('delivery memory: prefixes only grow under one plan, a new plan replaces them, the slot passing forgets', () => {
+  const m = new DeliveryMemory();
+  const plan = { commitLsn: 0x10n, flooded: new Map() };
+  m.recordPrefix(0x10n, null, 5, 'a');
+  m.recordPrefix(0x10n, null, 3, 'b');
+  assert.deepEqual(m.prefix(0x10n, null), { count: 5, lastId: 'a', plan: null }, 'a shorter prefix never replaces a longer one');
+  m.recordPrefix(0x10n, plan, 2, 'c');
+  assert.equal(m.prefix(0x10n, null), null, 'a read under another plan replaces it');
+  assert.deepEqual(m.prefix(0x10n, plan), { count: 2, lastId: 'c', plan });
+  m.recordPrefix(0x20n, null, 0, 'x');
+  assert.equal(m.prefix(0x20n, null), null, 'nothing confirmed: nothing to remember');
+
+  m.beCareful(0x30n);
+  m.beCareful(0x20n);
+  assert.equal(m.careful(0x30n), true, 'careful mode only extends');
+  assert.equal(m.careful(0x31n), false);
+  m.recordRejection('0/30:1', 0x30n, 'too big');
+  assert.equal(m.recordRejection('0/30:1', 0x30n, 'too big').times, 2);
+
+  m.passed(0x30n);
+  assert.equal(m.prefix(0x10n, plan), null);
+  assert.equal(m.careful(0x30n), true, 'not yet past 0x30');
+  assert.equal(m.anyRejected(), true);
+  m.passed(0x31n);
+  assert.equal(m.careful(0x30n), false);
+  assert.equal(m.anyRejected(), false);
+
+  for (let i = 0; i < 300; i++) m.recordPrefix(BigInt(0x1000 + i), null, 1, 'x');
+  assert.equal(m.prefix(0x1000n, null), null, 'bounded: the oldest go first');
+  assert.notEqual(m.prefix(0x1000n + 299n, null), null);
+});
