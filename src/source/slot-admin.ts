@@ -338,6 +338,8 @@ async function recordFilters(query: QueryFn, publication: string, wanted: readon
   }
   const text = JSON.stringify({ [FILTER_COMMENT_KEY]: record });
   if (text === now.comment) return;
+  // A comment that is not ours is left alone while there is nothing to record.
+  if (Object.keys(record).length === 0 && !now.comment?.includes(FILTER_COMMENT_KEY)) return;
   // standard_conforming_strings is on (the default since Postgres 9.1): only quotes need doubling.
   await query(`COMMENT ON PUBLICATION ${quoteIdent(publication)} IS '${text.replace(/'/g, "''")}'`);
 }
@@ -523,7 +525,7 @@ export async function ensurePublication(
   }
 }
 
-/** Postgres' DETAIL line of an error, as " (detail)", or nothing. */
+/** Postgres' DETAIL line of an error, as ": detail", or nothing. */
 function pgDetail(err: unknown): string {
   const detail = (err as { detail?: unknown } | null)?.detail;
   return typeof detail === 'string' && detail !== '' ? `: ${detail}` : '';
