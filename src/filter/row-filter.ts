@@ -301,7 +301,10 @@ export function sqlExpressionProblem(src: string): string | null {
   let depth = 0;
   for (let i = 0; i < src.length; i++) {
     const c = src[i]!;
-    if (c === "'" || c === '"') {
+    if (c === "'" && /[eE]/.test(src[i - 1] ?? '') && !/[A-Za-z0-9_$]/.test(src[i - 2] ?? '')) {
+      // Backslash escapes would let a quote hide inside a string this scan sees as closed.
+      return `an escape string (E'...') at character ${i}: use a standard string ('' for a quote)`;
+    } else if (c === "'" || c === '"') {
       const close = src.indexOf(c, i + 1);
       if (close < 0) return `unterminated ${c === '"' ? 'quoted name' : 'string'} at character ${i + 1}`;
       i = close; // a doubled quote is two adjacent strings to this scan: still balanced

@@ -74,6 +74,9 @@ test('the subset: what it refuses, with the place', () => {
   assert.throws(() => new TableRowFilter(parseFilter("status = 'x'"), rel('default'), types, true), /not part of its replica identity/);
   assert.equal(sqlExpressionProblem("status <> 'a;b'"), null);
   assert.match(sqlExpressionProblem('true); DROP TABLE t; --')!, /unmatched|one expression/);
+  assert.match(sqlExpressionProblem("status = E'\\'' ; DROP TABLE t")!, /escape string/);
+  assert.equal(sqlExpressionProblem("name = 'e'"), null, "a column named e, or a string ending in e, is fine");
+  assert.equal(sqlExpressionProblem("type = 'x'"), null);
 });
 
 test("updates follow pgoutput: in -> insert, out -> delete, both -> update, TOAST filled from the old row", () => {
