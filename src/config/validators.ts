@@ -81,6 +81,21 @@ export function oneOf<const T extends readonly [string, ...string[]]>(values: T)
   };
 }
 
+/** true or false (also yes/no, on/off, 1/0, any case). */
+export function boolean(): Kind<boolean> {
+  const yes = ['true', 'yes', 'on', '1'];
+  const no = ['false', 'no', 'off', '0'];
+  return {
+    type: 'enum',
+    allowed: ['true', 'false'],
+    schema: z
+      .string()
+      .trim()
+      .refine((s) => isOneOf([...yes, ...no], s), isNot('true or false'))
+      .transform((s) => yes.includes(s.toLowerCase())),
+  };
+}
+
 /** A non-empty comma-separated subset of `values`, duplicates removed, order kept. */
 export function subsetOf<const T extends readonly [string, ...string[]]>(values: T): Kind<T[number][]> {
   return {
@@ -151,21 +166,6 @@ export const messageRoutingKey = z
       ctx.addIssue({ code: 'custom', message: `${quote(template)} has an unmatched brace; braces only surround the placeholders ${MESSAGE_PLACEHOLDER_LIST}` });
     }
   });
-
-/** true or false (also yes/no, on/off, 1/0, any case: env files spell booleans every way). */
-export function boolean(): Kind<boolean> {
-  const TRUE = ['true', 'yes', 'on', '1'];
-  const FALSE = ['false', 'no', 'off', '0'];
-  return {
-    type: 'enum',
-    allowed: ['true', 'false'],
-    schema: z
-      .string()
-      .trim()
-      .refine((s) => isOneOf([...TRUE, ...FALSE], s), isNot('true or false'))
-      .transform((s) => TRUE.includes(s.toLowerCase())),
-  };
-}
 
 /** AMQP 0-9-1 exchange names: letters, digits, hyphen, underscore, period, colon; at most 255. */
 export const exchangeName = z

@@ -34,6 +34,11 @@ export interface BuiltEvent {
   readonly body: string;
   /** The routing key of an event not routed by table (application and commit events). */
   readonly routingKey?: string;
+  /** An update whose `changed` is `[]` (skip-unchanged drops it). */
+  readonly unchanged?: boolean;
+  /** Set by a transform (README "Shaping the stream"): its routing key instead of the route's, and extra AMQP headers. */
+  readonly ownRoutingKey?: string;
+  readonly ownHeaders?: Readonly<Record<string, string | number | boolean>>;
 }
 
 /** One column of a table's shape, as schema events report it. */
@@ -122,7 +127,7 @@ export class EventBuilder {
     const body =
       `${head},"key":${parts.key},"old":${parts.old},"new":${parts.new},` +
       `"changed":${parts.changed},"unchanged_toast":${parts.unchangedToast},"tx":${txJson},"source":${this.sourceJson}}`;
-    return { id, op: change.op, schema: rel.schema, table: rel.table, body };
+    return { id, op: change.op, schema: rel.schema, table: rel.table, body, unchanged: parts.changed === '[]' };
   }
 
   /** The summary that replaces a flooded table's rows (CONTRACT §4, the bulk event). */

@@ -64,6 +64,8 @@ import { ShapeMemory, shapeSignature } from './shapes.js';
 import { DeliveryMemory } from './delivery-memory.js';
 import { deadLetterRoutingKey, ROUTING_KEY_MAX_BYTES, stubBody, utf8Bytes, type DeadLetter, type DeadLetterReason } from './dead-letter.js';
 import { NackError, publishRefused } from '../sink/amqp-sink.js';
+import type { BodyEncoder } from '../sink/compression.js';
+import type { Shaper } from './shaping.js';
 
 export interface PipelineDeps {
   readonly source: SourceInfo;
@@ -100,6 +102,10 @@ export interface PipelineDeps {
   readonly deadLetter?: { readonly exchange: string; readonly maxMessageBytes: number };
   /** What the supervisor keeps across sessions (confirmed prefixes, careful mode, rejections). */
   readonly memory?: DeliveryMemory;
+  /** Row filter (in-process), skip-unchanged and transform (README "Shaping the stream"). */
+  readonly shaper?: Shaper;
+  /** Body compression; absent: UTF-8 JSON as it is. */
+  readonly encoder?: BodyEncoder;
 }
 
 /**
@@ -421,16 +427,31 @@ export class Pipeline {
     const tx = this.tx;
     if (!tx) throw new Error('row change outside a transaction');
     const { schema, table } = change.relation;
-    const { metrics } = this.deps;
     if (!this.deps.tables.includes(schema, table)) {
-      metrics.eventsFiltered.inc({ reason: 'table' });
+      this.deps.metrics.eventsFiltered.inc({ reason: 'table' });
+      return;
+    }
+    // The in-process row filter (wal2json) runs before the change takes a seq: see shaping.ts.
+    const shaper = this.deps.shaper;
+    if (shaper && change.kind === 'change' && shaper.filtersRows(schema, table)) {
+      const kept = shaper.filter(change);
+      if (kept instanceof Promise) return kept.then((c) => this.selected(c, tx));
+      return this.selected(kept, tx);
+    }
+    return this.selected(change, tx);
+  }
+
+  private selected(change: Change | null, tx: OpenTx): Promise<void> | void {
+    const { metrics } = this.deps;
+    if (change === null) {
+      metrics.eventsFiltered.inc({ reason: 'row_filter' });
       return;
     }
     if (change.kind === 'change' && !this.prepared.has(change.relation)) {
       // Schema events need the relation's type names: load them before the change takes its seq.
       return this.deps.prepareRelation(change.relation).then(() => {
         this.prepared.add(change.relation);
-        return this.change(change);
+        return this.selected(change, tx);
       });
     }
     const seq = tx.seq++;
@@ -453,20 +474,49 @@ export class Pipeline {
       metrics.eventsFiltered.inc({ reason: 'operation' });
       return;
     }
-    const verdict = change.kind === 'truncate' ? { now: this.guard.truncate(), divert: [] } : this.guard.row(schema, table, change.op, seq);
-    if (verdict.divert.length > 0) return this.divert(verdict.divert, tx).then(() => this.place(change, tx, seq, verdict.now));
-    return this.place(change, tx, seq, verdict.now);
+    if (change.kind === 'change' && this.deps.shaper?.shapes(schema, table)) return this.shaped(change, tx, seq);
+    return this.guarded(change, tx, seq, null);
   }
 
-  private place(change: Change, tx: OpenTx, seq: number, now: 'publish' | 'divert' | 'drop' | 'hold' | 'count'): Promise<void> | void {
-    if (now === 'drop' || now === 'count') return;
+  /** skip-unchanged and transform need the built event before the flood guard sees the row. */
+  private shaped(change: Change & { kind: 'change' }, tx: OpenTx, seq: number): Promise<void> | void {
     if (!this.prepared.has(change.relation)) {
+      return this.deps.prepareRelation(change.relation).then(() => {
+        this.prepared.add(change.relation);
+        return this.shaped(change, tx, seq);
+      });
+    }
+    const built = this.deps.builder.build(change, tx.info, seq);
+    const out = this.deps.shaper!.shape(built);
+    const next = (shaped: Awaited<typeof out>): Promise<void> | void => {
+      if (shaped.kind === 'drop') {
+        this.deps.metrics.eventsFiltered.inc({ reason: shaped.reason });
+        return;
+      }
+      if (shaped.kind === 'fail') {
+        return this.deadLetterIn(tx, { ...letterOf(built), body: built.body, reason: 'transform', error: shaped.error });
+      }
+      return this.guarded(change, tx, seq, shaped.event);
+    };
+    return out instanceof Promise ? out.then(next) : next(out);
+  }
+
+  private guarded(change: Change, tx: OpenTx, seq: number, event: BuiltEvent | null): Promise<void> | void {
+    const { schema, table } = change.relation;
+    const verdict = change.kind === 'truncate' ? { now: this.guard.truncate(), divert: [] } : this.guard.row(schema, table, change.op, seq);
+    if (verdict.divert.length > 0) return this.divert(verdict.divert, tx).then(() => this.place(change, tx, seq, verdict.now, event));
+    return this.place(change, tx, seq, verdict.now, event);
+  }
+
+  private place(change: Change, tx: OpenTx, seq: number, now: 'publish' | 'divert' | 'drop' | 'hold' | 'count', built: BuiltEvent | null = null): Promise<void> | void {
+    if (now === 'drop' || now === 'count') return;
+    if (!built && !this.prepared.has(change.relation)) {
       return this.deps.prepareRelation(change.relation).then(() => {
         this.prepared.add(change.relation);
         return this.place(change, tx, seq, now);
       });
     }
-    const event = this.deps.builder.build(change, tx.info, seq);
+    const event = built ?? this.deps.builder.build(change, tx.info, seq);
     if (now === 'hold') this.guard.keep(event, change.kind === 'truncate' ? null : tableKey(change.relation.schema, change.relation.table), event.body.length);
     else return this.publish(event, tx, now === 'divert' ? 'flood' : 'normal');
   }
@@ -477,7 +527,7 @@ export class Pipeline {
     if (refused) return this.deadLetterIn(tx, { ...letterOf(event), body: event.body, reason: refused.reason, error: refused.error });
     const route = event.routingKey === undefined ? this.route(event.schema, event.table, event.op) : this.fixedRoute(event.table, event.op, event.routingKey);
     // A change that can never be published as configured must not block the ones after it.
-    if (route.keyError !== null) return this.deadLetterIn(tx, { ...letterOf(event), body: event.body, reason: 'routing_key', error: route.keyError });
+    if (route.keyError !== null && event.ownRoutingKey === undefined) return this.deadLetterIn(tx, { ...letterOf(event), body: event.body, reason: 'routing_key', error: route.keyError });
     if (event.body.length * 3 > this.maxMessageBytes) {
       const bytes = utf8Bytes(event.body);
       if (bytes > this.maxMessageBytes) {
@@ -486,6 +536,21 @@ export class Pipeline {
       }
     }
     const exchange = destination === 'flood' ? this.deps.flood.exchange : route.table_.exchange;
+    if (event.ownRoutingKey !== undefined || event.ownHeaders !== undefined) {
+      // A transform gave it its own routing key or headers: it travels alone (a batch of one in
+      // batched mode), after the batch being filled.
+      if (this.batch) {
+        const p = this.flush();
+        if (p) return p.then(() => this.publish(event, tx, destination));
+      }
+      if (tx.counts && destination === 'normal') this.tally(tx.counts, event);
+      const batched = this.batchMaxEvents > 1;
+      const own = { routingKey: event.ownRoutingKey, headers: event.ownHeaders };
+      const sendAlone = () => this.send(tx, exchange, route, event.id, batched ? `[${event.body}]` : event.body, batched ? [event.id] : null, own);
+      if (this.mustWait()) return this.waitToSend().then(sendAlone);
+      sendAlone();
+      return;
+    }
     if (this.batchMaxEvents === 1) {
       if (tx.counts && destination === 'normal') this.tally(tx.counts, event);
       if (this.mustWait()) return this.waitToSend().then(() => this.send(tx, exchange, route, event.id, event.body, null));
@@ -661,7 +726,15 @@ export class Pipeline {
   }
 
   /** One AMQP message: one event (`ids` null outside batched mode) or a batch of `ids`. */
-  private send(tx: OpenTx, exchange: string, route: Route, messageId: string, body: string, ids: readonly string[] | null): void {
+  private send(
+    tx: OpenTx,
+    exchange: string,
+    route: Route,
+    messageId: string,
+    body: string,
+    ids: readonly string[] | null,
+    own: { readonly routingKey?: string; readonly headers?: BuiltEvent['ownHeaders'] } | null = null,
+  ): void {
     if (this.memory.anyRejected() && this.memory.rejection(messageId)) {
       // The broker closed the channel over this very message in an earlier session.
       const letter: DeadLetter = {
@@ -678,20 +751,24 @@ export class Pipeline {
     }
     const count = ids?.length ?? 1;
     const set = this.headerSet(tx, route);
+    let headers: OutgoingMessage['properties']['headers'] = this.batchMaxEvents > 1 ? { ...set.headers, 'pgwarren-batch': count } : set.headers;
+    if (own?.headers) headers = { ...own.headers, ...headers };
+    const encoder = this.deps.encoder;
     const msg: Mutable<OutgoingMessage> = {
       exchange,
-      routingKey: route.routingKey,
-      content: Buffer.from(body, 'utf8'),
+      routingKey: own?.routingKey ?? route.routingKey,
+      content: encoder ? encoder.encode(body) : Buffer.from(body, 'utf8'),
       properties: {
         messageId,
         contentType: 'application/json',
+        ...(encoder?.contentEncoding !== undefined && { contentEncoding: encoder.contentEncoding }),
         persistent: true,
         timestamp: tx.timestampSeconds,
         type: route.op,
         appId: 'pgwarren',
         mandatory: true,
         expiration: route.table_.expiration,
-        headers: this.batchMaxEvents > 1 ? { ...set.headers, 'pgwarren-batch': count } : set.headers,
+        headers,
       },
     };
     // Messages of one route in one transaction share their confirm callback: the window of

@@ -10,7 +10,7 @@
 import { ShapeMemory } from './shapes.js';
 import type { Logger } from '../ops/logger.js';
 import type { Metrics } from '../ops/metrics.js';
-import { PrerequisiteError } from '../errors.js';
+import { PrerequisiteError, UsageError } from '../errors.js';
 import { Session, SessionFailure, type SessionSettings, type SessionState } from './session.js';
 import type { TxPlan } from '../filter/flood-guard.js';
 import { DeliveryMemory } from './delivery-memory.js';
@@ -116,7 +116,7 @@ export class Supervisor implements Health {
       } catch (err) {
         // The session classified the fault (errors.ts): permanent ones arrive as PrerequisiteError,
         // never wrapped, but a wrapped one must not be retried forever either.
-        if (err instanceof PrerequisiteError) throw err;
+        if (err instanceof PrerequisiteError || err instanceof UsageError) throw err;
         if (err instanceof SessionFailure && err.cause instanceof PrerequisiteError) throw err.cause;
         if (this.stopping) break;
         const failure = err instanceof SessionFailure ? err : new SessionFailure('pipeline', err);
