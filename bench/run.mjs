@@ -28,14 +28,19 @@
  *               scenario and across one 1,000,000-row transaction (INSERT, flood action pass,
  *               so every row is published: the worst case).
  *
- * Usage: npm run bench -- [--runs 3] [--scenarios throughput,latency,memory] [--batch 1,200]
+ *   shaping     the throughput scenario once per --shaping variant (default none,gzip,br,transform):
+ *               PGWARREN_COMPRESSION gzip / br, or an identity PGWARREN_TRANSFORM (examples'
+ *               shape: parse, return the event); rows/s and mean body bytes per message of each.
+ *
+ * Usage: npm run bench -- [--runs 3] [--scenarios throughput,latency,memory,shaping] [--batch 1,200]
+ *        [--shaping none,gzip,br,transform]
  *        [--rows 200000] [--txs 2000] [--latency-seconds 60] [--big-rows 1000000]
  * BENCH_NODE_ARGS passes node flags to the daemon (e.g. "--cpu-prof --cpu-prof-dir=/tmp/prof").
  * The daemon runs with MALLOC_ARENA_MAX=2, as the Docker image and `npm start` run it; set
  * MALLOC_ARENA_MAX in the bench's environment to measure another value.
  */
 import { spawn, execFileSync } from 'node:child_process';
-import { readFileSync, mkdtempSync, rmSync, statSync } from 'node:fs';
+import { readFileSync, mkdtempSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { join } from 'node:path';
 import { tmpdir, cpus, totalmem } from 'node:os';
@@ -55,6 +60,7 @@ const ROWS = Number(arg('rows', 200_000));
 const TXS = Number(arg('txs', 2_000));
 const LATENCY_S = Number(arg('latency-seconds', 60));
 const BIG_ROWS = Number(arg('big-rows', 1_000_000));
+const SHAPING = arg('shaping', 'none,gzip,br,transform').split(',');
 const AMQP_URL = process.env.AMQP_URL ?? 'amqp://guest:guest@127.0.0.1:5672';
 const cli = fileURLToPath(new URL('../dist/cli.js', import.meta.url));
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
@@ -240,7 +246,19 @@ class Bench {
     return { s, rate: count / s };
   }
 
-  async throughput(batch) {
+  /** The daemon's extra environment of one --shaping variant. */
+  shapingEnv(variant) {
+    if (variant === 'gzip' || variant === 'br') return { PGWARREN_COMPRESSION: variant };
+    if (variant === 'transform') {
+      const dir = mkdtempSync(join(tmpdir(), 'pgwarren-bench-transform-'));
+      const file = join(dir, 'identity.mjs');
+      writeFileSync(file, 'export function transform(event) { return event; }\n');
+      return { PGWARREN_TRANSFORM: file };
+    }
+    return {};
+  }
+
+  async throughput(batch, extraEnv = {}) {
     const d = await this.database(['bench', 'baseline']);
     const per = ROWS / TXS;
     for (let t = 0; t < TXS; t++) await d.client.query(insertSql(t * per + 1, (t + 1) * per));
@@ -258,7 +276,7 @@ class Bench {
       rows += n;
       if (rows >= ROWS && !doneAt) doneAt = performance.now();
     });
-    const daemon = await this.daemon(d.url, exchange, { PGWARREN_BATCH_MAX_EVENTS: String(batch) });
+    const daemon = await this.daemon(d.url, exchange, { PGWARREN_BATCH_MAX_EVENTS: String(batch), ...extraEnv });
     await waitFor(() => rows >= ROWS, 1_800_000, `${ROWS} rows through pgwarren`);
     const s = (doneAt - daemon.readyAt) / 1000;
     const mem = await daemon.stop();
@@ -266,7 +284,7 @@ class Bench {
     const decode = await this.recvlogical(d.url, 'baseline', endpos);
     const meanBody = Math.round(bodyBytes / messages);
     let raw = null;
-    if (batch === 1) raw = await this.rawPublisher(ROWS, meanBody);
+    if (batch === 1 && Object.keys(extraEnv).length === 0) raw = await this.rawPublisher(ROWS, meanBody);
     await drop();
     await d.cleanup();
     return { batch, s, rate: ROWS / s, messages, meanBody, dupes, decodeS: decode.s, decodeRate: ROWS / decode.s, raw, ...mem };
@@ -393,7 +411,7 @@ process.on('exit', () => cluster.stop());
 const amqpConn = await amqp.connect(AMQP_URL);
 amqpConn.on('error', (err) => log(`broker connection error: ${err.message}`));
 const bench = new Bench(cluster, amqpConn);
-const results = { throughput: new Map(), latency: [], memory: [] };
+const results = { throughput: new Map(), latency: [], memory: [], shaping: new Map() };
 try {
   for (let run = 1; run <= RUNS; run++) {
     if (SCENARIOS.includes('throughput')) {
@@ -403,6 +421,15 @@ try {
         log(JSON.stringify(r));
         if (!results.throughput.has(b)) results.throughput.set(b, []);
         results.throughput.get(b).push(r);
+      }
+    }
+    if (SCENARIOS.includes('shaping')) {
+      for (const v of SHAPING) {
+        log(`run ${run}: shaping, ${v}`);
+        const r = await bench.throughput(1, bench.shapingEnv(v));
+        log(JSON.stringify(r));
+        if (!results.shaping.has(v)) results.shaping.set(v, []);
+        results.shaping.get(v).push(r);
       }
     }
     if (SCENARIOS.includes('latency')) {
@@ -439,6 +466,17 @@ if (results.throughput.size) {
     const vsRaw = median(rs.map((r, i) => r.rate / (results.throughput.get(1)?.[i]?.raw?.rate ?? NaN)));
     const vsDecode = median(rs.map((r) => r.rate / r.decodeRate));
     console.log(`| pgwarren, batch-max-events ${b} | ${f(m(rs, (r) => r.rate), 0)} | ${f(vsRaw, 2)} | ${f(vsDecode, 2)} | ${m(rs, (r) => r.messages)} | ${m(rs, (r) => r.meanBody)} | ${f(m(rs, (r) => r.peakRss))} | ${f(m(rs, (r) => r.finalRss))} |`);
+  }
+  console.log('');
+}
+if (results.shaping.size) {
+  console.log(`| shaping (${ROWS} rows, ${TXS} transactions, one event per message) | rows/s | × none | bytes per message |`);
+  console.log('|---|---|---|---|');
+  const none = results.shaping.get('none');
+  for (const [v, rs] of results.shaping) {
+    const vsNone = none ? median(rs.map((r, i) => r.rate / (none[i]?.rate ?? NaN))) : NaN;
+    const label = v === 'none' ? 'no compression, no transform' : v === 'transform' ? 'identity PGWARREN_TRANSFORM' : `PGWARREN_COMPRESSION=${v}`;
+    console.log(`| ${label} | ${f(m(rs, (r) => r.rate), 0)} | ${f(vsNone, 2)} | ${m(rs, (r) => r.meanBody)} |`);
   }
   console.log('');
 }

@@ -16,10 +16,13 @@
  *   OUTPUT         text (default) or json: the event itself, one JSON object per line
  *   PREFETCH       unacknowledged messages the broker may send ahead (default 100)
  *
+ * Compressed bodies (PGWARREN_COMPRESSION=gzip|br) are decompressed by their contentEncoding.
+ *
  * Runs until SIGTERM or SIGINT, then cancels the consumer, closes the connection and exits 0.
  * Usage: node examples/consumer.mjs   (or, in compose, the `consumer` service)
  */
 import { readFileSync } from 'node:fs';
+import { brotliDecompressSync, gunzipSync } from 'node:zlib';
 import amqp from 'amqplib';
 
 const env = process.env;
@@ -52,6 +55,9 @@ const redact = (u) => u.replace(/\/\/([^:/@]*):[^@]*@/, '//$1:***@');
 /** One human-readable line per event. */
 function describe(e) {
   const where = `${e.schema}.${e.table}`;
+  if (e.op === 'message') return `${e.id} message ${e.payload?.routing_key ?? e.prefix} ${JSON.stringify(e.payload)}`;
+  if (e.op === 'schema') return `${e.id} schema ${where} columns=${e.columns.map((c) => `${c.name}:${c.type}`).join(',')}`;
+  if (e.op === 'commit') return `${e.id} commit ${JSON.stringify(e.counts)}`;
   if (e.op === 'bulk') {
     const c = e.counts ?? {};
     return `${e.id} bulk ${where} insert=${c.insert} update=${c.update} delete=${c.delete} reason=${e.reason}`;
@@ -94,7 +100,10 @@ const { consumerTag } = await channel.consume(queue, (message) => {
   if (stopping) return; // not acknowledged: the broker hands it out again to the next consumer
   let body;
   try {
-    body = JSON.parse(message.content.toString('utf8'));
+    // PGWARREN_COMPRESSION: the body is compressed as contentEncoding says (gzip or br).
+    const encoding = message.properties.contentEncoding;
+    const content = encoding === 'gzip' ? gunzipSync(message.content) : encoding === 'br' ? brotliDecompressSync(message.content) : message.content;
+    body = JSON.parse(content.toString('utf8'));
   } catch {
     process.stdout.write(`not JSON: ${message.properties.messageId ?? '(no messageId)'}\n`);
     channel.ack(message);

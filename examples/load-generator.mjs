@@ -4,7 +4,10 @@
  * (docker/postgres/initdb/10-schema.sql) so that pgwarren has something to publish. Every
  * BULK_EVERY-th transaction is a restock of every product that marks itself as a bulk change with
  * pg_logical_emit_message(true, 'pgwarren', 'bulk'), which pgwarren's flood guard turns into one
- * `bulk` event (with the default PGWARREN_FLOOD_ACTION=summarize).
+ * `bulk` event (with the default PGWARREN_FLOOD_ACTION=summarize). Each new order also publishes an
+ * application event, `checkout.completed`, from inside its transaction with
+ * pg_logical_emit_message(true, 'pgwarren.event', json): it reaches RabbitMQ only if the order
+ * commits, in order with the order's rows (README "Application events").
  *
  * Settings (environment):
  *   DATABASE_URL   Postgres URL of a role that may write the demo tables; DATABASE_URL_FILE: a file
@@ -14,7 +17,7 @@
  *   BULK_EVERY     every n-th transaction is a marked bulk restock (default 25; 0: never)
  *
  * Prints one line per transaction and, at the end, a summary of the row changes it committed:
- *   done: 30 transactions; insert=21 update=38 delete=2; bulk: 1 transactions, 8 rows
+ *   done: 30 transactions; insert=21 update=38 delete=2; events=9; bulk: 1 transactions, 8 rows
  * SIGTERM/SIGINT finish the transaction under way, print the summary and exit 0.
  * Usage: node examples/load-generator.mjs   (or, in compose, the `load-generator` service)
  */
@@ -35,7 +38,7 @@ const rate = number('RATE', 2, 0.01);
 const limit = number('TRANSACTIONS', 0, 0);
 const bulkEvery = number('BULK_EVERY', 25, 0);
 
-const counts = { insert: 0, update: 0, delete: 0 };
+const counts = { insert: 0, update: 0, delete: 0, events: 0 };
 const bulk = { transactions: 0, rows: 0 };
 let done = 0;
 let stopping = false;
@@ -83,7 +86,11 @@ const actions = [
       await change('update', 'UPDATE products SET stock = greatest(stock - $2, 0) WHERE id = $1', [p.id, quantity]);
     }
     await change('update', 'UPDATE orders SET total = $2, updated_at = now() WHERE id = $1', [order.id, total.toFixed(2)]);
-    return `new order ${order.id} (${products.length} items)`;
+    // The business event, atomic with the order: published only if this transaction commits.
+    const event = { routing_key: 'checkout.completed', order_id: Number(order.id), customer_id: customer.id, items: products.length, total: total.toFixed(2) };
+    await q("SELECT pg_logical_emit_message(true, 'pgwarren.event', $1)", [JSON.stringify(event)]);
+    counts.events++;
+    return `new order ${order.id} (${products.length} items), checkout.completed`;
   }],
   [20, async () => {
     const r = await change('update', "UPDATE orders SET status = 'paid', updated_at = now() WHERE id = (SELECT id FROM orders WHERE status = 'new' ORDER BY random() LIMIT 1) RETURNING id");
@@ -164,7 +171,7 @@ while (!stopping && (limit === 0 || done < limit)) {
   await sleep(Math.max(0, 1000 / rate - (Date.now() - started)));
 }
 process.stdout.write(
-  `done: ${done} transactions; insert=${counts.insert} update=${counts.update} delete=${counts.delete}; bulk: ${bulk.transactions} transactions, ${bulk.rows} rows\n`,
+  `done: ${done} transactions; insert=${counts.insert} update=${counts.update} delete=${counts.delete}; events=${counts.events}; bulk: ${bulk.transactions} transactions, ${bulk.rows} rows\n`,
 );
 await client.end().catch(() => undefined);
 process.exit(0);

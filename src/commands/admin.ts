@@ -5,7 +5,7 @@
 import type pg from 'pg';
 import type { Config } from '../config/load.js';
 import { PrerequisiteError, UsageError, classifyPgError } from '../errors.js';
-import { OperationSelection, TableSelection, excludedColumnsLookup } from '../filter/selection.js';
+import { OperationSelection, TableSelection, excludedColumnsLookup, ruleLookup } from '../filter/selection.js';
 import { quoteIdent } from '../source/decoder.js';
 import { connectPg, type QueryFn } from '../source/pg-query.js';
 import { closeWithin, pgSocketOwner } from '../ops/close.js';
@@ -54,7 +54,13 @@ export async function setupCommand(config: Config, opts: { replicaIdentityFull: 
       const tables = selectionOf(config);
       const publish = async (excludedColumns: ExcludedColumns | undefined, report: boolean) => {
         if (config.plugin !== 'pgoutput') return;
-        const pub = await ensurePublication(query, { publication: config.publication, tables, operations: new OperationSelection(config.operations), excludedColumns });
+        const pub = await ensurePublication(query, {
+          publication: config.publication,
+          tables,
+          operations: new OperationSelection(config.operations),
+          excludedColumns,
+          rowFilters: ruleLookup<(typeof config.rules)[number], string | null>(config.rules, (r) => r.where, null),
+        });
         if (pub.denied) {
           throw new PrerequisiteError(
             `managing publication "${config.publication}": ${pub.denied.message}. Only the owner of the publication and the tables can change it: run "pgwarren setup" as the tables' owner (or a superuser), or as the owner: ${pub.denied.statements.join('; ')}`,

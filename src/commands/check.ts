@@ -7,7 +7,8 @@ import amqp from 'amqplib';
 import type { Config } from '../config/load.js';
 import { quoteIdent } from '../source/decoder.js';
 import { redactUrl } from '../config/load.js';
-import { OperationSelection, TableSelection } from '../filter/selection.js';
+import { OperationSelection, TableSelection, ruleLookup } from '../filter/selection.js';
+import { UsageError } from '../errors.js';
 import { keylessPublicationName, planTables, publicationTables, selectedTables, slotState } from '../source/slot-admin.js';
 import { within, type QueryFn } from '../source/pg-query.js';
 import { closeWithin } from '../ops/close.js';
@@ -114,6 +115,16 @@ async function postgresChecks(config: Config, query: QueryFn, add: (r: CheckResu
   if (config.plugin === 'pgoutput') {
     const pub = await publicationTables(query, config.publication);
     const ops = new OperationSelection(config.operations);
+    if (config.rules.some((r) => r.where !== undefined)) {
+      // The checks `run` makes before a row filter goes into the publication (README "Shaping the stream").
+      try {
+        await planTables(query, tables, undefined, ops, ruleLookup<(typeof config.rules)[number], string | null>(config.rules, (r) => r.where, null));
+        add({ name: 'row filters', ok: true, detail: 'the columns they use exist and, where updates or deletes are published, belong to the replica identity' });
+      } catch (err) {
+        if (!(err instanceof UsageError)) throw err;
+        add({ name: 'row filters', ok: false, detail: err.message, fix: 'Use only key columns in where:, or set REPLICA IDENTITY FULL on the table, or publish only inserts.' });
+      }
+    }
     // Postgres decodes each change with the publications as they were when it was made: a
     // publication created after the slot cannot decode what the slot already holds.
     const olderSlotFix =

@@ -10,7 +10,8 @@ import { startHttp } from '../ops/http.js';
 import { SlotMonitor } from '../ops/slot-monitor.js';
 import { Heartbeat } from '../ops/heartbeat.js';
 import { Supervisor } from '../pipeline/supervisor.js';
-import { PrerequisiteError } from '../errors.js';
+import { PrerequisiteError, UsageError } from '../errors.js';
+import { loadTransform, type TransformFn } from '../pipeline/transform.js';
 import { onShutdown } from '../ops/shutdown.js';
 import { limitHeapGrowth } from '../ops/heap.js';
 import { pgConfig, pgTimeouts, sessionSettings } from './settings.js';
@@ -21,7 +22,16 @@ export async function runCommand(config: Config): Promise<number> {
   const metrics = new Metrics();
   log.info({ config: describeConfig(config) }, 'starting pgwarren');
 
-  const supervisor = new Supervisor(sessionSettings(config), {
+  let transform: TransformFn | null = null;
+  if (config.transform) {
+    try {
+      transform = await loadTransform(config.transform);
+    } catch (err) {
+      log.fatal({ err: (err as Error).message }, (err as Error).message);
+      return 2;
+    }
+  }
+  const supervisor = new Supervisor(sessionSettings(config, transform), {
     log,
     metrics,
     reconnectMaxDelaySeconds: config.reconnectMaxDelay,
@@ -59,6 +69,10 @@ export async function runCommand(config: Config): Promise<number> {
     if (err instanceof PrerequisiteError) {
       log.fatal({ err: err.message }, err.message);
       code = 3;
+    } else if (err instanceof UsageError) {
+      // A configuration error only the database could reveal (a row filter that does not fit a table).
+      log.fatal({ err: err.message }, err.message);
+      code = 2;
     } else {
       log.fatal({ err }, 'unexpected error');
       code = 1;

@@ -6,6 +6,7 @@ import type pg from 'pg';
 import { pgClientConfig, type Config } from '../config/load.js';
 import type { SessionSettings } from '../pipeline/session.js';
 import type { PgTimeouts } from '../source/pg-query.js';
+import type { TransformFn } from '../pipeline/transform.js';
 
 export function pgConfig(config: Config): pg.ClientConfig {
   return pgClientConfig(config.database);
@@ -16,9 +17,11 @@ export function pgTimeouts(config: Config): PgTimeouts {
   return { connectMs: config.connectTimeout * 1000, queryMs: config.queryTimeout * 1000 };
 }
 
-export function sessionSettings(config: Config): SessionSettings {
+/** `transform`: the loaded PGWARREN_TRANSFORM function (run.ts loads the module once). */
+export function sessionSettings(config: Config, transform: TransformFn | null = null): SessionSettings {
   return {
     pg: pgConfig(config),
+    transform,
     database: config.database.database,
     amqpUrls: config.amqpUrls,
     amqpTls: { ca: config.amqpCa, cert: config.amqpCert, key: config.amqpKey },
@@ -31,6 +34,8 @@ export function sessionSettings(config: Config): SessionSettings {
     exchange: config.exchange,
     exchangeType: config.exchangeType,
     routingKey: config.routingKey,
+    messageRoutingKey: config.messageRoutingKey,
+    transactionEvents: config.transactionEvents,
     rules: config.rules.map((r) => ({
       match: r.match,
       exchange: r.exchange,
@@ -38,7 +43,12 @@ export function sessionSettings(config: Config): SessionSettings {
       ttl: r.ttl,
       excludeColumns: r.excludeColumns,
       floodThreshold: r.floodThreshold,
+      where: r.where,
+      skipUnchanged: r.skipUnchanged,
     })),
+    skipUnchanged: config.skipUnchanged,
+    compression: config.compression,
+    transformTimeoutSeconds: config.transformTimeout,
     floodThreshold: config.floodThreshold,
     floodAction: config.floodAction,
     floodExchange: config.floodExchange,

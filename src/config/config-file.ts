@@ -12,7 +12,7 @@ import type { Raw } from './layers.js';
 import { errorCode } from './layers.js';
 import { OPTIONS, findOption, type OptionName } from './options.js';
 import { closest } from './suggest.js';
-import { exchangeName, glob, integer, routingKey } from './validators.js';
+import { boolean, exchangeName, glob, integer, routingKey } from './validators.js';
 
 /** Overrides for the tables `match` selects; the first matching rule wins. */
 export interface TableRule {
@@ -25,6 +25,9 @@ export interface TableRule {
   /** AMQP per-message expiration, milliseconds. */
   readonly ttl?: number;
   readonly floodThreshold?: number;
+  /** Row filter: an SQL boolean expression (README "Shaping the stream"). */
+  readonly where?: string;
+  readonly skipUnchanged?: boolean;
 }
 
 export interface ConfigFile {
@@ -123,6 +126,8 @@ const ruleSchema = z.object({
   // RabbitMQ takes per-message TTLs up to 2^32-1 ms.
   ttl: integer(1, 4294967295, 'a whole number of milliseconds from 1 to 4294967295').schema.optional(),
   'flood-threshold': integer(0).schema.optional(),
+  where: z.string().trim().min(1, { error: 'an empty expression is not allowed; expected an SQL boolean expression' }).optional(),
+  'skip-unchanged': boolean().schema.optional(),
 });
 const RULE_KEYS = Object.keys(ruleSchema.shape);
 
@@ -166,6 +171,8 @@ function parseRules(path: string, value: Plain, problems: string[]): TableRule[]
       ...(r['exclude-columns'] !== undefined && { excludeColumns: r['exclude-columns'] }),
       ...(r.ttl !== undefined && { ttl: r.ttl }),
       ...(r['flood-threshold'] !== undefined && { floodThreshold: r['flood-threshold'] }),
+      ...(r.where !== undefined && { where: r.where }),
+      ...(r['skip-unchanged'] !== undefined && { skipUnchanged: r['skip-unchanged'] }),
     });
   });
   return rules;

@@ -17,6 +17,8 @@ import { checkUnknownEnv, defaultLayer, envLayer, errorCode, fallbackLayer, flag
 import { OPTIONS, type FLOOD_ACTIONS, type LOG_LEVELS, type OptionName, type OptionValue, type UNROUTABLE_ACTIONS } from './options.js';
 import { redactSecrets, redactUrl } from './redact.js';
 import { quote } from './validators.js';
+import type { COMPRESSIONS } from '../sink/compression.js';
+import { FilterSyntaxError, parseFilter, sqlExpressionProblem, SUBSET_TEXT } from '../filter/row-filter.js';
 
 export { pgClientConfig, SSL_MODES, type DatabaseSettings, type SslMode } from './database.js';
 export type { TableRule } from './config-file.js';
@@ -45,6 +47,10 @@ export interface Config {
   readonly exchange: string;
   readonly exchangeType: string;
   readonly routingKey: string;
+  /** Routing key template of application events whose payload names none ({db}, {prefix}). */
+  readonly messageRoutingKey: string;
+  /** Publish a commit event after each transaction that published anything. */
+  readonly transactionEvents: boolean;
   readonly unroutable: (typeof UNROUTABLE_ACTIONS)[number];
   readonly deadLetterExchange: string;
   readonly maxMessageBytes: number;
@@ -75,6 +81,12 @@ export interface Config {
   readonly maxInflight: number;
   readonly batchMaxEvents: number;
   readonly batchMaxBytes: number;
+  readonly skipUnchanged: boolean;
+  readonly compression: (typeof COMPRESSIONS)[number];
+  /** Absolute path of the transform module, if any. */
+  readonly transform?: string;
+  /** Seconds. */
+  readonly transformTimeout: number;
   readonly rules: readonly TableRule[];
 }
 
@@ -133,6 +145,8 @@ export function loadConfig(input: LoadInput): Config {
     problems,
   );
 
+  checkRowFilters(file.rules, values.get('plugin') as Plugin | undefined, configPath ?? 'config file', problems);
+
   if (problems.length > 0 || !database) throw new ConfigError(problems.map(redactSecrets));
 
   return deepFreeze<Config>({
@@ -148,6 +162,8 @@ export function loadConfig(input: LoadInput): Config {
     exchange: get('exchange'),
     exchangeType: get('exchange-type'),
     routingKey: get('routing-key'),
+    messageRoutingKey: get('message-routing-key'),
+    transactionEvents: get('transaction-events'),
     unroutable: get('unroutable'),
     deadLetterExchange: get('dead-letter-exchange'),
     maxMessageBytes: get('max-message-bytes'),
@@ -170,7 +186,38 @@ export function loadConfig(input: LoadInput): Config {
     maxInflight: get('max-inflight'),
     batchMaxEvents: get('batch-max-events'),
     batchMaxBytes: get('batch-max-bytes'),
+    skipUnchanged: get('skip-unchanged'),
+    compression: get('compression'),
+    ...definedOnly({ transform: optional('transform') }),
+    transformTimeout: get('transform-timeout'),
     rules: file.rules,
+  });
+}
+
+/**
+ * Rule `where:` expressions. With wal2json pgwarren evaluates them itself, so each must be in the
+ * subset it parses (README "Shaping the stream"); with pgoutput Postgres does, and the text goes
+ * into the publication as it is, so it must be one expression and nothing more.
+ */
+function checkRowFilters(rules: readonly TableRule[], plugin: Plugin | undefined, path: string, problems: string[]): void {
+  rules.forEach((rule, i) => {
+    if (rule.where === undefined) return;
+    const where = `${path}: rules[${i}].where (${rule.match})`;
+    const lexical = sqlExpressionProblem(rule.where);
+    if (lexical) {
+      problems.push(`${where}: ${quote(rule.where)} is not a usable row filter: ${lexical}`);
+      return;
+    }
+    if (plugin !== 'wal2json') return;
+    try {
+      parseFilter(rule.where);
+    } catch (err) {
+      if (!(err instanceof FilterSyntaxError)) throw err;
+      problems.push(
+        `${where}: ${quote(rule.where)} is outside what pgwarren evaluates with PGWARREN_PLUGIN=wal2json (${err.message}); ` +
+          `supported: ${SUBSET_TEXT}. With pgoutput, Postgres evaluates any row filter it allows`,
+      );
+    }
   });
 }
 

@@ -4,15 +4,17 @@
  * README option table and the example env file are all derived from it, so they cannot disagree.
  */
 import * as kinds from './validators.js';
+import { COMPRESSIONS } from '../sink/compression.js';
 import type { Kind } from './validators.js';
 
-export type OptionGroup = 'connection' | 'source' | 'routing' | 'flood' | 'operations' | 'performance';
+export type OptionGroup = 'connection' | 'source' | 'routing' | 'shaping' | 'flood' | 'operations' | 'performance';
 
 /** Help sections, in the order they are shown. */
 export const GROUP_TITLES: Readonly<Record<OptionGroup, string>> = {
   connection: 'Connections:',
   source: 'Source (Postgres):',
   routing: 'Routing (RabbitMQ):',
+  shaping: 'Shaping the stream:',
   flood: 'Flood guard:',
   operations: 'Operations:',
   performance: 'Performance:',
@@ -150,6 +152,21 @@ export const OPTIONS = [
     default: '{schema}.{table}.{op}',
   }),
   option({
+    name: 'message-routing-key',
+    group: 'routing',
+    type: 'string',
+    schema: kinds.messageRoutingKey,
+    description: 'routing key of an application event (pg_logical_emit_message with prefix pgwarren.event) whose payload has no "routing_key" string; placeholders {db} {prefix}',
+    default: 'message.{prefix}',
+  }),
+  option({
+    name: 'transaction-events',
+    group: 'routing',
+    ...kinds.boolean(),
+    description: 'true or false; true: after the last event of each transaction that published any, a commit event (routing key pgwarren.tx.commit) with counts per table and operation',
+    default: 'false',
+  }),
+  option({
     name: 'dead-letter-exchange',
     group: 'routing',
     ...exchangeName,
@@ -172,6 +189,35 @@ export const OPTIONS = [
     ...kinds.oneOf(UNROUTABLE_ACTIONS),
     description: 'a message no queue is bound for: warn (count, log, move on) or block (hold the slot and retry until routable)',
     default: 'warn',
+  }),
+
+  // shaping
+  option({
+    name: 'skip-unchanged',
+    group: 'shaping',
+    ...kinds.boolean(),
+    description: 'true: do not publish an update whose changed list is empty (needs REPLICA IDENTITY FULL; per-table rules may override); false: publish it',
+    default: 'false',
+  }),
+  option({
+    name: 'compression',
+    group: 'shaping',
+    ...kinds.oneOf(COMPRESSIONS),
+    description: 'message body compression: none, gzip or br (Brotli); the AMQP contentEncoding property says which',
+    default: 'none',
+  }),
+  option({
+    name: 'transform',
+    group: 'shaping',
+    ...kinds.path(),
+    description: 'JavaScript module (.mjs) exporting transform(event): returns the event to publish, changed or not, or null to drop it',
+  }),
+  option({
+    name: 'transform-timeout',
+    group: 'shaping',
+    ...kinds.seconds(false),
+    description: 'seconds a transform returning a promise may take before the event is dead-lettered (a synchronous one is only logged when slower)',
+    default: '1',
   }),
 
   // flood

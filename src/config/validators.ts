@@ -81,6 +81,21 @@ export function oneOf<const T extends readonly [string, ...string[]]>(values: T)
   };
 }
 
+/** true or false (also yes/no, on/off, 1/0, any case). */
+export function boolean(): Kind<boolean> {
+  const yes = ['true', 'yes', 'on', '1'];
+  const no = ['false', 'no', 'off', '0'];
+  return {
+    type: 'enum',
+    allowed: ['true', 'false'],
+    schema: z
+      .string()
+      .trim()
+      .refine((s) => isOneOf([...yes, ...no], s), isNot('true or false'))
+      .transform((s) => yes.includes(s.toLowerCase())),
+  };
+}
+
 /** A non-empty comma-separated subset of `values`, duplicates removed, order kept. */
 export function subsetOf<const T extends readonly [string, ...string[]]>(values: T): Kind<T[number][]> {
   return {
@@ -129,6 +144,26 @@ export const routingKey = z
       ctx.addIssue({ code: 'custom', message: `${quote(template)} uses unknown placeholder ${unknown.map((u) => `{${u}}`).join(', ')}; the placeholders are ${PLACEHOLDER_LIST}` });
     } else if (/[{}]/.test(template.replace(/\{(db|schema|table|op)\}/g, ''))) {
       ctx.addIssue({ code: 'custom', message: `${quote(template)} has an unmatched brace; braces only surround the placeholders ${PLACEHOLDER_LIST}` });
+    }
+  });
+
+const MESSAGE_PLACEHOLDERS = ['db', 'prefix'] as const;
+const MESSAGE_PLACEHOLDER_LIST = MESSAGE_PLACEHOLDERS.map((p) => `{${p}}`).join(', ');
+
+/** The routing key template of application events: literal text and `{db}`, `{prefix}`. */
+export const messageRoutingKey = z
+  .string()
+  .min(1, { error: `an empty routing key template is not allowed; expected text and placeholders ${MESSAGE_PLACEHOLDER_LIST}` })
+  .max(255, { error: (issue) => `${quote(issue.input)} is longer than the 255 characters AMQP allows for a routing key` })
+  .superRefine((template, ctx) => {
+    const unknown = [...template.matchAll(/\{([^{}]*)\}/g)].map((m) => m[1]!).filter((name) => !(MESSAGE_PLACEHOLDERS as readonly string[]).includes(name));
+    if (unknown.length > 0) {
+      ctx.addIssue({
+        code: 'custom',
+        message: `${quote(template)} uses unknown placeholder ${unknown.map((u) => `{${u}}`).join(', ')}; the placeholders are ${MESSAGE_PLACEHOLDER_LIST}`,
+      });
+    } else if (/[{}]/.test(template.replace(/\{(db|prefix)\}/g, ''))) {
+      ctx.addIssue({ code: 'custom', message: `${quote(template)} has an unmatched brace; braces only surround the placeholders ${MESSAGE_PLACEHOLDER_LIST}` });
     }
   });
 

@@ -21,13 +21,37 @@ import { converterFor, type Converter } from './values.js';
 import type { TypeLookup } from '../source/type-catalog.js';
 import { tableName } from '../filter/table-name.js';
 
+/** What an event reports: a row operation, or one of the events beyond rows (CONTRACT §4, §12). */
+export type EventOp = Op | 'bulk' | 'schema' | 'message' | 'commit';
+
 export interface BuiltEvent {
   readonly id: string;
-  readonly op: Op | 'bulk';
+  readonly op: EventOp;
+  /** The table's schema; '' for events that belong to no table (application and commit events). */
   readonly schema: string;
+  /** The table; for an application event its prefix, for a commit event ''. */
   readonly table: string;
   readonly body: string;
+  /** The routing key of an event not routed by table (application and commit events). */
+  readonly routingKey?: string;
+  /** An update whose `changed` is `[]` (skip-unchanged drops it). */
+  readonly unchanged?: boolean;
+  /** Set by a transform (README "Shaping the stream"): its routing key instead of the route's, and extra AMQP headers. */
+  readonly ownRoutingKey?: string;
+  readonly ownHeaders?: Readonly<Record<string, string | number | boolean>>;
 }
+
+/** One column of a table's shape, as schema events report it. */
+export interface SchemaColumn {
+  readonly name: string;
+  /** The type's name as Postgres spells it in pg_type (`int4`, `varchar`, `text[]` for arrays). */
+  readonly type: string;
+  /** Part of the event `key`. */
+  readonly key: boolean;
+}
+
+/** The routing key of commit events (CONTRACT §12); routing key templates do not apply. */
+export const COMMIT_ROUTING_KEY = 'pgwarren.tx.commit';
 
 /** The columns of one `key` variant. */
 interface KeyColumns {
@@ -103,7 +127,7 @@ export class EventBuilder {
     const body =
       `${head},"key":${parts.key},"old":${parts.old},"new":${parts.new},` +
       `"changed":${parts.changed},"unchanged_toast":${parts.unchangedToast},"tx":${txJson},"source":${this.sourceJson}}`;
-    return { id, op: change.op, schema: rel.schema, table: rel.table, body };
+    return { id, op: change.op, schema: rel.schema, table: rel.table, body, unchanged: parts.changed === '[]' };
   }
 
   /** The summary that replaces a flooded table's rows (CONTRACT §4, the bulk event). */
@@ -123,6 +147,70 @@ export class EventBuilder {
     return { id, op: 'bulk', schema: flood.schema, table: flood.table, body };
   }
 
+  /**
+   * A table's shape as schema events report it: the columns its events can carry, so a rule's
+   * excluded columns are left out (their names are not for consumers either, and whether
+   * Postgres sends them at all depends on the publication's column list and the plugin).
+   * The relation's types must be loaded (`typeOids`) first.
+   */
+  schemaColumns(rel: RelationInfo): SchemaColumn[] {
+    const key = new Set(rel.keyColumns);
+    const excluded = this.excludedColumns(rel.schema, rel.table);
+    return rel.columns.filter((c) => !excluded.has(c.name)).map((c) => ({ name: c.name, type: typeName(this.types, c.typeOid), key: key.has(c.name) }));
+  }
+
+  /** A table changed shape before change `seq` of the transaction (CONTRACT §12). */
+  buildSchema(schema: string, table: string, columns: readonly SchemaColumn[], previous: readonly SchemaColumn[], tx: TxInfo, seq: number): BuiltEvent {
+    const lsn = formatLsn(tx.commitLsn);
+    // The schema event precedes change `seq`, which belongs to exactly one table: unique, and the
+    // same on every read of the transaction.
+    const id = `${lsn}:${seq}:schema`;
+    const body =
+      `{"id":"${id}","op":"schema","schema":${stringify(schema)},"table":${stringify(table)},` +
+      `"columns":${columnsText(columns)},"previous":${columnsText(previous)},` +
+      `"tx":{"xid":${tx.xid},"lsn":"${lsn}","commit_time":"${tx.commitTime}","seq":${seq}},"source":${this.sourceJson}}`;
+    return { id, op: 'schema', schema, table, body };
+  }
+
+  /**
+   * An application event (CONTRACT §12). `payload` is valid JSON text (validated by the caller),
+   * embedded as it was given: no number is ever parsed into a double.
+   */
+  buildMessage(prefix: string, payload: string, routingKey: string, tx: TxInfo, seq: number): BuiltEvent {
+    const lsn = formatLsn(tx.commitLsn);
+    const id = `${lsn}:${seq}`;
+    const body =
+      `{"id":"${id}","op":"message","prefix":${stringify(prefix)},"payload":${payload},` +
+      `"tx":{"xid":${tx.xid},"lsn":"${lsn}","commit_time":"${tx.commitTime}","seq":${seq}},"source":${this.sourceJson}}`;
+    return { id, op: 'message', schema: '', table: prefix, body, routingKey };
+  }
+
+  /**
+   * The transaction boundary (CONTRACT §12): how many events of each table (or application event
+   * prefix) and op the transaction published, in the order they first appeared.
+   */
+  buildCommit(counts: ReadonlyMap<string, ReadonlyMap<string, number>>, tx: TxInfo): BuiltEvent {
+    const lsn = formatLsn(tx.commitLsn);
+    const id = `${lsn}:commit`;
+    let countsText = '{';
+    let sep = '';
+    for (const [name, ops] of counts) {
+      let inner = '{';
+      let sep2 = '';
+      for (const [op, n] of ops) {
+        inner += `${sep2}"${op}":${n}`;
+        sep2 = ',';
+      }
+      countsText += `${sep}${stringify(name)}:${inner}}`;
+      sep = ',';
+    }
+    countsText += '}';
+    const body =
+      `{"id":"${id}","op":"commit","counts":${countsText},` +
+      `"tx":{"xid":${tx.xid},"lsn":"${lsn}","commit_time":"${tx.commitTime}"},"source":${this.sourceJson}}`;
+    return { id, op: 'commit', schema: '', table: '', body, routingKey: COMMIT_ROUTING_KEY };
+  }
+
   private plan(rel: RelationInfo): RelationPlan {
     let plan = this.plans.get(rel);
     if (!plan) {
@@ -131,6 +219,18 @@ export class EventBuilder {
     }
     return plan;
   }
+}
+
+function columnsText(columns: readonly SchemaColumn[]): string {
+  return '[' + columns.map((c) => `{"name":${stringify(c.name)},"type":${stringify(c.type)},"key":${c.key}}`).join(',') + ']';
+}
+
+/** pg_type's name, arrays as their element's name and `[]`; an unknown OID as itself. */
+function typeName(types: TypeLookup, oid: number): string {
+  const info = types.get(oid);
+  if (!info) return String(oid);
+  if (info.kind === 'array' && info.elementOid !== undefined) return typeName(types, info.elementOid) + '[]';
+  return info.name;
 }
 
 function makePlan(rel: RelationInfo, types: TypeLookup, excludedNames: ReadonlySet<string>): RelationPlan {

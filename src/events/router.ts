@@ -42,6 +42,11 @@ export class Router {
     return [...new Set([this.fallback.exchange, ...this.rules.map((r) => r.route.exchange)])];
   }
 
+  /** The route of events that belong to no table (application and commit events): the defaults. */
+  defaultRoute(): TableRoute {
+    return this.fallback;
+  }
+
   forTable(schema: string, table: string): TableRoute {
     const key = tableKey(schema, table);
     let route = this.cache.get(key);

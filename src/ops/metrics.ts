@@ -15,7 +15,7 @@ export class Metrics {
   });
   readonly eventsFiltered = new Counter({
     name: 'pgwarren_events_filtered_total',
-    help: 'Changes read from the slot and not published, by reason (table, operation, flood).',
+    help: 'Changes read from the slot and not published, by reason (table, operation, row_filter, unchanged, transform, flood).',
     labelNames: ['reason'] as const,
     registers: [this.registry],
   });

@@ -46,7 +46,8 @@ export interface DeadLetter {
  * is cut at a character boundary to stay a valid routing key.
  */
 export function deadLetterRoutingKey(schema: string, table: string, op: string): string {
-  return truncateUtf8(`${schema}.${table}.${op}`, ROUTING_KEY_MAX_BYTES);
+  // An event of no table (an application event: schema '', table = its prefix) goes as `prefix.op`.
+  return truncateUtf8(schema === '' ? `${table}.${op}` : `${schema}.${table}.${op}`, ROUTING_KEY_MAX_BYTES);
 }
 
 /** `text` cut to at most `max` UTF-8 bytes without splitting a character. */

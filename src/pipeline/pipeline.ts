@@ -21,6 +21,16 @@
  * transaction are the same on every read of it (a redelivery repeats them byte for byte).
  * With `maxEvents` 1 (the default) messages are exactly one event each, with no batch header.
  *
+ * Beyond rows (CONTRACT §12), in stream order with the row changes:
+ * - application events (`pgwarren.event` logical messages) take a `seq` like a row change and
+ *   keep their place among held events; they are never part of a flood;
+ * - a schema event goes before the first change of an included table whose shape differs from
+ *   the last one seen (ShapeMemory); it takes no `seq`, so row ids do not depend on it;
+ * - with transaction events on, a commit event follows the last event of each transaction that
+ *   published any, counting them per table (or prefix) and op.
+ * Events routed by a fixed key (application, commit) have routes of their own, so a batch never
+ * mixes them with table events.
+ *
  * Dead letters (README "Dead letters"): an event whose routing key is over 255 bytes or whose
  * body is over the max message size goes to the dead-letter exchange instead (`deadLetter`, also
  * for callers that find an event cannot be published), as one message of its transaction.
@@ -37,7 +47,7 @@
  * unconfirmed messages holds only small objects (less garbage promoted, a flatter RSS).
  */
 import type { Checkpoint, TxEntry } from './checkpoint.js';
-import type { EventBuilder, BuiltEvent } from '../events/envelope.js';
+import type { EventBuilder, BuiltEvent, SchemaColumn } from '../events/envelope.js';
 import type { Router } from '../events/router.js';
 import type { OperationSelection, TableSelection } from '../filter/selection.js';
 import type { Metrics } from '../ops/metrics.js';
@@ -49,9 +59,13 @@ import type { Change, Decoded, LogicalMessage, Op, RelationInfo, SourceInfo, TxI
 import { formatLsn } from '../source/lsn.js';
 import { FloodGuard, type FloodAction, type FloodedTable, type TxPlan } from '../filter/flood-guard.js';
 import { tableKey, tableName } from '../filter/table-name.js';
+import { APP_EVENT_PREFIX, messageRoutingKey, readAppEvent } from '../events/app-event.js';
+import { ShapeMemory, shapeSignature } from './shapes.js';
 import { DeliveryMemory } from './delivery-memory.js';
 import { deadLetterRoutingKey, ROUTING_KEY_MAX_BYTES, stubBody, utf8Bytes, type DeadLetter, type DeadLetterReason } from './dead-letter.js';
 import { NackError, publishRefused } from '../sink/amqp-sink.js';
+import type { BodyEncoder } from '../sink/compression.js';
+import type { Shaper } from './shaping.js';
 
 export interface PipelineDeps {
   readonly source: SourceInfo;
@@ -78,10 +92,20 @@ export interface PipelineDeps {
   readonly plans: ReadonlyMap<bigint, TxPlan>;
   /** Batched mode; absent or maxEvents 1: one event per message. */
   readonly batch?: { readonly maxEvents: number; readonly maxBytes: number };
+  /** Routing key template of application events without a `routing_key` (default `message.{prefix}`). */
+  readonly messageRoutingKey?: string;
+  /** Publish a commit event after each transaction that published anything. */
+  readonly transactionEvents?: boolean;
+  /** Table shapes seen so far (kept across sessions, rewound by the session); default: a fresh one. */
+  readonly shapes?: ShapeMemory;
   /** Dead letters (README: Dead letters); absent: exchange `pgwarren.dead`, 128 MiB bodies. */
   readonly deadLetter?: { readonly exchange: string; readonly maxMessageBytes: number };
   /** What the supervisor keeps across sessions (confirmed prefixes, careful mode, rejections). */
   readonly memory?: DeliveryMemory;
+  /** Row filter (in-process), skip-unchanged and transform (README "Shaping the stream"). */
+  readonly shaper?: Shaper;
+  /** Body compression; absent: UTF-8 JSON as it is. */
+  readonly encoder?: BodyEncoder;
 }
 
 /**
@@ -109,6 +133,8 @@ interface OpenTx {
   readonly lsn: string;
   seq: number;
   published: number;
+  /** Events published per `schema.table` (or prefix) and op; only with transaction events on. */
+  counts: Map<string, Map<string, number>> | null;
   /** The flood plan this read uses (identity matters: see DeliveryMemory). */
   readonly plan: TxPlan | null;
   /** Inflight window for this transaction: 1 in careful mode, else maxInflight. */
@@ -134,6 +160,8 @@ interface Route {
   readonly schema: string;
   readonly table: string;
   readonly op: string;
+  /** Routed by a key of its own, not by table (application and commit events). */
+  readonly fixed: boolean;
   readonly table_: TableRoute;
   readonly routingKey: string;
   /** Why the routing key cannot be used (over 255 bytes), or null. */
@@ -167,6 +195,15 @@ interface OpenBatch {
 type Mutable<T> = { -readonly [K in keyof T]: T[K] };
 const EMPTY = Buffer.alloc(0);
 
+/**
+ * An event the pipeline knows it cannot publish (an application event with malformed JSON): it is
+ * dead-lettered where it would have been published, so it is held with the transaction's other
+ * events and takes the same message slot on every read.
+ */
+interface RefusedEvent extends BuiltEvent {
+  readonly refused: { readonly reason: DeadLetterReason; readonly error: string };
+}
+
 /** The dead-letter fields an event carries itself. */
 function letterOf(event: BuiltEvent): Pick<DeadLetter, 'id' | 'schema' | 'table' | 'op'> {
   return { id: event.id, schema: event.schema, table: event.table, op: event.op };
@@ -186,6 +223,10 @@ export class Pipeline {
   private readonly batchMaxBytes: number;
   private batch: OpenBatch | null = null;
   private brokerWait = false;
+  private readonly shapes: ShapeMemory;
+  /** A relation's shape as schema events report it, worked out once per relation. */
+  private readonly relationShapes = new WeakMap<RelationInfo, { columns: SchemaColumn[]; signature: string }>();
+  private readonly defaultMessageKey: string;
   private readonly memory: DeliveryMemory;
   private readonly deadExchange: string;
   private readonly maxMessageBytes: number;
@@ -205,6 +246,8 @@ export class Pipeline {
       bufferBytes: deps.flood.bufferBytes,
     });
     this.batchMaxEvents = Math.max(1, Math.floor(deps.batch?.maxEvents ?? 1));
+    this.shapes = deps.shapes ?? new ShapeMemory();
+    this.defaultMessageKey = messageRoutingKey(deps.messageRoutingKey ?? 'message.{prefix}', { db: deps.source.db, prefix: APP_EVENT_PREFIX });
     this.memory = deps.memory ?? new DeliveryMemory();
     this.deadExchange = deps.deadLetter?.exchange ?? 'pgwarren.dead';
     this.maxMessageBytes = Math.max(1, Math.floor(deps.deadLetter?.maxMessageBytes ?? 134_217_728));
@@ -244,6 +287,7 @@ export class Pipeline {
       case 'commit':
         return this.commit(item.endLsn);
       case 'message':
+        if (item.prefix === APP_EVENT_PREFIX) return this.appEvent(item);
         if (this.tx && isFloodMarker(item)) return this.divert(this.guard.markMarker(), this.tx);
         return;
       case 'change':
@@ -276,6 +320,7 @@ export class Pipeline {
       ahead: null,
       tagBase: null,
       trackable: true,
+      counts: this.deps.transactionEvents ? new Map() : null,
     };
     if (prefix) this.deps.log.info({ lsn: this.tx.lsn, skipped: prefix.count }, `transaction at ${this.tx.lsn}: skipping the ${prefix.count} leading messages the broker confirmed before`);
     this.guard.begin(plan);
@@ -297,6 +342,7 @@ export class Pipeline {
       if (p) await p;
     }
     if (verdict.flooded.length > 0) await this.floods(verdict.flooded, tx);
+    if (tx.counts && tx.counts.size > 0) await this.publish(this.deps.builder.buildCommit(tx.counts, tx.info), tx, 'normal');
     const p = this.flush();
     if (p) await p;
     if (tx.slots < tx.skip) this.prefixMismatch(tx, `it has ${tx.slots} messages, the earlier read confirmed ${tx.skip}`);
@@ -326,44 +372,162 @@ export class Pipeline {
     }
   }
 
+  /**
+   * An application event: counts in `seq` wherever it stands; published (or held with the
+   * transaction's other events) unless its payload cannot be, which is rejected (dead-lettered).
+   */
+  private appEvent(msg: LogicalMessage): Promise<void> | void {
+    const tx = this.tx;
+    if (!msg.transactional || !tx) {
+      // Not atomic with anything: it would be published even if the transaction rolled back.
+      this.deps.log.debug({ prefix: msg.prefix, bytes: msg.content.length }, 'ignored a non-transactional pgwarren.event message (use pg_logical_emit_message(true, ...))');
+      return;
+    }
+    const seq = tx.seq++;
+    const read = readAppEvent(msg.content);
+    if (!read.ok) {
+      // Dead-lettered in its place: the body says what is known, the payload as a JSON string.
+      const id = `${tx.lsn}:${seq}`;
+      const body =
+        `{"id":"${id}","op":"message","prefix":${JSON.stringify(APP_EVENT_PREFIX)},"payload_text":${JSON.stringify(msg.content.toString('utf8'))},` +
+        `"tx":{"xid":${tx.info.xid},"lsn":"${tx.lsn}","commit_time":"${tx.info.commitTime}","seq":${seq}}}`;
+      const refused: RefusedEvent = { id, op: 'message', schema: '', table: APP_EVENT_PREFIX, body, refused: { reason: 'malformed', error: read.reason } };
+      return this.placeOther(refused, tx);
+    }
+    const event = this.deps.builder.buildMessage(APP_EVENT_PREFIX, read.payload, read.routingKey ?? this.defaultMessageKey, tx.info, seq);
+    return this.placeOther(event, tx);
+  }
+
+  /** An event that is never part of a flood (schema, application): held in order, or published now. */
+  private placeOther(event: BuiltEvent, tx: OpenTx): Promise<void> | void {
+    const now = this.guard.truncate();
+    if (now === 'hold') this.guard.keep(event, null, event.body.length);
+    else if (now === 'publish') return this.publish(event, tx, 'normal');
+    // 'count': the transaction is being counted and will be read again, this event with it.
+  }
+
+  /**
+   * The schema event due before a change of `relation` at `seq`, if its shape differs from the
+   * last one seen. The relation's types must be loaded.
+   */
+  private schemaEvent(relation: RelationInfo, tx: OpenTx, seq: number): BuiltEvent | null {
+    let shape = this.relationShapes.get(relation);
+    if (!shape) {
+      const columns = this.deps.builder.schemaColumns(relation);
+      shape = { columns, signature: shapeSignature(columns) };
+      this.relationShapes.set(relation, shape);
+    }
+    const { schema, table } = relation;
+    const previous = this.shapes.observe(`${schema}\u0000${table}`, shape.columns, shape.signature, tx.info.commitLsn);
+    if (!previous) return null;
+    return this.deps.builder.buildSchema(schema, table, shape.columns, previous, tx.info, seq);
+  }
+
   private change(change: Change): Promise<void> | void {
     const tx = this.tx;
     if (!tx) throw new Error('row change outside a transaction');
     const { schema, table } = change.relation;
-    const { metrics } = this.deps;
     if (!this.deps.tables.includes(schema, table)) {
-      metrics.eventsFiltered.inc({ reason: 'table' });
+      this.deps.metrics.eventsFiltered.inc({ reason: 'table' });
       return;
     }
+    // The in-process row filter (wal2json) runs before the change takes a seq: see shaping.ts.
+    const shaper = this.deps.shaper;
+    if (shaper && change.kind === 'change' && shaper.filtersRows(schema, table)) {
+      const kept = shaper.filter(change);
+      if (kept instanceof Promise) return kept.then((c) => this.selected(c, tx));
+      return this.selected(kept, tx);
+    }
+    return this.selected(change, tx);
+  }
+
+  private selected(change: Change | null, tx: OpenTx): Promise<void> | void {
+    const { metrics } = this.deps;
+    if (change === null) {
+      metrics.eventsFiltered.inc({ reason: 'row_filter' });
+      return;
+    }
+    if (change.kind === 'change' && !this.prepared.has(change.relation)) {
+      // Schema events need the relation's type names: load them before the change takes its seq.
+      return this.deps.prepareRelation(change.relation).then(() => {
+        this.prepared.add(change.relation);
+        return this.selected(change, tx);
+      });
+    }
     const seq = tx.seq++;
+    if (change.kind === 'change') {
+      const schemaEvent = this.schemaEvent(change.relation, tx, seq);
+      if (schemaEvent) {
+        const p = this.placeOther(schemaEvent, tx);
+        if (p) return p.then(() => this.filtered(change, tx, seq));
+      }
+    }
+    return this.filtered(change, tx, seq);
+  }
+
+  /** Operation selection and the flood guard, for a change of an included table at `seq`. */
+  private filtered(change: Change, tx: OpenTx, seq: number): Promise<void> | void {
+    const { schema, table } = change.relation;
+    const { metrics } = this.deps;
     const op: Op = change.kind === 'truncate' ? 'truncate' : change.op;
     if (!this.deps.operations.includes(op)) {
       metrics.eventsFiltered.inc({ reason: 'operation' });
       return;
     }
-    const verdict = change.kind === 'truncate' ? { now: this.guard.truncate(), divert: [] } : this.guard.row(schema, table, change.op, seq);
-    if (verdict.divert.length > 0) return this.divert(verdict.divert, tx).then(() => this.place(change, tx, seq, verdict.now));
-    return this.place(change, tx, seq, verdict.now);
+    if (change.kind === 'change' && this.deps.shaper?.shapes(schema, table)) return this.shaped(change, tx, seq);
+    return this.guarded(change, tx, seq, null);
   }
 
-  private place(change: Change, tx: OpenTx, seq: number, now: 'publish' | 'divert' | 'drop' | 'hold' | 'count'): Promise<void> | void {
-    if (now === 'drop' || now === 'count') return;
+  /** skip-unchanged and transform need the built event before the flood guard sees the row. */
+  private shaped(change: Change & { kind: 'change' }, tx: OpenTx, seq: number): Promise<void> | void {
     if (!this.prepared.has(change.relation)) {
+      return this.deps.prepareRelation(change.relation).then(() => {
+        this.prepared.add(change.relation);
+        return this.shaped(change, tx, seq);
+      });
+    }
+    const built = this.deps.builder.build(change, tx.info, seq);
+    const out = this.deps.shaper!.shape(built);
+    const next = (shaped: Awaited<typeof out>): Promise<void> | void => {
+      if (shaped.kind === 'drop') {
+        this.deps.metrics.eventsFiltered.inc({ reason: shaped.reason });
+        return;
+      }
+      if (shaped.kind === 'fail') {
+        return this.deadLetterIn(tx, { ...letterOf(built), body: built.body, reason: 'transform', error: shaped.error });
+      }
+      return this.guarded(change, tx, seq, shaped.event);
+    };
+    return out instanceof Promise ? out.then(next) : next(out);
+  }
+
+  private guarded(change: Change, tx: OpenTx, seq: number, event: BuiltEvent | null): Promise<void> | void {
+    const { schema, table } = change.relation;
+    const verdict = change.kind === 'truncate' ? { now: this.guard.truncate(), divert: [] } : this.guard.row(schema, table, change.op, seq);
+    if (verdict.divert.length > 0) return this.divert(verdict.divert, tx).then(() => this.place(change, tx, seq, verdict.now, event));
+    return this.place(change, tx, seq, verdict.now, event);
+  }
+
+  private place(change: Change, tx: OpenTx, seq: number, now: 'publish' | 'divert' | 'drop' | 'hold' | 'count', built: BuiltEvent | null = null): Promise<void> | void {
+    if (now === 'drop' || now === 'count') return;
+    if (!built && !this.prepared.has(change.relation)) {
       return this.deps.prepareRelation(change.relation).then(() => {
         this.prepared.add(change.relation);
         return this.place(change, tx, seq, now);
       });
     }
-    const event = this.deps.builder.build(change, tx.info, seq);
+    const event = built ?? this.deps.builder.build(change, tx.info, seq);
     if (now === 'hold') this.guard.keep(event, change.kind === 'truncate' ? null : tableKey(change.relation.schema, change.relation.table), event.body.length);
     else return this.publish(event, tx, now === 'divert' ? 'flood' : 'normal');
   }
 
   /** Send `event` (or add it to the open batch). Returns a promise only when it has to wait. */
   private publish(event: BuiltEvent, tx: OpenTx, destination: 'normal' | 'flood'): Promise<void> | void {
-    const route = this.route(event.schema, event.table, event.op);
+    const refused = (event as Partial<RefusedEvent>).refused;
+    if (refused) return this.deadLetterIn(tx, { ...letterOf(event), body: event.body, reason: refused.reason, error: refused.error });
+    const route = event.routingKey === undefined ? this.route(event.schema, event.table, event.op) : this.fixedRoute(event.table, event.op, event.routingKey);
     // A change that can never be published as configured must not block the ones after it.
-    if (route.keyError !== null) return this.deadLetterIn(tx, { ...letterOf(event), body: event.body, reason: 'routing_key', error: route.keyError });
+    if (route.keyError !== null && event.ownRoutingKey === undefined) return this.deadLetterIn(tx, { ...letterOf(event), body: event.body, reason: 'routing_key', error: route.keyError });
     if (event.body.length * 3 > this.maxMessageBytes) {
       const bytes = utf8Bytes(event.body);
       if (bytes > this.maxMessageBytes) {
@@ -372,7 +536,23 @@ export class Pipeline {
       }
     }
     const exchange = destination === 'flood' ? this.deps.flood.exchange : route.table_.exchange;
+    if (event.ownRoutingKey !== undefined || event.ownHeaders !== undefined) {
+      // A transform gave it its own routing key or headers: it travels alone (a batch of one in
+      // batched mode), after the batch being filled.
+      if (this.batch) {
+        const p = this.flush();
+        if (p) return p.then(() => this.publish(event, tx, destination));
+      }
+      if (tx.counts && destination === 'normal') this.tally(tx.counts, event);
+      const batched = this.batchMaxEvents > 1;
+      const own = { routingKey: event.ownRoutingKey, headers: event.ownHeaders };
+      const sendAlone = () => this.send(tx, exchange, route, event.id, batched ? `[${event.body}]` : event.body, batched ? [event.id] : null, own);
+      if (this.mustWait()) return this.waitToSend().then(sendAlone);
+      sendAlone();
+      return;
+    }
     if (this.batchMaxEvents === 1) {
+      if (tx.counts && destination === 'normal') this.tally(tx.counts, event);
       if (this.mustWait()) return this.waitToSend().then(() => this.send(tx, exchange, route, event.id, event.body, null));
       this.send(tx, exchange, route, event.id, event.body, null);
       return;
@@ -384,6 +564,7 @@ export class Pipeline {
       if (p) return p.then(() => this.publish(event, tx, destination));
       return this.publish(event, tx, destination);
     }
+    if (tx.counts && destination === 'normal') this.tally(tx.counts, event);
     if (open) {
       open.bodies.push(event.body);
       open.ids.push(event.id);
@@ -392,6 +573,15 @@ export class Pipeline {
       this.batch = { tx, exchange, route, firstId: event.id, bodies: [event.body], ids: [event.id], bytes: 2 + bytes };
     }
     if (this.batch!.bodies.length >= this.batchMaxEvents) return this.flush();
+  }
+
+  /** Count an event for the transaction's commit event (not the commit event itself). */
+  private tally(counts: Map<string, Map<string, number>>, event: BuiltEvent): void {
+    if (event.op === 'commit') return;
+    const name = event.schema === '' ? event.table : tableName(event.schema, event.table);
+    let ops = counts.get(name);
+    if (!ops) counts.set(name, (ops = new Map()));
+    ops.set(event.op, (ops.get(event.op) ?? 0) + 1);
   }
 
   /** Send the open batch. */
@@ -435,7 +625,7 @@ export class Pipeline {
   private sendDeadLetter(tx: OpenTx, letter: DeadLetter, batchIds: readonly string[] | null): void {
     const { log, metrics, source } = this.deps;
     const rejected = this.memory.anyRejected() ? this.memory.rejection(letter.id) : undefined;
-    const where = { id: letter.id, table: `${letter.schema}.${letter.table}`, op: letter.op, lsn: tx.lsn, reason: letter.reason, error: letter.error };
+    const where = { id: letter.id, table: letter.schema === '' ? letter.table : tableName(letter.schema, letter.table), op: letter.op, lsn: tx.lsn, reason: letter.reason, error: letter.error };
     if (rejected && rejected.times >= 2) {
       // The broker closed the channel even over the stub: nothing of it can be published.
       log.error({ ...where, broker: rejected.error }, `event ${letter.id} skipped: the broker refused it even as a dead-letter stub (${rejected.error})`);
@@ -536,7 +726,15 @@ export class Pipeline {
   }
 
   /** One AMQP message: one event (`ids` null outside batched mode) or a batch of `ids`. */
-  private send(tx: OpenTx, exchange: string, route: Route, messageId: string, body: string, ids: readonly string[] | null): void {
+  private send(
+    tx: OpenTx,
+    exchange: string,
+    route: Route,
+    messageId: string,
+    body: string,
+    ids: readonly string[] | null,
+    own: { readonly routingKey?: string; readonly headers?: BuiltEvent['ownHeaders'] } | null = null,
+  ): void {
     if (this.memory.anyRejected() && this.memory.rejection(messageId)) {
       // The broker closed the channel over this very message in an earlier session.
       const letter: DeadLetter = {
@@ -553,20 +751,24 @@ export class Pipeline {
     }
     const count = ids?.length ?? 1;
     const set = this.headerSet(tx, route);
+    let headers: OutgoingMessage['properties']['headers'] = this.batchMaxEvents > 1 ? { ...set.headers, 'pgwarren-batch': count } : set.headers;
+    if (own?.headers) headers = { ...own.headers, ...headers };
+    const encoder = this.deps.encoder;
     const msg: Mutable<OutgoingMessage> = {
       exchange,
-      routingKey: route.routingKey,
-      content: Buffer.from(body, 'utf8'),
+      routingKey: own?.routingKey ?? route.routingKey,
+      content: encoder ? encoder.encode(body) : Buffer.from(body, 'utf8'),
       properties: {
         messageId,
         contentType: 'application/json',
+        ...(encoder?.contentEncoding !== undefined && { contentEncoding: encoder.contentEncoding }),
         persistent: true,
         timestamp: tx.timestampSeconds,
         type: route.op,
         appId: 'pgwarren',
         mandatory: true,
         expiration: route.table_.expiration,
-        headers: this.batchMaxEvents > 1 ? { ...set.headers, 'pgwarren-batch': count } : set.headers,
+        headers,
       },
     };
     // Messages of one route in one transaction share their confirm callback: the window of
@@ -700,7 +902,7 @@ export class Pipeline {
   /** The route of events of one table and op; the last one is checked first (runs of one table). */
   private route(schema: string, table: string, op: string): Route {
     const last = this.lastRoute;
-    if (last && last.table === table && last.schema === schema && last.op === op) return last;
+    if (last && !last.fixed && last.table === table && last.schema === schema && last.op === op) return last;
     const key = `${schema}\u0000${table}\u0000${op}`;
     let route = this.routes.get(key);
     if (!route) {
@@ -712,6 +914,7 @@ export class Pipeline {
         schema,
         table,
         op,
+        fixed: false,
         table_,
         routingKey,
         keyError: keyBytes > ROUTING_KEY_MAX_BYTES ? `routing key is ${keyBytes} bytes, above the ${ROUTING_KEY_MAX_BYTES} AMQP allows: "${routingKey.slice(0, 80)}..."` : null,
@@ -724,9 +927,41 @@ export class Pipeline {
     return route;
   }
 
+  /**
+   * The route of events with a routing key of their own (application and commit events): the
+   * default exchange, no per-table rule. `label` names them in metrics (a prefix, or '').
+   */
+  private fixedRoute(label: string, op: string, routingKey: string): Route {
+    const last = this.lastRoute;
+    if (last && last.fixed && last.routingKey === routingKey && last.op === op && last.table === label) return last;
+    const key = `\u0001${label}\u0000${op}\u0000${routingKey}`;
+    let route = this.routes.get(key);
+    if (!route) {
+      const table_ = this.deps.router.defaultRoute();
+      const keyBytes = utf8Bytes(routingKey);
+      route = {
+        schema: '',
+        table: label,
+        op,
+        fixed: true,
+        table_,
+        routingKey,
+        // An application event may name any routing key: one over 255 bytes is dead-lettered.
+        keyError: keyBytes > ROUTING_KEY_MAX_BYTES ? `routing key is ${keyBytes} bytes, above the ${ROUTING_KEY_MAX_BYTES} AMQP allows: "${routingKey.slice(0, 80)}..."` : null,
+        counter: this.deps.metrics.publishedCounter(label, op),
+      };
+      if (this.routes.size >= 4096) this.routes.clear();
+      this.routes.set(key, route);
+    }
+    this.lastRoute = route;
+    return route;
+  }
+
   private headerSet(tx: OpenTx, route: Route): HeaderSet {
     const last = this.lastHeaders;
     if (last && last.tx === tx && last.route === route) return last;
+    // Events of no table (application, commit) carry the same headers: schema '', table = the
+    // application event's prefix ('' for commit events).
     const headers = {
       'pgwarren-schema': route.schema,
       'pgwarren-table': route.table,
@@ -751,3 +986,4 @@ export class Pipeline {
     this.deps.metrics.commitToConfirm.observe(Math.max(0, Date.now() - tx.commitMs) / 1000);
   }
 }
+

@@ -27,7 +27,12 @@ import { AmqpSink, SinkError, type AmqpTls } from '../sink/amqp-sink.js';
 import { Checkpoint } from './checkpoint.js';
 import { StallWatch, STALL_RECONNECT_INTERVALS } from './stall-watch.js';
 import { Pipeline, ReplanRequest } from './pipeline.js';
+import type { ShapeMemory } from './shapes.js';
 import type { DeliveryMemory } from './delivery-memory.js';
+import { Shaper } from './shaping.js';
+import { Transformer, type TransformFn } from './transform.js';
+import { bodyEncoder, type Compression } from '../sink/compression.js';
+import { parseFilter, type Expr } from '../filter/row-filter.js';
 import type { FloodAction, TxPlan } from '../filter/flood-guard.js';
 import { EventBuilder } from '../events/envelope.js';
 import { Router, type RouteRule } from '../events/router.js';
@@ -41,7 +46,7 @@ import { PgoutputDecoder } from '../source/pgoutput-decoder.js';
 import { Wal2jsonDecoder, wal2jsonTableFilter } from '../source/wal2json-decoder.js';
 import type { Decoder } from '../source/decoder.js';
 import { formatLsn, parseLsn } from '../source/lsn.js';
-import { classifyPgError, errorMessage, PrerequisiteError, sqlState } from '../errors.js';
+import { classifyPgError, errorMessage, PrerequisiteError, sqlState, UsageError } from '../errors.js';
 import { tlsFailure } from '../config/database.js';
 import { redactUrl } from '../config/redact.js';
 import { LogThrottle } from '../ops/throttle.js';
@@ -65,7 +70,16 @@ export interface SessionSettings {
   readonly exchange: string;
   readonly exchangeType: string;
   readonly routingKey: string;
-  readonly rules: readonly (RouteRule & { excludeColumns?: readonly string[]; floodThreshold?: number })[];
+  /** Routing key template of application events without a routing_key ({db}, {prefix}). */
+  readonly messageRoutingKey: string;
+  /** Commit events after each transaction that published anything (CONTRACT §12). */
+  readonly transactionEvents: boolean;
+  readonly rules: readonly (RouteRule & { excludeColumns?: readonly string[]; floodThreshold?: number; where?: string; skipUnchanged?: boolean })[];
+  /** README "Shaping the stream". */
+  readonly skipUnchanged: boolean;
+  readonly compression: Compression;
+  readonly transform: TransformFn | null;
+  readonly transformTimeoutSeconds: number;
   readonly floodThreshold: number;
   readonly floodAction: FloodAction;
   readonly floodExchange: string;
@@ -147,6 +161,8 @@ export class Session {
       mayCreateSlot: boolean;
       firstUrl: number;
       plans: ReadonlyMap<bigint, TxPlan>;
+      /** Table shapes seen by earlier sessions; rewound here to the slot's confirmed position. */
+      shapes: ShapeMemory;
       /** Kept by the supervisor across sessions: confirmed prefixes, careful mode, refused messages. */
       memory: DeliveryMemory;
       log: Logger;
@@ -224,12 +240,13 @@ export class Session {
     const tables = new TableSelection(settings.tables, settings.excludeTables);
     const operations = new OperationSelection(settings.operations);
     const excludedColumns = excludedColumnsLookup(settings.rules);
+    const rowFilters = ruleLookup<(typeof settings.rules)[number], string | null>(settings.rules, (r) => r.where, null);
     let firstSync = true;
     let publicationExisted = false;
     let lastKeyless = '';
     let lastDenied = '';
     const syncPublication = async () => {
-      const pub = await ensurePublication(query, { publication: settings.publication, tables, operations, excludedColumns });
+      const pub = await ensurePublication(query, { publication: settings.publication, tables, operations, excludedColumns, rowFilters });
       if (firstSync) publicationExisted = !pub.created;
       // The role may read the publications but not change them (the recommended deployment: setup
       // as the owner, run as a REPLICATION role). That never stops the stream (CONTRACT §9): the
@@ -334,6 +351,8 @@ export class Session {
     const checkpoint = new Checkpoint(slotState.confirmedFlushLsn ? parseLsn(slotState.confirmedFlushLsn) : 0n);
     opts.metrics.inflightSource = () => checkpoint.outstanding();
     this.lastReported = checkpoint.safeLsn();
+    // Transactions after the confirmed position are read again: so are their shape changes.
+    opts.shapes.rewind(checkpoint.safeLsn());
     const pipeline = new Pipeline({
       source,
       tables,
@@ -346,6 +365,8 @@ export class Session {
       maxInflight: settings.maxInflight,
       batch: { maxEvents: settings.batchMaxEvents, maxBytes: settings.batchMaxBytes },
       deadLetter: { exchange: settings.deadLetterExchange, maxMessageBytes: settings.maxMessageBytes },
+      shaper: this.shaper(types, builder, log),
+      encoder: settings.compression === 'none' ? undefined : bodyEncoder(settings.compression),
       memory: opts.memory,
       metrics: opts.metrics,
       log,
@@ -357,6 +378,9 @@ export class Session {
         thresholdFor: ruleLookup(settings.rules, (r) => r.floodThreshold, settings.floodThreshold),
       },
       plans: opts.plans,
+      messageRoutingKey: settings.messageRoutingKey,
+      transactionEvents: settings.transactionEvents,
+      shapes: opts.shapes,
     });
 
     let stallTimeout = (_silentMs: number): void => undefined;
@@ -478,6 +502,7 @@ export class Session {
       // 42704 once streaming: a publication the stream names did not exist when a change the
       // slot holds was made (a missing slot fails START_REPLICATION instead).
       if (settings.plugin === 'pgoutput' && sqlState(reason.cause ?? reason) === '42704') throw publicationMissingInHistory(reason, settings);
+      if (reason instanceof UsageError) throw reason;
       if (reason instanceof SinkError) throw new SessionFailure('rabbitmq', reason);
       throw pgFailure(reason, `streaming from slot "${settings.slot}"`);
     } finally {
@@ -576,6 +601,29 @@ export class Session {
     return r.wait_event_type === 'Client' || r.wait_event_type === 'Activity' ? 'stalled' : 'busy';
   }
 
+  /** Row filter (wal2json: in-process), skip-unchanged, transform; undefined when none is set. */
+  private shaper(types: TypeCatalog, builder: EventBuilder, log: Logger): Shaper | undefined {
+    const s = this.settings;
+    const inProcess = s.plugin === 'wal2json' && s.rules.some((r) => r.where !== undefined);
+    if (!inProcess && !s.transform && !s.skipUnchanged && !s.rules.some((r) => r.skipUnchanged)) return undefined;
+    // Config loading checked that every wal2json filter parses (README "Shaping the stream").
+    const filters = new Map<(typeof s.rules)[number], { expr: Expr; rule: string }>();
+    if (inProcess) s.rules.forEach((r, i) => r.where !== undefined && filters.set(r, { expr: parseFilter(r.where), rule: `rules[${i}].where (${r.match})` }));
+    const timeoutMs = Math.round(s.transformTimeoutSeconds * 1000);
+    return new Shaper({
+      rowFilter: inProcess ? ruleLookup(s.rules, (r) => filters.get(r), null) : () => null,
+      identityRule: s.operations.includes('update') || s.operations.includes('delete'),
+      skipUnchanged: ruleLookup(s.rules, (r) => r.skipUnchanged, s.skipUnchanged),
+      transformer: s.transform
+        ? new Transformer(s.transform, timeoutMs, (ms, id) =>
+            log.warn({ ms: Math.round(ms), id }, `transform took ${Math.round(ms)} ms on event ${id}, above PGWARREN_TRANSFORM_TIMEOUT; a synchronous transform cannot be interrupted`),
+          )
+        : null,
+      types,
+      prepare: (rel) => types.ensure(builder.typeOids(rel)),
+    });
+  }
+
   /** Every exchange to declare at start. */
   private exchanges(router: Router): Array<{ name: string; type: string }> {
     const { settings } = this;
@@ -638,7 +686,7 @@ export class Session {
     try {
       return await this.step(fn());
     } catch (err) {
-      if (err instanceof Stopped) throw err;
+      if (err instanceof Stopped || err instanceof UsageError) throw err;
       throw pgFailure(err, doing);
     }
   }
@@ -702,6 +750,8 @@ const REPLICATION_FIXES: Readonly<Record<string, string>> = {
 
 /** A Postgres failure as the supervisor must see it: PrerequisiteError (exit 3) or SessionFailure (retry). */
 function pgFailure(err: unknown, doing: string, minDelayMs = 0, fixes?: Readonly<Record<string, string>>): Error {
+  // A configuration the database refused (a row filter Postgres rejects): exit 2, never a retry.
+  if (err instanceof UsageError) return err;
   const e = classifyPgError(err, doing, fixes);
   if (e instanceof PrerequisiteError) return e;
   return new SessionFailure('postgres', e, minDelayMs);

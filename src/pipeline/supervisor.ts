@@ -7,9 +7,10 @@
  * retrying cannot fix ends the daemon with exit code 3. The loop never throws anything else: an
  * unexpected error in a session is logged, counted and retried like a transient one.
  */
+import { ShapeMemory } from './shapes.js';
 import type { Logger } from '../ops/logger.js';
 import type { Metrics } from '../ops/metrics.js';
-import { PrerequisiteError } from '../errors.js';
+import { PrerequisiteError, UsageError } from '../errors.js';
 import { Session, SessionFailure, type SessionSettings, type SessionState } from './session.js';
 import type { TxPlan } from '../filter/flood-guard.js';
 import { DeliveryMemory } from './delivery-memory.js';
@@ -36,6 +37,8 @@ export class Supervisor implements Health {
   private acknowledged = 0n;
   /** Flood verdicts for transactions that outgrew the buffer, kept until read again. */
   private readonly plans = new Map<bigint, TxPlan>();
+  /** Table shapes seen, for schema events; outlives sessions (each rewinds it). */
+  private readonly shapes = new ShapeMemory();
   /** What sessions learn about messages the broker refused (README: Delivery). */
   private readonly memory = new DeliveryMemory();
 
@@ -78,6 +81,7 @@ export class Supervisor implements Health {
         mayCreateSlot: !this.everStreamed,
         firstUrl: brokerIndex,
         plans: this.plans,
+        shapes: this.shapes,
         memory: this.memory,
         log,
         metrics,
@@ -112,7 +116,7 @@ export class Supervisor implements Health {
       } catch (err) {
         // The session classified the fault (errors.ts): permanent ones arrive as PrerequisiteError,
         // never wrapped, but a wrapped one must not be retried forever either.
-        if (err instanceof PrerequisiteError) throw err;
+        if (err instanceof PrerequisiteError || err instanceof UsageError) throw err;
         if (err instanceof SessionFailure && err.cause instanceof PrerequisiteError) throw err.cause;
         if (this.stopping) break;
         const failure = err instanceof SessionFailure ? err : new SessionFailure('pipeline', err);

@@ -2,7 +2,8 @@
  * The slot and the publication: created when missing, inspected, kept in step with the table
  * selection, and dropped only by `teardown`. `run` calls the ensure* functions and never a drop.
  */
-import { PrerequisiteError, classifyPgError, sqlState } from '../errors.js';
+import { PrerequisiteError, UsageError, classifyPgError, sqlState } from '../errors.js';
+import { FilterSyntaxError, filterColumns, parseFilter } from '../filter/row-filter.js';
 import { OperationSelection, type TableSelection } from '../filter/selection.js';
 import type { Plugin } from '../types.js';
 import { quoteIdent } from './decoder.js';
@@ -182,7 +183,38 @@ export type ExcludedColumns = (schema: string, table: string) => ReadonlySet<str
  */
 export interface PublishedTable extends TableName {
   readonly columns: readonly string[] | null;
+  /** Row filter: the rule's `where` as written; in a publication read back, Postgres' text of it. */
+  readonly where?: string | null;
   readonly note?: string;
+}
+
+/** Per table, the row filter (`where` of its rule), or null. */
+export type RowFilters = (schema: string, table: string) => string | null;
+
+/**
+ * Postgres' rules for a row filter that pgwarren can check before Postgres applies it: the columns
+ * exist, and with updates or deletes published only replica identity columns are used (unless the
+ * identity is FULL), since otherwise Postgres refuses the application's UPDATEs and DELETEs on the
+ * table. Expressions outside the subset pgwarren parses are left to Postgres. Returns the problem.
+ */
+function rowFilterProblem(t: TableName, where: string, columns: readonly string[], identity: readonly string[], identityRule: boolean): string | null {
+  let used: Set<string>;
+  try {
+    used = filterColumns(parseFilter(where));
+  } catch (err) {
+    if (err instanceof FilterSyntaxError) return null;
+    throw err;
+  }
+  const missing = [...used].filter((c) => !columns.includes(c));
+  if (missing.length > 0) return `row filter ${JSON.stringify(where)} of ${keyOf(t)} uses column ${missing.join(', ')}, which ${keyOf(t)} does not have`;
+  const outside = [...used].filter((c) => !identity.includes(c));
+  if (identityRule && outside.length > 0) {
+    return (
+      `row filter ${JSON.stringify(where)} of ${keyOf(t)} uses ${outside.join(', ')}, outside the table's replica identity; Postgres would then refuse every ` +
+      `UPDATE and DELETE on it. Use only key columns, or ALTER TABLE ${keyOf(t)} REPLICA IDENTITY FULL, or publish only inserts (PGWARREN_OPERATIONS)`
+    );
+  }
+  return null;
 }
 
 /**
@@ -201,9 +233,10 @@ export async function planTables(
   tables: readonly TableName[],
   excluded: ExcludedColumns | undefined,
   operations: OperationSelection,
-): Promise<{ publish: PublishedTable[]; withoutIdentity: TableName[] }> {
+  rowFilters: RowFilters = () => null,
+): Promise<{ publish: PublishedTable[]; withoutIdentity: PublishedTable[]; probes: string[] }> {
   const guardIdentity = operations.includes('update') || operations.includes('delete');
-  if (tables.length === 0) return { publish: [], withoutIdentity: [] };
+  if (tables.length === 0) return { publish: [], withoutIdentity: [], probes: [] };
   const version = await query<{ v: string }>("SELECT current_setting('server_version_num') AS v");
   const listsSupported = Number(version.rows[0]?.v ?? 0) >= 150000;
   const { rows } = await query<{ schema: string; table: string; kind: string; ident: string; columns: string[]; identity: string[] }>(
@@ -219,16 +252,33 @@ export async function planTables(
   );
   const facts = new Map(rows.map((r) => [keyOf(r), r]));
   const publish: PublishedTable[] = [];
-  const withoutIdentity: TableName[] = [];
+  const withoutIdentity: PublishedTable[] = [];
+  const filterProblems: string[] = [];
+  // Statements that fail (SQLSTATE 42P10) where Postgres would refuse the application's UPDATEs or
+  // DELETEs because of a row filter: run after the filters are set, in the same transaction, so
+  // such a filter is never committed. They cover expressions outside the subset checked above.
+  const probes: string[] = [];
   for (const t of tables) {
     const f = facts.get(keyOf(t));
     if (!f) continue; // dropped meanwhile
-    if (guardIdentity && f.ident !== 'f' && f.identity.length === 0) {
-      withoutIdentity.push(t);
+    const where = rowFilters(t.schema, t.table);
+    const keyless = guardIdentity && f.ident !== 'f' && f.identity.length === 0;
+    if (where !== null) {
+      // The keyless companion publishes inserts only: any column may be used there.
+      const problem = rowFilterProblem(t, where, f.columns, f.identity, guardIdentity && f.ident !== 'f' && !keyless);
+      if (problem) filterProblems.push(problem);
+    }
+    if (keyless) {
+      withoutIdentity.push({ ...t, columns: null, where });
       continue;
     }
+    if (where !== null && f.columns.length > 0) {
+      const col = quoteIdent(f.columns[0]!);
+      if (operations.includes('update')) probes.push(`EXPLAIN UPDATE ${tableRef(t)} SET ${col} = ${col} WHERE false`);
+      if (operations.includes('delete')) probes.push(`EXPLAIN DELETE FROM ${tableRef(t)} WHERE false`);
+    }
     const drop = excluded ? excluded(t.schema, t.table) : new Set<string>();
-    const whole = (note?: string): PublishedTable => ({ ...t, columns: null, ...(note && { note }) });
+    const whole = (note?: string): PublishedTable => ({ ...t, columns: null, where, ...(note && { note }) });
     const columns = f.columns.filter((c) => !drop.has(c));
     const inIdentity = f.identity.filter((c) => drop.has(c));
     if (columns.length === f.columns.length) publish.push(whole());
@@ -237,21 +287,75 @@ export async function planTables(
     else if (f.ident === 'f') publish.push(whole('REPLICA IDENTITY FULL publishes every column'));
     else if (inIdentity.length > 0) publish.push(whole(`${inIdentity.join(', ')} belongs to the replica identity`));
     else if (columns.length === 0) publish.push(whole('every column is excluded'));
-    else publish.push({ ...t, columns });
+    else publish.push({ ...t, columns, where });
   }
-  return { publish, withoutIdentity };
+  if (filterProblems.length > 0) throw new UsageError(`row filters that do not fit their tables:\n${filterProblems.map((p) => `  - ${p}`).join('\n')}`);
+  return { publish, withoutIdentity, probes };
 }
 
-const publishedRef = (t: PublishedTable) => `${tableRef(t)}${t.columns ? ` (${t.columns.map(quoteIdent).join(', ')})` : ''}`;
+const publishedRef = (t: PublishedTable) => `${tableRef(t)}${t.columns ? ` (${t.columns.map(quoteIdent).join(', ')})` : ''}${t.where ? ` WHERE (${t.where})` : ''}`;
 const sameColumns = (a: readonly string[] | null, b: readonly string[] | null) =>
   a === null || b === null ? a === b : a.length === b.length && a.every((c) => b.includes(c));
 
-/** The publication's tables and their column lists (null: every column); null when it does not exist. */
-async function publicationContents(query: QueryFn, publication: string): Promise<{ allTables: boolean; tables: PublishedTable[] } | null> {
-  const exists = await query<{ puballtables: boolean }>('SELECT puballtables FROM pg_publication WHERE pubname = $1', [publication]);
+/**
+ * What pgwarren last set as row filters, kept in the publication's comment: per table the rule's
+ * `where` as written and Postgres' text of it then. A filter is up to date when both still hold
+ * (Postgres re-prints an expression its own way, so the two texts cannot be compared directly).
+ */
+type FilterRecord = Record<string, { readonly where: string; readonly expr: string }>;
+const FILTER_COMMENT_KEY = 'pgwarren-row-filters';
+
+function parseFilterRecord(comment: string | null): FilterRecord {
+  if (!comment) return {};
+  try {
+    const parsed = JSON.parse(comment) as Record<string, unknown>;
+    const rec = parsed?.[FILTER_COMMENT_KEY];
+    return rec && typeof rec === 'object' ? (rec as FilterRecord) : {};
+  } catch {
+    return {};
+  }
+}
+
+function sameFilter(have: PublishedTable, want: PublishedTable, record: FilterRecord): boolean {
+  const expr = have.where ?? null;
+  const wanted = want.where ?? null;
+  if (expr === null || wanted === null) return expr === wanted;
+  const r = record[keyOf(want)];
+  return r !== undefined && r.where === wanted && r.expr === expr;
+}
+
+/** Record the row filters now in `publication` (after they were set). */
+async function recordFilters(query: QueryFn, publication: string, wanted: readonly PublishedTable[]): Promise<void> {
+  const now = await publicationContents(query, publication);
+  if (!now) return;
+  const record: FilterRecord = {};
+  for (const t of wanted) {
+    const have = now.tables.find((h) => keyOf(h) === keyOf(t));
+    if (t.where && have?.where) record[keyOf(t)] = { where: t.where, expr: have.where };
+  }
+  const text = JSON.stringify({ [FILTER_COMMENT_KEY]: record });
+  if (text === now.comment) return;
+  // A comment that is not ours is left alone while there is nothing to record.
+  if (Object.keys(record).length === 0 && !now.comment?.includes(FILTER_COMMENT_KEY)) return;
+  // standard_conforming_strings is on (the default since Postgres 9.1): only quotes need doubling.
+  try {
+    await query(`COMMENT ON PUBLICATION ${quoteIdent(publication)} IS '${text.replace(/'/g, "''")}'`);
+  } catch (err) {
+    // A run role that may not change the publication (README "Failure handling"): the record is
+    // a convenience for the next sync, never a reason to stop streaming.
+    if (sqlState(err) !== '42501') throw err;
+  }
+}
+
+/** The publication's tables, their column lists (null: every column) and row filters; null when it does not exist. */
+async function publicationContents(query: QueryFn, publication: string): Promise<{ allTables: boolean; tables: PublishedTable[]; comment: string | null } | null> {
+  const exists = await query<{ puballtables: boolean; comment: string | null }>(
+    "SELECT puballtables, obj_description(oid, 'pg_publication') AS comment FROM pg_publication WHERE pubname = $1",
+    [publication],
+  );
   if (exists.rows.length === 0) return null;
-  const { rows } = await query<{ schema: string; table: string; columns: string[] | null }>(
-    `SELECT n.nspname AS schema, c.relname AS table,
+  const { rows } = await query<{ schema: string; table: string; columns: string[] | null; where: string | null }>(
+    `SELECT n.nspname AS schema, c.relname AS table, pg_get_expr(pr.prqual, pr.prrelid) AS where,
             CASE WHEN pr.prattrs IS NULL THEN NULL
                  ELSE ARRAY(SELECT a.attname::text FROM pg_attribute a
                              WHERE a.attrelid = pr.prrelid AND a.attnum = ANY (pr.prattrs::int2[]) ORDER BY a.attnum) END AS columns
@@ -260,7 +364,7 @@ async function publicationContents(query: QueryFn, publication: string): Promise
       WHERE p.pubname = $1 ORDER BY 1, 2`,
     [publication],
   );
-  return { allTables: exists.rows[0]!.puballtables, tables: rows };
+  return { allTables: exists.rows[0]!.puballtables, tables: rows, comment: exists.rows[0]!.comment };
 }
 
 export interface PublicationChange {
@@ -314,7 +418,7 @@ async function publicationSettings(query: QueryFn, publication: string): Promise
  */
 function alignPublication(
   name: string,
-  current: { tables: readonly PublishedTable[] },
+  current: { tables: readonly PublishedTable[]; comment: string | null },
   settings: PublicationSettings | undefined,
   wanted: readonly PublishedTable[],
   publish: string,
@@ -324,7 +428,11 @@ function alignPublication(
   const want = new Set(wanted.map(keyOf));
   const added = wanted.filter((t) => !have.has(keyOf(t)));
   const removed = current.tables.filter((t) => !want.has(keyOf(t)));
-  const recolumned = wanted.filter((t) => have.has(keyOf(t)) && !sameColumns(have.get(keyOf(t))!.columns, t.columns));
+  const record = parseFilterRecord(current.comment);
+  const recolumned = wanted.filter((t) => {
+    const h = have.get(keyOf(t));
+    return h !== undefined && (!sameColumns(h.columns, t.columns) || !sameFilter(h, t, record));
+  });
   const statements: string[] = [];
   if (removed.length > 0) statements.push(`ALTER PUBLICATION ${pub} DROP TABLE ${removed.map(tableRef).join(', ')}`);
   if (!settings || settings.ops !== publish || !settings.pubviaroot) {
@@ -345,7 +453,7 @@ function alignPublication(
  */
 export async function ensurePublication(
   query: QueryFn,
-  opts: { publication: string; tables: TableSelection; operations: OperationSelection; excludedColumns?: ExcludedColumns },
+  opts: { publication: string; tables: TableSelection; operations: OperationSelection; excludedColumns?: ExcludedColumns; rowFilters?: RowFilters },
 ): Promise<PublicationChange> {
   const doing = `managing publication "${opts.publication}"`;
   const keylessName = keylessPublicationName(opts.publication);
@@ -355,9 +463,9 @@ export async function ensurePublication(
     `CREATE PUBLICATION ${quoteIdent(name)}${tables.length > 0 ? ` FOR TABLE ${tables.map(publishedRef).join(', ')}` : ''} ` +
     `WITH (publish = '${ops}', publish_via_partition_root = true)`;
   try {
-    const plan = await planTables(query, await selectedTables(query, opts.tables), opts.excludedColumns, opts.operations);
+    const plan = await planTables(query, await selectedTables(query, opts.tables), opts.excludedColumns, opts.operations, opts.rowFilters);
     const wanted = plan.publish;
-    const keyless: PublishedTable[] = plan.withoutIdentity.map((t) => ({ ...t, columns: null }));
+    const keyless: PublishedTable[] = plan.withoutIdentity;
     const notes = wanted.filter((t) => t.note);
     const current = await publicationContents(query, opts.publication);
     if (current?.allTables) {
@@ -383,6 +491,7 @@ export async function ensurePublication(
       statements.push(...alignPublication(keylessName, keylessCurrent, await publicationSettings(query, keylessName), keyless, keylessPublish).statements);
     }
     if (statements.length > 0) {
+      statements.push(...plan.probes);
       try {
         // One simple query is one transaction.
         await query(statements.join(';\n'));
@@ -401,8 +510,29 @@ export async function ensurePublication(
             denied: { message: (err as Error).message, statements },
           };
         }
+        const code = sqlState(err) ?? '';
+        const filtered = [...wanted, ...keyless].filter((t) => t.where);
+        if (filtered.length > 0 && code === '42P10') {
+          throw new UsageError(
+            `a row filter uses columns outside its table's replica identity, so Postgres would refuse the application's UPDATEs or DELETEs ` +
+              `(${(err as Error).message}); nothing was changed. Use only key columns, or set REPLICA IDENTITY FULL on the table, ` +
+              `or publish only inserts (PGWARREN_OPERATIONS). The filters: ${filtered.map((t) => `${keyOf(t)} WHERE (${t.where})`).join('; ')}`,
+          );
+        }
+        if (filtered.length > 0 && code !== '42501' && (code.startsWith('42') || code.startsWith('22') || code === '0A000')) {
+          // Postgres rejected an expression (syntax, type, a function it does not allow in a row filter).
+          throw new UsageError(
+            `Postgres refused a row filter (SQLSTATE ${code}: ${(err as Error).message}${pgDetail(err)}); the filters set: ` +
+              filtered.map((t) => `${keyOf(t)} WHERE (${t.where})`).join('; '),
+          );
+        }
         throw err;
       }
+    }
+    // Outside the transaction: a failure here only means the next sync sets the filters again.
+    if (statements.length > 0 || [...wanted, ...keyless].some((t) => t.where)) {
+      await recordFilters(query, opts.publication, wanted);
+      await recordFilters(query, keylessName, keyless);
     }
     return { created, ...change, notes, withoutIdentity: plan.withoutIdentity, publications: [opts.publication, keylessName] };
   } catch (err) {
@@ -414,6 +544,12 @@ export async function ensurePublication(
     }
     throw classifyPgError(err, doing);
   }
+}
+
+/** Postgres' DETAIL line of an error, as ": detail", or nothing. */
+function pgDetail(err: unknown): string {
+  const detail = (err as { detail?: unknown } | null)?.detail;
+  return typeof detail === 'string' && detail !== '' ? `: ${detail}` : '';
 }
 
 /** The publication and its keyless companion, whichever exist; returns the names dropped. */

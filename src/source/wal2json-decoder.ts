@@ -11,6 +11,13 @@
  * - an update always carries `identity`, even when the key did not change: the event builder
  *   treats an old key equal to the new one as "not sent", as pgoutput does;
  * - NaN and ±Infinity floats are printed as null by wal2json: that loss cannot be undone (README).
+ * - wal2json sends no Relation messages: the shape of a table at the time of each change is
+ *   worked out from the change itself. An insert carries every live column of the row as the
+ *   table was then (in table order, types included), so it defines the shape; an update or delete
+ *   that fits the shape known so far keeps it, and one that does not (a column unknown or of
+ *   another type, a column missing that the catalog no longer has) re-reads the catalog. The
+ *   catalog alone is not enough: it describes the table as it is now, not as it was when the
+ *   change was made (a column dropped since would be reported as null).
  */
 import { parse as parseLossless } from 'lossless-json';
 import { UNCHANGED_TOAST, type Decoded, type RawValue, type RelationInfo, type ColumnInfo } from '../types.js';
@@ -53,7 +60,8 @@ export function wal2jsonTimeToIso(text: string): string {
 
 export class Wal2jsonDecoder implements Decoder<W2jAction> {
   readonly plugin = 'wal2json' as const;
-  private readonly relations = new Map<string, RelationInfo>();
+  /** (schema, table) as wal2json names it -> the table's shape at its last change. */
+  private readonly shapes = new Map<string, Shape>();
 
   constructor(
     private readonly catalog: RelationCatalog,
@@ -75,8 +83,8 @@ export class Wal2jsonDecoder implements Decoder<W2jAction> {
       ['include-types', '0'],
       ['include-type-oids', '1'],
       ['include-pk', '0'],
-      // Only our own logical messages: the flood marker.
-      ['add-msg-prefixes', 'pgwarren'],
+      // Only our own logical messages: the flood marker and application events.
+      ['add-msg-prefixes', 'pgwarren,pgwarren.event'],
     ];
     if (this.options.addTables && this.options.addTables.length > 0) opts.push(['add-tables', this.options.addTables.join(',')]);
     if (this.options.filterTables && this.options.filterTables.length > 0) opts.push(['filter-tables', this.options.filterTables.join(',')]);
@@ -100,7 +108,7 @@ export class Wal2jsonDecoder implements Decoder<W2jAction> {
       case 'M':
         return [{ kind: 'message', transactional: a.transactional === true, prefix: a.prefix ?? '', content: Buffer.from(a.content ?? '', 'utf8') }];
       case 'T':
-        return [{ kind: 'truncate', relation: await this.relation(a.schema!, a.table!, []), cascade: false, restartIdentity: false }];
+        return [{ kind: 'truncate', relation: await this.relation(a.schema!, a.table!, 'T', []), cascade: false, restartIdentity: false }];
       case 'I':
       case 'U':
       case 'D':
@@ -111,7 +119,7 @@ export class Wal2jsonDecoder implements Decoder<W2jAction> {
   private async rowChange(a: W2jAction): Promise<Decoded> {
     const columns = a.columns ?? [];
     const identity = a.identity ?? [];
-    const relation = await this.relation(a.schema!, a.table!, columns.length > 0 ? columns : identity);
+    const relation = await this.relation(a.schema!, a.table!, a.action, columns.length > 0 ? columns : identity);
     const oldKind = relation.replicaIdentity === 'full' ? 'full' : 'key';
     if (a.action === 'I') return { kind: 'change', op: 'insert', relation, old: null, oldKind: 'none', new: this.tuple(relation, columns, false) };
     if (a.action === 'D') {
@@ -159,31 +167,119 @@ export class Wal2jsonDecoder implements Decoder<W2jAction> {
   }
 
   /**
-   * The relation as pgoutput would describe it: every live column of the table in order (from
-   * the catalog), with the types wal2json reported for the ones it sent. Reused while the shape
-   * stays the same, so per-relation work downstream is done once.
+   * The relation as pgoutput would describe it at the time of this change (see the header): the
+   * shape known so far while the change fits it, else a new one. A new shape equal to the old
+   * one keeps the old object, so per-relation work downstream is done once per real shape.
    */
-  private async relation(schema: string, table: string, sent: readonly W2jColumn[]): Promise<RelationInfo> {
-    const signature = `${tableKey(schema, table)}\u0000${sent.map((c) => `${c.name}:${asNumber(c.typeoid)}`).join(',')}`;
-    const cached = this.relations.get(signature);
-    if (cached) return cached;
-    const leaf = await this.facts(schema, table, sent);
+  private async relation(schema: string, table: string, action: W2jAction['action'], sent: readonly W2jColumn[]): Promise<RelationInfo> {
+    const name = tableKey(schema, table); // a pair: "a.b"."c" is not "a"."b.c"
+    const known = this.shapes.get(name);
+    if (known && (await this.fits(known, action, sent))) return known.relation;
+    const leaf = await this.freshFacts(schema, table);
     // A partition's change is reported as its root's, as pgoutput does with publish_via_partition_root.
+    // (The leaf may order its columns differently from the root: the root's order is used.)
     const root = leaf?.partitionRoot;
-    const rel = root
-      ? buildRelation(root.schema, root.table, sent, await this.facts(root.schema, root.table, sent))
-      : buildRelation(schema, table, sent, leaf);
-    if (this.relations.size > 10_000) this.relations.clear();
-    this.relations.set(signature, rel);
+    let rel: RelationInfo;
+    if (root) rel = buildRelation(root.schema, root.table, sent, await this.freshFacts(root.schema, root.table));
+    else if (action === 'I') rel = relationOfInsert(schema, table, sent, leaf);
+    // An update or delete may lack columns (unchanged TOAST, identity only): the catalog fills
+    // them in, but only with columns the known shape had (one added since is not in this row).
+    else rel = buildRelation(schema, table, sent, leaf, known ? (n) => known.byName.has(n) : undefined);
+    if (known && relationSignature(known.relation) === relationSignature(rel)) rel = known.relation;
+    if (this.shapes.size > 10_000) this.shapes.clear();
+    this.shapes.set(name, {
+      relation: rel,
+      byName: new Map(rel.columns.map((c) => [c.name, c])),
+      generated: new Set(leaf?.generated ?? []),
+      absentChecked: new Set(),
+    });
     return rel;
   }
 
-  /** Catalog facts, re-read when wal2json sent a column the cached facts do not know. */
-  private async facts(schema: string, table: string, sent: readonly W2jColumn[]): Promise<TableFacts | undefined> {
-    const facts = this.catalog.cachedByName(schema, table);
-    if (facts && sent.every((c) => facts.columns.some((k) => k.name === c.name) || facts.generated.includes(c.name))) return facts;
-    return (await this.catalog.refreshByName(schema, table)) ?? facts;
+  /** Whether a change with these columns can have been made with this shape. */
+  private async fits(shape: Shape, action: W2jAction['action'], sent: readonly W2jColumn[]): Promise<boolean> {
+    if (action === 'T') return true;
+    let matched = 0;
+    for (const c of sent) {
+      if (shape.generated.has(c.name)) continue;
+      const col = shape.byName.get(c.name);
+      if (!col || col.typeOid !== asNumber(c.typeoid)) return false;
+      matched++;
+    }
+    const columns = shape.relation.columns.length;
+    if (action === 'D' || matched === columns) return true;
+    if (action === 'I') return false; // an insert carries every column: one is gone
+    // An update without some columns: unchanged TOASTed values, or columns dropped since. The
+    // catalog tells (once per set of absent columns): still there means TOAST.
+    const sentNames = new Set(sent.map((c) => c.name));
+    const absent = shape.relation.columns.filter((c) => !sentNames.has(c.name));
+    const key = absent.map((c) => c.name).join('\u0000');
+    if (shape.absentChecked.has(key)) return true;
+    const facts = await this.freshFacts(shape.relation.schema, shape.relation.table);
+    const stillThere = absent.every((c) => facts?.columns.some((k) => k.name === c.name && k.typeOid === c.typeOid));
+    if (stillThere && shape.absentChecked.size < 64) shape.absentChecked.add(key);
+    return stillThere;
   }
+
+  private async freshFacts(schema: string, table: string): Promise<TableFacts | undefined> {
+    return (await this.catalog.refreshByName(schema, table)) ?? this.catalog.cachedByName(schema, table);
+  }
+}
+
+/** A table's shape at some change, with what `fits` needs to check the next change quickly. */
+interface Shape {
+  readonly relation: RelationInfo;
+  readonly byName: ReadonlyMap<string, ColumnInfo>;
+  /** Stored generated columns: wal2json sends them, pgoutput does not, events leave them out. */
+  readonly generated: ReadonlySet<string>;
+  /** Sets of columns an update left out that the catalog said still exist (unchanged TOAST). */
+  readonly absentChecked: Set<string>;
+}
+
+/** Everything of a relation events depend on. */
+function relationSignature(rel: RelationInfo): string {
+  return [
+    rel.oid,
+    rel.schema,
+    rel.table,
+    rel.replicaIdentity,
+    rel.keyColumns.join('\u0000'),
+    ...rel.columns.map((c) => `${c.name}\u0000${c.typeOid}\u0000${c.typeMod}\u0000${c.inReplicaIdentity}`),
+  ].join('\u0001');
+}
+
+/**
+ * The relation an insert shows: exactly the columns it carries (every live column of the table
+ * when the row was written, in table order), less stored generated ones; key and replica identity
+ * from the catalog.
+ */
+function relationOfInsert(schema: string, table: string, sent: readonly W2jColumn[], facts: TableFacts | undefined): RelationInfo {
+  const generated = new Set(facts?.generated ?? []);
+  const catalogColumns = new Map((facts?.columns ?? []).map((c) => [c.name, c]));
+  const identityCols = identityColumns(facts);
+  const columns: ColumnInfo[] = sent
+    .filter((c) => !generated.has(c.name))
+    .map((c) => {
+      const typeOid = asNumber(c.typeoid);
+      const known = catalogColumns.get(c.name);
+      return { name: c.name, typeOid, typeMod: known && known.typeOid === typeOid ? known.typeMod : -1, inReplicaIdentity: identityCols.has(c.name) };
+    });
+  const names = new Set(columns.map((c) => c.name));
+  return {
+    oid: facts?.oid ?? 0,
+    schema,
+    table,
+    replicaIdentity: REPLICA_IDENTITY[facts?.replicaIdentity ?? 'd'] ?? 'default',
+    columns,
+    // A key column the row does not have (renamed since) is not a key of this shape.
+    keyColumns: keyColumnsOf(facts).every((k) => names.has(k)) ? keyColumnsOf(facts) : [],
+  };
+}
+
+function identityColumns(facts: TableFacts | undefined): Set<string> {
+  return new Set(
+    facts ? (facts.replicaIdentity === 'f' ? facts.columns.map((c) => c.name) : facts.replicaIdentity === 'i' ? facts.identityIndex : facts.primaryKey) : [],
+  );
 }
 
 /** A JSON number kept as text. */
@@ -222,14 +318,19 @@ function wal2jsonPart(part: GlobPattern): string | null {
   return only.literal.replace(/[\\,.*'\s]/gu, '\\$&');
 }
 
-function buildRelation(schema: string, table: string, sent: readonly W2jColumn[], facts: TableFacts | undefined): RelationInfo {
+function buildRelation(
+  schema: string,
+  table: string,
+  sent: readonly W2jColumn[],
+  facts: TableFacts | undefined,
+  knownBefore?: (name: string) => boolean,
+): RelationInfo {
   const sentTypes = new Map(sent.map((c) => [c.name, asNumber(c.typeoid)]));
-  const identityCols = new Set(
-    facts ? (facts.replicaIdentity === 'f' ? facts.columns.map((c) => c.name) : facts.replicaIdentity === 'i' ? facts.identityIndex : facts.primaryKey) : [],
-  );
+  const identityCols = identityColumns(facts);
   // Catalog columns in table order; a sent column the catalog no longer has (dropped since) is
   // kept at the end so its value is not lost.
-  const columns: ColumnInfo[] = (facts?.columns ?? []).map((c) => ({
+  const catalogColumns = (facts?.columns ?? []).filter((c) => !knownBefore || sentTypes.has(c.name) || knownBefore(c.name));
+  const columns: ColumnInfo[] = catalogColumns.map((c) => ({
     name: c.name,
     typeOid: sentTypes.get(c.name) ?? c.typeOid,
     typeMod: c.typeMod,

@@ -2,7 +2,9 @@
  * The compose demo without Docker: the same seed schema, the same example rules file, the same
  * split as docker-compose.yml (`setup` as the tables' owner, `run` as a REPLICATION role), then the
  * load generator (examples/load-generator.mjs) makes changes and the demo consumer
- * (examples/consumer.mjs) must print every one of them, the marked restocks as bulk events.
+ * (examples/consumer.mjs) must print every one of them, the marked restocks as bulk events, and
+ * the checkout.completed application event of every new order, which the business-event consumer
+ * (examples/checkout-consumer.mjs, bound to `checkout.*`) prints too.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import { readFileSync } from 'node:fs';
@@ -19,6 +21,7 @@ import amqp from 'amqplib';
 const file = (p: string) => fileURLToPath(new URL(`../../${p}`, import.meta.url));
 const CONSUMER = file('examples/consumer.mjs');
 const LOAD_GENERATOR = file('examples/load-generator.mjs');
+const CHECKOUT_CONSUMER = file('examples/checkout-consumer.mjs');
 
 interface Script {
   readonly stdout: string[];
@@ -128,19 +131,23 @@ describe('the demo consumer prints what the load generator changes, through pgwa
     text = run(CONSUMER, consumerEnv('text'));
     await json.waitFor(/^consumer: consuming from queue /, 'stderr');
     await text.waitFor(/^consumer: consuming from queue /, 'stderr');
+    // Subscribes by topic pattern, on a private queue that goes away with it.
+    const checkout = run(CHECKOUT_CONSUMER, { AMQP_URL: testEnv().amqpUrl, EXCHANGE: broker.exchange, BINDING_KEY: 'checkout.*' });
+    await checkout.waitFor(/^checkout-consumer: checkout\.\* on exchange /, 'stderr');
 
     const load = run(LOAD_GENERATOR, { DATABASE_URL: db.url, RATE: '50', TRANSACTIONS: '40', BULK_EVERY: '10' });
     assert.equal(await load.exited, 0, `the load generator failed:\n${load.stderr.join('\n')}`);
-    const done = /^done: 40 transactions; insert=(\d+) update=(\d+) delete=(\d+); bulk: (\d+) transactions, (\d+) rows$/.exec(load.stdout.at(-1) ?? '');
+    const done = /^done: 40 transactions; insert=(\d+) update=(\d+) delete=(\d+); events=(\d+); bulk: (\d+) transactions, (\d+) rows$/.exec(load.stdout.at(-1) ?? '');
     assert.ok(done, `summary line: ${load.stdout.at(-1)}`);
-    const [insert, update, del, bulkTx, bulkRows] = done.slice(1).map(Number) as [number, number, number, number, number];
+    const [insert, update, del, appEvents, bulkTx, bulkRows] = done.slice(1).map(Number) as [number, number, number, number, number, number];
     assert.equal(load.stdout.filter((l) => /^tx \d+: /.test(l)).length, 40);
     assert.equal(bulkTx, 4, 'every 10th of 40 transactions is a restock');
     assert.ok(insert > 0 && update > 0, 'the load generator changed rows');
     const products = (await db.query('SELECT count(*)::int AS n FROM products')).rows[0].n as number;
     assert.equal(bulkRows, bulkTx * products, 'a restock updates every product');
 
-    const expected = insert + update + del + bulkTx;
+    assert.ok(appEvents > 0, 'new orders published checkout.completed events');
+    const expected = insert + update + del + bulkTx + appEvents;
     await waitUntil(() => eventLines(json).length >= expected && eventLines(text).length >= expected, {
       timeoutMs: 30_000,
       message: () => `json consumer printed ${eventLines(json).length}, text consumer ${eventLines(text).length}, of ${expected} events`,
@@ -150,7 +157,22 @@ describe('the demo consumer prints what the load generator changes, through pgwa
     events = eventLines(json).map((l) => JSON.parse(l));
 
     const count = (op: string) => events.filter((e) => e.op === op).length;
-    assert.deepEqual({ insert: count('insert'), update: count('update'), delete: count('delete'), bulk: count('bulk') }, { insert, update, delete: del, bulk: bulkTx });
+    assert.deepEqual(
+      { insert: count('insert'), update: count('update'), delete: count('delete'), bulk: count('bulk'), message: count('message') },
+      { insert, update, delete: del, bulk: bulkTx, message: appEvents },
+    );
+    for (const m of events.filter((e) => e.op === 'message')) {
+      assert.equal(m.payload.routing_key, 'checkout.completed');
+      assert.equal(m.id, `${m.tx.lsn}:${m.tx.seq}`);
+      // In its order's transaction: the order's insert is in the same transaction, before it.
+      assert.ok(events.some((e) => e.table === 'orders' && e.op === 'insert' && e.tx.lsn === m.tx.lsn && e.tx.seq < m.tx.seq && e.new.id === String(m.payload.order_id)));
+    }
+    // The business-event consumer saw exactly the checkout events.
+    await waitUntil(() => eventLines(checkout).length >= appEvents, { timeoutMs: 30_000, message: () => `checkout consumer printed ${eventLines(checkout).length} of ${appEvents}` });
+    assert.equal(eventLines(checkout).length, appEvents);
+    for (const l of eventLines(checkout)) assert.match(l, /^checkout\.completed \S+:\d+ \{"routing_key":"checkout\.completed","order_id":\d+,/);
+    checkout.kill('SIGTERM');
+    assert.equal(await checkout.exited, 0);
     assert.equal(new Set(events.map((e) => e.id)).size, expected, 'every event id is distinct');
     for (const b of events.filter((e) => e.op === 'bulk')) {
       assert.deepEqual({ table: `${b.schema}.${b.table}`, reason: b.reason, counts: b.counts }, { table: 'public.products', reason: 'marker', counts: { insert: 0, update: products, delete: 0 } });
@@ -165,7 +187,7 @@ describe('the demo consumer prints what the load generator changes, through pgwa
     // The text consumer printed the same events, one readable line each.
     const lines = eventLines(text);
     assert.equal(lines.length, expected);
-    for (const l of lines) assert.match(l, /^\S+:\S+ (insert|update|delete|bulk) public\.(customers|products|orders|order_items)( |$)/);
+    for (const l of lines) assert.match(l, /^\S+:\S+ ((insert|update|delete|bulk) public\.(customers|products|orders|order_items)( |$)|message checkout\.completed \{)/);
     assert.deepEqual(new Set(lines.map((l) => l.split(' ')[0])), new Set(events.map((e) => e.id)), 'both consumers saw the same ids');
     const bulkLine = lines.find((l) => l.includes(' bulk '));
     assert.match(bulkLine!, new RegExp(`^\\S+ bulk public\\.products insert=0 update=${products} delete=0 reason=marker$`));
@@ -187,11 +209,11 @@ describe('the demo consumer prints what the load generator changes, through pgwa
     await load.waitFor(/^tx 3: /);
     load.kill('SIGTERM');
     assert.equal(await load.exited, 0, `exit code; stderr:\n${load.stderr.join('\n')}`);
-    const done = /^done: (\d+) transactions; insert=(\d+) update=(\d+) delete=(\d+); bulk: 0 transactions, 0 rows$/.exec(load.stdout.at(-1) ?? '');
+    const done = /^done: (\d+) transactions; insert=(\d+) update=(\d+) delete=(\d+); events=(\d+); bulk: 0 transactions, 0 rows$/.exec(load.stdout.at(-1) ?? '');
     assert.ok(done, `summary after SIGTERM: ${load.stdout.at(-1)}`);
     assert.ok(Number(done[1]) >= 3);
     // What it made before stopping still arrives.
-    const expected = Number(done[2]) + Number(done[3]) + Number(done[4]);
+    const expected = Number(done[2]) + Number(done[3]) + Number(done[4]) + Number(done[5]);
     await waitUntil(() => eventLines(json).length >= events.length + expected, {
       timeoutMs: 20_000,
       message: () => `${eventLines(json).length - events.length} of ${expected} events after SIGTERM`,

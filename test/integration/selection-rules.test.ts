@@ -106,9 +106,14 @@ test('columns added, dropped, renamed or retyped mid-stream give correct events 
   await c.db.query('ALTER TABLE t ALTER COLUMN bee TYPE bigint');
   await c.db.query('INSERT INTO t VALUES (5, 9007199254740993, true)');
   await c.db.query('UPDATE t SET bee = bee + 1 WHERE id = 5');
-  await q.waitForCount(6, 20_000);
+  // Each change of shape is announced by a schema event before the first row of it (README "Schema changes").
+  await q.waitForCount(10, 20_000);
   assert.deepEqual(
-    q.bodies().map((b) => b.new),
+    q.bodies().map((b) => `${b.op} ${b.op === 'schema' ? b.columns.map((c: { name: string; type: string }) => `${c.name}:${c.type}`).join(',') : b.new.id}`),
+    ['insert 1', 'schema id:int4,a:text,b:int4,c:bool', 'insert 2', 'schema id:int4,b:int4,c:bool', 'insert 3', 'schema id:int4,bee:int4,c:bool', 'insert 4', 'schema id:int4,bee:int8,c:bool', 'insert 5', 'update 5'],
+  );
+  assert.deepEqual(
+    q.bodies().filter((b) => b.op !== 'schema').map((b) => b.new),
     [
       { id: 1, a: 'x', b: 10 },
       { id: 2, a: 'y', b: 20, c: false },
@@ -258,8 +263,10 @@ test('excluded columns stay inside Postgres: the column list leaves them out whe
   await daemon.waitForLog((l) => l.msg === 'publication updated' && JSON.stringify(l.columnLists ?? []).includes('nickname'), 20_000);
   assert.deepEqual(await columns('users'), ['id', 'email', 'nickname']);
   await c.db.query("INSERT INTO users VALUES (2, 'c@example.com', 'secret-hash', 'cee')");
-  await main.waitForCount(7, 20_000);
-  assert.deepEqual(main.bodies()[6].new, { id: 2, email: 'c@example.com', nickname: 'cee' });
+  await main.waitForCount(8, 20_000);
+  // The new column is announced first; the schema event leaves the excluded column out too.
+  assert.deepEqual(main.bodies()[6].columns.map((c: { name: string }) => c.name), ['id', 'email', 'nickname']);
+  assert.deepEqual(main.bodies()[7].new, { id: 2, email: 'c@example.com', nickname: 'cee' });
 
   // Switching the table to REPLICA IDENTITY FULL: the list is widened to every column, so the
   // table's UPDATEs work again (Postgres refuses them while the list does not cover the identity).
@@ -267,7 +274,9 @@ test('excluded columns stay inside Postgres: the column list leaves them out whe
   await daemon.waitForLog((l) => l.msg === 'publication updated' && JSON.stringify(l.columnLists ?? []).includes('"all"'), 20_000);
   assert.deepEqual(await columns('users'), ['id', 'email', 'password_hash', 'nickname']);
   await c.db.query("UPDATE users SET nickname = 'dee' WHERE id = 2");
-  await main.waitForCount(8, 20_000);
+  await main.waitForCount(9, 20_000);
+  // A wider column list is no change of the table's shape: no schema event.
+  assert.equal(main.bodies()[8].op, 'update');
   assert.ok(!main.messages.some((m) => m.content.toString().includes('secret-hash')), 'still never in an event');
 });
 

@@ -443,3 +443,16 @@ describe('the option table', () => {
     assert.match(help, /Flood guard:/);
   });
 });
+
+test('application and commit event options (README "Beyond rows")', () => {
+  const d = load();
+  assert.equal(d.messageRoutingKey, 'message.{prefix}');
+  assert.equal(d.transactionEvents, false);
+  for (const [text, value] of [['true', true], ['YES', true], ['on', true], ['1', true], ['false', false], ['no', false], ['0', false]] as const) {
+    assert.equal(load({ PGWARREN_TRANSACTION_EVENTS: text }).transactionEvents, value, text);
+  }
+  problem({ PGWARREN_TRANSACTION_EVENTS: 'maybe' }, /PGWARREN_TRANSACTION_EVENTS.*"maybe" is not true or false/);
+  assert.equal(load({ PGWARREN_MESSAGE_ROUTING_KEY: 'events.{db}.{prefix}' }).messageRoutingKey, 'events.{db}.{prefix}');
+  problem({ PGWARREN_MESSAGE_ROUTING_KEY: 'events.{table}' }, /PGWARREN_MESSAGE_ROUTING_KEY.*unknown placeholder \{table\}; the placeholders are \{db\}, \{prefix\}/);
+  problem({ PGWARREN_MESSAGE_ROUTING_KEY: 'events.{prefix' }, /PGWARREN_MESSAGE_ROUTING_KEY.*unmatched brace/);
+});

@@ -134,3 +134,36 @@ test('a truncate has no row parts', () => {
   const rel = relation([['id', INT4, true]], ['id']);
   assert.equal(rowParts({ kind: 'truncate', relation: rel, cascade: false, restartIdentity: false }), '"key":null,"old":null,"new":null,"changed":null,"unchanged_toast":[]');
 });
+
+test('beyond rows (CONTRACT §12): message, schema and commit event bodies, byte for byte', () => {
+  const src = { name: 'pgwarren', db: 'app', slot: 'pgwarren', plugin: 'pgoutput' } as const;
+  const b = new EventBuilder(src, { get: (oid: number) => (oid === 23 ? { oid, name: 'int4', kind: 'base', category: 'N' } : undefined) });
+  const tx = { xid: 7, commitLsn: 0x1a2b3c4n, commitTime: '2026-11-22T09:23:15.561510Z' };
+  const source = '"source":{"name":"pgwarren","db":"app","slot":"pgwarren","plugin":"pgoutput"}}';
+  const m = b.buildMessage('pgwarren.event', '{"routing_key":"a.b","n":123456789012345678901234567890}', 'a.b', tx, 3);
+  assert.equal(
+    m.body,
+    '{"id":"0/1A2B3C4:3","op":"message","prefix":"pgwarren.event","payload":{"routing_key":"a.b","n":123456789012345678901234567890},' +
+      '"tx":{"xid":7,"lsn":"0/1A2B3C4","commit_time":"2026-11-22T09:23:15.561510Z","seq":3},' + source,
+  );
+  assert.deepEqual([m.id, m.op, m.schema, m.table, m.routingKey], ['0/1A2B3C4:3', 'message', '', 'pgwarren.event', 'a.b']);
+  const rel = {
+    oid: 1, schema: 'public', table: 't', replicaIdentity: 'default' as const, keyColumns: ['id'],
+    columns: [{ name: 'id', typeOid: 23, typeMod: -1, inReplicaIdentity: true }, { name: 'x', typeOid: 99999, typeMod: -1, inReplicaIdentity: false }],
+  };
+  const cols = b.schemaColumns(rel);
+  assert.deepEqual(cols, [{ name: 'id', type: 'int4', key: true }, { name: 'x', type: '99999', key: false }]);
+  const s = b.buildSchema('public', 't', cols, cols.slice(0, 1), tx, 0);
+  assert.equal(
+    s.body,
+    '{"id":"0/1A2B3C4:0:schema","op":"schema","schema":"public","table":"t","columns":[{"name":"id","type":"int4","key":true},{"name":"x","type":"99999","key":false}],' +
+      '"previous":[{"name":"id","type":"int4","key":true}],"tx":{"xid":7,"lsn":"0/1A2B3C4","commit_time":"2026-11-22T09:23:15.561510Z","seq":0},' + source,
+  );
+  const c = b.buildCommit(new Map([['public.t', new Map([['insert', 2], ['schema', 1]])], ['pgwarren.event', new Map([['message', 1]])]]), tx);
+  assert.equal(
+    c.body,
+    '{"id":"0/1A2B3C4:commit","op":"commit","counts":{"public.t":{"insert":2,"schema":1},"pgwarren.event":{"message":1}},' +
+      '"tx":{"xid":7,"lsn":"0/1A2B3C4","commit_time":"2026-11-22T09:23:15.561510Z"},' + source,
+  );
+  assert.equal(c.routingKey, 'pgwarren.tx.commit');
+});
