@@ -45,5 +45,13 @@ export function sessionSettings(config: Config): SessionSettings {
     shutdownTimeoutSeconds: config.shutdownTimeout,
     statusIntervalSeconds: config.statusInterval,
     publicationSyncSeconds: config.publicationSyncInterval,
+    sink: config.sink,
+    stream: {
+      url: config.streamUrl,
+      stream: config.stream,
+      partitions: config.streamPartitions,
+      maxAge: config.streamMaxAge,
+      maxBytes: config.streamMaxBytes,
+    },
   };
 }

@@ -14,7 +14,7 @@ import type { Op, Plugin } from '../types.js';
 import { readConfigFile, type ConfigFile, type TableRule } from './config-file.js';
 import { databaseSettings, type DatabaseSettings } from './database.js';
 import { checkUnknownEnv, defaultLayer, envLayer, errorCode, fallbackLayer, flagLayer, type Raw } from './layers.js';
-import { OPTIONS, type FLOOD_ACTIONS, type LOG_LEVELS, type OptionName, type OptionValue, type UNROUTABLE_ACTIONS } from './options.js';
+import { OPTIONS, type FLOOD_ACTIONS, type LOG_LEVELS, type SINKS, type OptionName, type OptionValue, type UNROUTABLE_ACTIONS } from './options.js';
 import { redactSecrets, redactUrl } from './redact.js';
 import { quote } from './validators.js';
 
@@ -69,6 +69,12 @@ export interface Config {
   readonly maxInflight: number;
   readonly batchMaxEvents: number;
   readonly batchMaxBytes: number;
+  readonly sink: (typeof SINKS)[number];
+  readonly streamUrl: string;
+  readonly stream: string;
+  readonly streamPartitions: number;
+  readonly streamMaxAge?: string;
+  readonly streamMaxBytes?: number;
   readonly rules: readonly TableRule[];
 }
 
@@ -127,6 +133,10 @@ export function loadConfig(input: LoadInput): Config {
     problems,
   );
 
+  // A stream holds one ordered log: diverting rows to another exchange has no meaning there.
+  if (optional('sink') === 'stream' && optional('flood-action') === 'divert') {
+    problems.push(`${labels.get('flood-action') ?? 'PGWARREN_FLOOD_ACTION'}: "divert" needs the amqp sink (PGWARREN_SINK=${optional('sink')}); use summarize, drop or pass`);
+  }
   if (problems.length > 0 || !database) throw new ConfigError(problems.map(redactSecrets));
 
   return deepFreeze<Config>({
@@ -160,6 +170,11 @@ export function loadConfig(input: LoadInput): Config {
     maxInflight: get('max-inflight'),
     batchMaxEvents: get('batch-max-events'),
     batchMaxBytes: get('batch-max-bytes'),
+    sink: get('sink'),
+    streamUrl: get('stream-url'),
+    stream: get('stream'),
+    streamPartitions: get('stream-partitions'),
+    ...definedOnly({ streamMaxAge: get('stream-max-age'), streamMaxBytes: get('stream-max-bytes') }),
     rules: file.rules,
   });
 }
@@ -183,6 +198,7 @@ export function describeConfig(config: Config): Record<string, unknown> {
     ...rest,
     database: { ...db, ...(password !== undefined && { password: '***' }) },
     amqpUrls: amqpUrls.map(redactUrl),
+    streamUrl: redactUrl(config.streamUrl),
   };
 }
 

@@ -16,6 +16,9 @@ import pg from 'pg';
 import type { Logger } from '../ops/logger.js';
 import type { Metrics } from '../ops/metrics.js';
 import { AmqpSink, SinkError, type AmqpTls } from '../sink/amqp-sink.js';
+import type { Sink, SinkKind } from '../sink/sink.js';
+import { StreamSink } from '../sink/stream/stream-sink.js';
+import { StdoutSink } from '../sink/stdout-sink.js';
 import { Checkpoint } from './checkpoint.js';
 import { StallWatch, STALL_RECONNECT_INTERVALS } from './stall-watch.js';
 import { Pipeline, ReplanRequest } from './pipeline.js';
@@ -69,6 +72,15 @@ export interface SessionSettings {
   readonly statusIntervalSeconds: number;
   /** How often new tables matching the selection are added to the publication; 0 = only at start. */
   readonly publicationSyncSeconds: number;
+  /** Where events go (default amqp); `stream` uses `stream` below. */
+  readonly sink?: SinkKind;
+  readonly stream?: {
+    readonly url: string;
+    readonly stream: string;
+    readonly partitions: number;
+    readonly maxAge?: string;
+    readonly maxBytes?: number;
+  };
 }
 
 export type SessionState = 'connecting' | 'streaming' | 'draining' | 'ended';
@@ -101,7 +113,7 @@ export class Session {
   private stopRequested = false;
   private resolveStop!: () => void;
   private readonly stopSignal = new Promise<void>((resolve) => (this.resolveStop = resolve));
-  private sink: AmqpSink | null = null;
+  private sink: Sink | null = null;
   private catalogClient: pg.Client | null = null;
   private stream: ReplicationStream<unknown> | null = null;
   private lastReported = 0n;
@@ -223,7 +235,10 @@ export class Session {
     const unroutableLog = new LogThrottle();
     const router = new Router({ exchange: settings.exchange, routingKey: settings.routingKey }, settings.rules);
     try {
-      this.sink = await AmqpSink.open({
+      this.sink =
+        settings.sink === 'stream' || settings.sink === 'stdout'
+          ? await this.openOtherSink()
+          : await AmqpSink.open({
         urls: settings.amqpUrls,
         firstUrl: opts.firstUrl,
         exchanges: [
@@ -399,6 +414,27 @@ export class Session {
       syncer?.stop();
       watch.end();
     }
+  }
+
+  /** A sink other than the default AMQP one: a RabbitMQ stream or stdout. */
+  private async openOtherSink(): Promise<Sink> {
+    const { settings, opts } = this;
+    const log = opts.log;
+    if (settings.sink === 'stdout') return new StdoutSink();
+    const s = settings.stream;
+    if (!s) throw new Error('stream sink without stream settings');
+    return StreamSink.open({
+      url: s.url,
+      stream: s.stream,
+      partitions: s.partitions,
+      // One producer name per slot: the slot is what defines the sequence of events.
+      producer: `pgwarren-${settings.slot}`,
+      maxAge: s.maxAge,
+      maxBytes: s.maxBytes,
+      amqpUrls: settings.amqpUrls,
+      log: log.child({ component: 'stream' }),
+      onDeduplicated: (n) => opts.metrics.streamDeduplicated.inc(n),
+    });
   }
 
   private decoder(relations: RelationCatalog, types: TypeCatalog, pushTablesDown: boolean): Decoder<unknown> {
