@@ -38,6 +38,6 @@ export function tailEntryOf(props: Record<string, string | number> | undefined):
   const lsn = props[LSN_PROPERTY];
   const index = props[INDEX_PROPERTY];
   const pid = props[PUBLISHING_ID_PROPERTY];
-  if (typeof lsn !== 'string' || typeof index !== 'number' || typeof pid !== 'string' || !/^\d+$/.test(pid)) return null;
-  return { publishingId: BigInt(pid), position: { lsn: lsnOf(lsn), index } };
+  if (typeof lsn !== 'string' || typeof pid !== 'string' || !/^\d+$/.test(pid) || !/^\d+$/.test(String(index))) return null;
+  return { publishingId: BigInt(pid), position: { lsn: lsnOf(lsn), index: Number(index) } };
 }

@@ -270,7 +270,9 @@ export class StreamSink implements Sink {
       applicationProperties: {
         ...headers,
         ...(batch !== undefined ? { 'pgwarren-batch': batch } : {}),
-        [INDEX_PROPERTY]: position.index,
+        // Text, like the publishing id: rabbitmq-stream-js-client's decoder rejects a property
+        // whose value is falsy (0), so the first message of a transaction could not be read.
+        [INDEX_PROPERTY]: String(position.index),
         [PUBLISHING_ID_PROPERTY]: String(id),
       },
     };
