@@ -9,7 +9,7 @@ import { describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { createTestDatabase, type TestDatabase } from '../support/pg.js';
 import { startProxy } from '../support/proxy.js';
-import { setupAsOwner, start, type Daemon } from '../support/daemon.js';
+import { freePort, runCli, setupAsOwner, start, type Daemon } from '../support/daemon.js';
 import { testEnv, uniqueName } from '../support/env.js';
 import { sleep, waitUntil } from '../support/wait.js';
 import { createTestStream, events, streamUrl, type StreamMessage, type TestStream } from '../support/stream.js';
@@ -230,6 +230,21 @@ describe('stream sink: contents and partitions', () => {
     assert.ok(daemon.logs.every((l) => (l as any).op === 'insert' && l.msg === undefined), 'no log line on stdout');
     assert.match(daemon.output(), /"msg":"streaming"/, 'logs went to stderr');
     assert.equal(await daemon.stop(), 0);
+  });
+});
+
+describe('check', () => {
+  test('verifies the stream port, with the fix when the plugin is off', async (t) => {
+    const db = await createTestDatabase('streamchk');
+    t.after(() => db.drop());
+    const env = { PGWARREN_DATABASE_URL: db.url, PGWARREN_SLOT: uniqueName('chk'), PGWARREN_SINK: 'stream', PGWARREN_AMQP_URL: testEnv().amqpUrl };
+    const good = await runCli(['check'], { ...env, PGWARREN_STREAM_URL: streamUrl() });
+    assert.match(good.stdout, /ok +stream protocol: .* reachable, RabbitMQ \d+\.\d+/);
+    // Nothing listens there: what a broker without the stream plugin looks like.
+    const off = await runCli(['check'], { ...env, PGWARREN_STREAM_URL: streamUrl(await freePort()) });
+    assert.equal(off.code, 3);
+    assert.match(off.stdout, /FAIL +stream protocol: .*connection refused/);
+    assert.match(off.stdout, /fix: Enable the stream plugin on the broker: "rabbitmq-plugins enable rabbitmq_stream"/);
   });
 });
 

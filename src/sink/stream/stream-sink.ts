@@ -387,3 +387,28 @@ function clientLogger(log: Logger): { debug(m: string): void; info(m: string): v
     error: (m) => child.warn(m),
   };
 }
+
+/** Connect and disconnect (for `check`): the broker's version, or the classified failure. */
+export async function probeStream(url: string, timeoutMs = DEFAULT_TIMEOUT_MS): Promise<{ version: string }> {
+  installStreamCompat();
+  const ep = parseStreamUrl(url);
+  const connecting = connectClient({
+    hostname: ep.hostname,
+    port: ep.port,
+    username: ep.username,
+    password: ep.password,
+    vhost: ep.vhost,
+    ssl: ep.tls,
+    connectionName: 'pgwarren-check',
+  });
+  let client: Client;
+  try {
+    client = await within(connecting, timeoutMs, `connecting to ${redactUrl(url)}`);
+  } catch (err) {
+    void connecting.then((late) => late.close().catch(() => undefined), () => undefined);
+    throw classifyConnectError(err, redactUrl(url));
+  }
+  const version = client.rabbitManagementVersion;
+  await within(client.close(), 3000, 'closing').catch(() => undefined);
+  return { version };
+}
