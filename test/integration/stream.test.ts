@@ -233,6 +233,31 @@ describe('stream sink: contents and partitions', () => {
   });
 });
 
+describe('examples/stream-consumer.mjs', () => {
+  test('a named consumer resumes from its server-side offset, or starts from first or an offset', async (t) => {
+    const f = await fixture('streamc');
+    t.after(() => f.cleanup());
+    const daemon = await start(f.env);
+    t.after(() => daemon.stop());
+    await daemon.waitReady(30_000);
+    await f.stream.read();
+    await f.db.query("INSERT INTO orders SELECT g, 'x' FROM generate_series(1, 5) g");
+    await f.stream.waitFor((ms) => ms.length >= 5, () => 'five events in the stream');
+    const consume = async (env: Record<string, string>) => {
+      const out = execFileSync(process.execPath, ['examples/stream-consumer.mjs'], {
+        encoding: 'utf8',
+        timeout: 30_000,
+        env: { PATH: process.env.PATH, STREAM_URL: streamUrl(), STREAM: f.stream.name, CONSUMER: 'reader', OUTPUT: 'json', ...env },
+      });
+      return out.trim().split('\n').map((l) => JSON.parse(l).new.id as number);
+    };
+    assert.deepEqual(await consume({ EXIT_AFTER: '3' }), [1, 2, 3], 'a new consumer starts at first');
+    assert.deepEqual(await consume({ EXIT_AFTER: '2' }), [4, 5], 'started again, it resumes after its stored offset');
+    assert.deepEqual(await consume({ EXIT_AFTER: '1', RESET: '1', START: 'first' }), [1], 'RESET=1 starts at START');
+    assert.deepEqual(await consume({ EXIT_AFTER: '1', RESET: '1', START: String(f.stream.messages[3]!.offset) }), [4], 'or at an offset');
+  });
+});
+
 describe('check', () => {
   test('verifies the stream port, with the fix when the plugin is off', async (t) => {
     const db = await createTestDatabase('streamchk');
