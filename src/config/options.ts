@@ -168,7 +168,7 @@ export const OPTIONS = [
   option({
     name: 'stream-url',
     group: 'routing',
-    ...kinds.text(/^rabbitmq-stream(\+tls)?:\/\/[^/\s]+(\/\S*)?$/, 'a rabbitmq-stream://user:password@host:port/vhost URL (rabbitmq-stream+tls:// for TLS)'),
+    ...kinds.text(/^rabbitmq-stream(\+tls)?:\/\/[^/\s]+(\/\S*)?$/, 'a rabbitmq-stream://host:port/vhost URL, credentials before the host (rabbitmq-stream+tls:// for TLS)'),
     description: 'RabbitMQ stream protocol URL (the stream plugin listens on 5552); used when the sink is stream',
     default: 'rabbitmq-stream://guest:guest@localhost:5552/',
   }),
