@@ -152,6 +152,31 @@ describe('stream sink: exactly once', () => {
   });
 });
 
+describe('stream sink: a silent broker', () => {
+  test('confirms that stop coming end the session within the stall bound; nothing lost or doubled', async (t) => {
+    const proxy = await startProxy({ host: new URL(testEnv().amqpUrl).hostname, port: 5552 });
+    t.after(() => proxy.close());
+    const f = await fixture('streams', { PGWARREN_STREAM_URL: streamUrl(proxy.port) });
+    t.after(() => f.cleanup());
+    const daemon = await start(f.env);
+    t.after(() => daemon.stop());
+    await daemon.waitReady(30_000);
+    await f.stream.read();
+    await f.db.query("INSERT INTO orders VALUES (1, 'before')");
+    await f.stream.waitFor((ms) => events(ms).length >= 1, () => 'row 1 arrives');
+    // The connection stays open, but nothing comes back: no confirm, no close.
+    proxy.stall();
+    await f.db.query("INSERT INTO orders VALUES (2, 'during')");
+    await daemon.waitForLog((l) => /no confirm for \d+ s/.test(String(l.err ?? l.msg)), 60_000);
+    proxy.resume();
+    await daemon.waitReady(60_000);
+    await f.db.query("INSERT INTO orders VALUES (3, 'after')");
+    await f.stream.waitFor((ms) => events(ms).some((e) => e.new?.id === 3), () => `row 3 arrives (${events(f.stream.messages).length} events)`);
+    const all = assertExactlyOnceInOrder(f.stream.messages);
+    assert.deepEqual([...rowsOf(all)], [1, 2, 3]);
+  });
+});
+
 describe('stream sink: contents and partitions', () => {
   test('message properties: message_id, the §5 headers as application properties, the event as body', async (t) => {
     const f = await fixture('streamp');

@@ -47,9 +47,14 @@ export interface StreamSinkOptions {
   readonly timeoutMs?: number;
   /** Messages not sent because the stream already holds them. */
   readonly onDeduplicated?: (count: number) => void;
+  /** Fail when messages wait this long without any confirm (default CONFIRM_STALL_MS). */
+  readonly confirmStallMs?: number;
 }
 
 type Confirm = (err: Error | null) => void;
+interface HasSocket {
+  socket?: { destroy(): void };
+}
 type Headers = Record<string, string | number>;
 
 interface Partition {
@@ -78,6 +83,12 @@ class Multi {
 }
 
 const DEFAULT_TIMEOUT_MS = 15_000;
+/**
+ * Messages awaiting confirms and none arriving for this long: the connection is dead or the broker
+ * stuck. The client's own heartbeat does not notice a silent peer (and then closes politely, which
+ * waits for that peer), so the sink watches confirms itself, like amqplib's heartbeat for AMQP.
+ */
+export const CONFIRM_STALL_MS = 30_000;
 
 export class StreamSink implements Sink {
   private failure: SinkError | null = null;
@@ -92,6 +103,10 @@ export class StreamSink implements Sink {
   private txLsnText: string | number | undefined;
   private txLsn = -1n;
   private txIndex = 0;
+  private pendingTotal = 0;
+  /** When a confirm last arrived, or the first message of an idle sink was sent. */
+  private lastProgress = 0;
+  private watchdog: NodeJS.Timeout | null = null;
 
   private constructor(
     readonly url: string,
@@ -163,6 +178,13 @@ export class StreamSink implements Sink {
         part.last ? `stream ${name} continues after publishing id ${part.lastId}` : `stream ${name}: nothing published by ${options.producer} yet`,
       );
     }
+    const stallMs = options.confirmStallMs ?? CONFIRM_STALL_MS;
+    this.watchdog = setInterval(() => {
+      if (this.pendingTotal > 0 && Date.now() - this.lastProgress > stallMs) {
+        this.fail(new SinkError(`stream: no confirm for ${Math.round(stallMs / 1000)} s with ${this.pendingTotal} message(s) waiting; reconnecting`, 'transient'));
+      }
+    }, Math.min(1000, stallMs));
+    this.watchdog.unref();
     log.info({ stream: options.stream, partitions: options.partitions, url: this.url }, `connected to stream ${options.stream} at ${this.url}`);
   }
 
@@ -276,6 +298,7 @@ export class StreamSink implements Sink {
         [PUBLISHING_ID_PROPERTY]: String(id),
       },
     };
+    if (this.pendingTotal++ === 0) this.lastProgress = Date.now();
     part.pending.set(id, confirm);
     part.producer.basicSend(id, content, opts).catch((err: unknown) => {
       const e = new SinkError(`stream ${part.name}: sending message ${messageId} failed: ${errorText(err)}`, 'transient', { cause: err });
@@ -286,10 +309,12 @@ export class StreamSink implements Sink {
   private confirmed(connectionId: string, publisherId: number, ids: readonly bigint[]): void {
     const part = this.byPublisher.get(`${connectionId}/${publisherId}`);
     if (!part) return;
+    this.lastProgress = Date.now();
     for (const id of ids) {
       const cb = part.pending.get(id);
       if (!cb) continue;
       part.pending.delete(id);
+      this.pendingTotal--;
       cb(this.failure);
     }
   }
@@ -303,15 +328,30 @@ export class StreamSink implements Sink {
   async close(): Promise<void> {
     this.closing = true;
     this.fail(new SinkError('sink closed', 'transient'));
+    if (this.watchdog) clearInterval(this.watchdog);
     const client = this.client;
     this.client = null;
-    if (client) await within(client.close(), 3000, 'closing the stream connection').catch(() => undefined);
+    if (!client) return;
+    // A polite close waits for the broker; on a dead network it would never end: then the
+    // sockets are destroyed (the client does not expose them, hence the private fields).
+    const closed = await within(client.close(), 3000, 'closing the stream connection').then(
+      () => true,
+      () => false,
+    );
+    if (!closed) {
+      const sockets = [
+        (client as unknown as { locatorConnection?: HasSocket }).locatorConnection,
+        ...this.parts.map((p) => (p.producer as unknown as { connection?: HasSocket }).connection),
+      ];
+      for (const c of sockets) c?.socket?.destroy();
+    }
   }
 
   private fail(err: SinkError): void {
     if (this.failure) return;
     this.failure = err;
     if (!this.closing) this.options.log.warn({ err: err.message }, 'stream session failed');
+    this.pendingTotal = 0;
     for (const part of this.parts) {
       const pending = [...part.pending.values()];
       part.pending.clear();
