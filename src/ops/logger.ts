@@ -21,5 +21,6 @@ export function createLogger(level: LevelWithSilent, options: { pretty?: boolean
       // pino-pretty is optional at run time; plain JSON is always available.
     }
   }
-  return pino({ level, base: { pid: process.pid }, timestamp: pino.stdTimeFunctions.isoTime }, pino.destination({ dest: options.stderr ? 2 : 1, sync: false }));
+  const opts = { level, base: { pid: process.pid }, timestamp: pino.stdTimeFunctions.isoTime };
+  return options.stderr ? pino(opts, pino.destination({ dest: 2, sync: true })) : pino(opts);
 }
