@@ -283,6 +283,18 @@ describe('examples/stream-consumer.mjs', () => {
   });
 });
 
+describe('stream sink: refused login', () => {
+  test('wrong stream credentials end the daemon with exit 3 and the fix, not a crash', async (t) => {
+    const f = await fixture('streamauth');
+    t.after(() => f.cleanup());
+    const daemon = await start({ ...f.env, PGWARREN_STREAM_URL: streamUrl().replace('guest:guest@', 'guest:wrong@') });
+    const exit = await daemon.exited;
+    assert.equal(exit.code, 3, daemon.output().slice(-2000));
+    assert.match(daemon.output(), /refused the credentials: .*Check the user and password in PGWARREN_STREAM_URL/);
+    assert.doesNotMatch(daemon.output(), /guest:wrong@/, 'the password is not logged');
+  });
+});
+
 describe('check', () => {
   test('verifies the stream port, with the fix when the plugin is off', async (t) => {
     const db = await createTestDatabase('streamchk');
