@@ -283,6 +283,28 @@ describe('examples/stream-consumer.mjs', () => {
   });
 });
 
+describe('stream sink: large messages', () => {
+  test('big batches do not overflow a frame, and an event over the frame size is skipped, not blocking', async (t) => {
+    const f = await fixture('streaml', { PGWARREN_BATCH_MAX_EVENTS: '40' });
+    t.after(() => f.cleanup());
+    const daemon = await start(f.env);
+    t.after(() => daemon.stop());
+    await daemon.waitReady(30_000);
+    await f.stream.read();
+    // 200 rows of 20 kB in one transaction: batches of about 800 kB, several per publish cycle.
+    await f.db.query("INSERT INTO orders SELECT g, repeat('x', 20000) FROM generate_series(1, 200) g");
+    // One row whose event alone is larger than the broker's frame size (1 MiB).
+    await f.db.query("INSERT INTO orders VALUES (1000, repeat('y', 1100000))");
+    await f.db.query("INSERT INTO orders VALUES (1001, 'marker')");
+    await f.stream.waitFor((ms) => events(ms).some((e) => e.new?.id === 1001), () => `marker not in the stream (${events(f.stream.messages).length} events)`);
+    const all = assertExactlyOnceInOrder(f.stream.messages);
+    const rows = rowsOf(all);
+    for (let i = 1; i <= 200; i++) assert.ok(rows.has(i), `row ${i} is in the stream`);
+    assert.ok(!rows.has(1000), 'the oversized event was skipped');
+    await daemon.waitForLog((l) => /larger than the stream's frame size/.test(String(l.msg)), 5_000);
+  });
+});
+
 describe('stream sink: refused login', () => {
   test('wrong stream credentials end the daemon with exit 3 and the fix, not a crash', async (t) => {
     const f = await fixture('streamauth');

@@ -32,6 +32,11 @@ import { parseStreamUrl } from './url.js';
 import { arrayElements, memberText, partitionOfEvent } from './partition.js';
 import { atOrBefore, lsnOf, tailEntryOf, INDEX_PROPERTY, PUBLISHING_ID_PROPERTY, type Position, type TailEntry } from './position.js';
 import { declareSuperStream, partitionNames } from './topology.js';
+import { createRequire } from 'node:module';
+
+const { FrameSizeException } = createRequire(import.meta.url)('rabbitmq-stream-js-client/dist/requests/frame_size_exception.js') as {
+  FrameSizeException: new () => Error;
+};
 
 export interface StreamSinkOptions {
   readonly url: string;
@@ -47,6 +52,8 @@ export interface StreamSinkOptions {
   readonly timeoutMs?: number;
   /** Messages not sent because the stream already holds them. */
   readonly onDeduplicated?: (count: number) => void;
+  /** A message larger than the broker's frame size: logged and skipped (CONTRACT §9). */
+  readonly onTooLarge?: (info: { stream: string; messageId: string; bytes: number }) => void;
   /** Fail when messages wait this long without any confirm (default CONFIRM_STALL_MS). */
   readonly confirmStallMs?: number;
 }
@@ -65,8 +72,20 @@ interface Partition {
   /** Position of the stream's last message at connect; null once passed (or empty stream). */
   last: Position | null;
   readonly pending: Map<bigint, Confirm>;
+  /** Estimated bytes in the client's queue, not yet written as a publish frame. */
+  queuedBytes: number;
 }
 
+/**
+ * Frame sizing. The client packs up to `maxChunkLength` queued messages into one publish frame
+ * without looking at their size; a frame over the broker's frame size fails inside the client,
+ * which then drops those messages and writes later ones: a gap no deduplication can repair. So
+ * the sink flushes the queue itself before it would outgrow a frame (the client's count limit is
+ * set out of the way), and refuses a message that cannot fit a frame at all.
+ */
+const CHUNK_MESSAGES = 100_000;
+/** Bytes an encoded message adds beyond its body (AMQP 1.0 sections, properties), generously. */
+const MESSAGE_OVERHEAD = 1024;
 /** A pipeline message split over several partitions: confirmed when all parts are. */
 class Multi {
   constructor(
@@ -107,6 +126,10 @@ export class StreamSink implements Sink {
   /** When a confirm last arrived, or the first message of an idle sink was sent. */
   private lastProgress = 0;
   private watchdog: NodeJS.Timeout | null = null;
+  /** Publish frames stay below this many bytes (a share of the broker's frame size). */
+  private frameBudget = 0;
+  private frameMax = 0;
+  private resetScheduled = false;
 
   private constructor(
     readonly url: string,
@@ -159,6 +182,8 @@ export class StreamSink implements Sink {
       throw classifyConnectError(err, this.url);
     }
     this.client = client;
+    this.frameMax = client.maxFrameSize;
+    this.frameBudget = Math.floor(this.frameMax * 0.8);
     const names = partitionNames(options.stream, options.partitions);
     const args: Record<string, string | number> = {};
     if (options.maxAge) args['max-age'] = options.maxAge;
@@ -166,8 +191,12 @@ export class StreamSink implements Sink {
     for (const name of names) await within(client.createStream({ stream: name, arguments: args }), timeout, `declaring stream ${name}`);
     if (options.partitions > 1) await declareSuperStream({ urls: options.amqpUrls, stream: options.stream, partitions: names, timeoutMs: timeout, log });
     for (const name of names) {
-      const producer = await within(client.declarePublisher({ stream: name, publisherRef: options.producer }), timeout, `declaring producer on ${name}`);
-      const part: Partition = { name, producer, lastId: 0n, last: null, pending: new Map() };
+      const producer = await within(
+        client.declarePublisher({ stream: name, publisherRef: options.producer, maxChunkLength: CHUNK_MESSAGES }),
+        timeout,
+        `declaring producer on ${name}`,
+      );
+      const part: Partition = { name, producer, lastId: 0n, last: null, pending: new Map(), queuedBytes: 0 };
       const tail = await this.findTail(client, part, timeout);
       part.lastId = tail?.publishingId ?? 0n;
       part.last = tail?.position ?? null;
@@ -272,6 +301,10 @@ export class StreamSink implements Sink {
 
   private send(part: Partition, msg: OutgoingMessage, headers: Headers, content: Buffer, messageId: string, batch: number | undefined, confirm: Confirm): void {
     const position: Position = { lsn: this.txLsn, index: this.txIndex++ };
+    if (this.failure) {
+      confirm(this.failure);
+      return;
+    }
     if (part.last) {
       if (atOrBefore(position, part.last)) {
         this.options.onDeduplicated?.(1);
@@ -279,6 +312,21 @@ export class StreamSink implements Sink {
         return;
       }
       part.last = null; // every later message is after it
+    }
+    const size = content.length + MESSAGE_OVERHEAD;
+    if (size > this.frameMax) {
+      // It can never be published: skip it rather than block every change after it (§9).
+      this.options.log.error(
+        { stream: part.name, messageId, bytes: content.length, frameMax: this.frameMax },
+        `event ${messageId} (${content.length} bytes) is larger than the stream's frame size and cannot be published: skipped`,
+      );
+      this.options.onTooLarge?.({ stream: part.name, messageId, bytes: content.length });
+      confirm(null);
+      return;
+    }
+    if (part.queuedBytes + size > this.frameBudget && part.queuedBytes > 0) {
+      void part.producer.flush().catch((err: unknown) => this.fail(new SinkError(`stream ${part.name}: writing failed: ${errorText(err)}`, 'transient', { cause: err })));
+      part.queuedBytes = 0;
     }
     const id = ++part.lastId;
     const p = msg.properties;
@@ -300,10 +348,32 @@ export class StreamSink implements Sink {
     };
     if (this.pendingTotal++ === 0) this.lastProgress = Date.now();
     part.pending.set(id, confirm);
+    part.queuedBytes += size;
     part.producer.basicSend(id, content, opts).catch((err: unknown) => {
+      if (err instanceof FrameSizeException) {
+        // It can never be published: skip it rather than block every change after it. Its id
+        // stays used, so the ids of the messages after it are the same on every read.
+        if (part.pending.delete(id)) this.pendingTotal--;
+        this.options.log.error(
+          { stream: part.name, messageId, bytes: content.length },
+          `event ${messageId} (${content.length} bytes) is larger than the stream's frame size and cannot be published: skipped`,
+        );
+        this.options.onTooLarge?.({ stream: part.name, messageId, bytes: content.length });
+        confirm(null);
+        return;
+      }
       const e = new SinkError(`stream ${part.name}: sending message ${messageId} failed: ${errorText(err)}`, 'transient', { cause: err });
       this.fail(e);
     });
+    // The client flushes its whole queue in a setImmediate that the basicSend above scheduled
+    // (or an earlier one did); this one, scheduled after it, runs after that flush.
+    if (!this.resetScheduled) {
+      this.resetScheduled = true;
+      setImmediate(() => {
+        this.resetScheduled = false;
+        for (const q of this.parts) q.queuedBytes = 0;
+      });
+    }
   }
 
   private confirmed(connectionId: string, publisherId: number, ids: readonly bigint[]): void {
