@@ -45,6 +45,29 @@ describe('RabbitMQ 3.10 workaround (ExchangeCommandVersions)', () => {
     assert.equal((sent[0] as { key: number }).key, 0x1b, 'ExchangeCommandVersions');
   });
 
+  test('frames are written without formatting their bytes for a debug line first', async () => {
+    installStreamCompat();
+    const { Connection } = require('rabbitmq-stream-js-client/dist/connection.js') as {
+      Connection: { prototype: { send(this: unknown, cmd: unknown): Promise<void> } };
+    };
+    const frame = Buffer.from([1, 2, 3]);
+    frame.toJSON = () => {
+      throw new Error('toJSON called');
+    };
+    const written: Buffer[] = [];
+    const fake = (readyState: string) => ({
+      logger: { debug: () => undefined },
+      getBufferSizeParams: () => ({ maxSize: 1024 }),
+      socket: { readyState, write: (b: Buffer, cb: (err?: Error) => void) => (written.push(b), cb()) },
+    });
+    await Connection.prototype.send.call(fake('open'), { key: 2, toBuffer: () => frame });
+    assert.deepEqual(written, [frame]);
+    const closed = Connection.prototype.send.call(fake('closed'), { key: 2, toBuffer: () => frame });
+    const settled = await Promise.race([closed.then(() => 'settled'), new Promise((r) => setTimeout(() => r('pending'), 20))]);
+    assert.equal(settled, 'pending', 'like the client: nothing written, never settles, on a closed socket');
+    assert.equal(written.length, 1);
+  });
+
   test('a refused login rejects the connect attempt with a code instead of an unhandled rejection', async () => {
     installStreamCompat();
     const { Connection } = require('rabbitmq-stream-js-client/dist/connection.js') as {

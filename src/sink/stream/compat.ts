@@ -1,5 +1,10 @@
 /**
- * RabbitMQ 3.9/3.10 compatibility for rabbitmq-stream-js-client (1.0.0, also 0.4.x).
+ * Small, targeted fixes to rabbitmq-stream-js-client (1.0.0, also 0.4.x), installed once per
+ * process by `installStreamCompat`: RabbitMQ 3.9/3.10 compatibility (below), a refused login that
+ * must reject the connect attempt instead of crashing the process, and frame writes without a
+ * per-frame debug string. Each is described where it is installed.
+ *
+ * RabbitMQ 3.9/3.10 compatibility.
  *
  * The client opens every connection with ExchangeCommandVersions (stream protocol command 0x001b),
  * which RabbitMQ added in 3.11. A 3.9/3.10 broker does not know the command and answers by
@@ -25,9 +30,15 @@ export function serverKnowsCommandVersions(version: string | undefined): boolean
   return major > 3 || (major === 3 && minor >= 11);
 }
 
+interface Command {
+  toBuffer(params: unknown): Buffer;
+}
+
 interface ConnectionProto {
   peerProperties?: Record<string, string>;
-  socket?: { destroy(err?: Error): void };
+  socket?: { destroy(err?: Error): void; readyState?: string; write(b: Buffer, cb: (err?: Error | null) => void): boolean };
+  getBufferSizeParams(this: ConnectionProto): unknown;
+  send(this: ConnectionProto, cmd: Command): Promise<void>;
   exchangeCommandVersions(this: ConnectionProto): Promise<boolean>;
   auth(this: ConnectionProto, params: unknown): Promise<unknown>;
   __pgwarrenCompat?: boolean;
@@ -58,6 +69,20 @@ export function installStreamCompat(): boolean {
       return new Promise<never>(() => undefined);
     });
   };
+  // Every frame written (a publish frame holds many messages) is first turned into a debug line
+  // holding `inspect(body.toJSON())`, whatever the log level: an array of one number per byte of
+  // the frame, built and thrown away for each frame. The same write, without that line. Only
+  // applied to the version of `send` this was written against (recognised by that expression).
+  const send = proto.send;
+  if (typeof send === 'function' && String(send).includes('inspect)(body.toJSON())')) {
+    proto.send = function (this: ConnectionProto, cmd: Command): Promise<void> {
+      return new Promise((resolve, reject) => {
+        const body = cmd.toBuffer(this.getBufferSizeParams());
+        // As the client does: nothing is written to a socket that is no longer open.
+        if (this.socket?.readyState === 'open') this.socket.write(body, (err) => (err ? reject(err) : resolve()));
+      });
+    };
+  }
   proto.__pgwarrenCompat = true;
   return true;
 }
