@@ -377,7 +377,12 @@ class Bench {
     const client = await this.streamClient();
     const stream = `pgwarren-bench-stream-raw-${process.pid}`;
     await client.createStream({ stream, arguments: {} });
-    const producer = await client.declarePublisher({ stream, publisherRef: 'bench-raw' });
+    // Framed as pgwarren's sink frames: the client's count limit out of the way, a flush before
+    // the queue outgrows 80 % of the frame size, the queue counted empty after each turn.
+    const producer = await client.declarePublisher({ stream, publisherRef: 'bench-raw', maxChunkLength: 100_000 });
+    const budget = Math.floor(client.maxFrameSize * 0.8);
+    let queued = 0;
+    let resetScheduled = false;
     const body = Buffer.alloc(size, 'x');
     let confirmed = 0;
     let sent = 0n;
@@ -395,6 +400,18 @@ class Bench {
     for (let i = 0; i < count; i++) {
       while (Number(sent) - confirmed >= window) await new Promise((r) => (wake = r));
       const id = `0/${(0x1000000 + i).toString(16).toUpperCase()}:${i % 100}`;
+      if (queued + size + 1024 > budget && queued > 0) {
+        void producer.flush();
+        queued = 0;
+      }
+      queued += size + 1024;
+      if (!resetScheduled) {
+        resetScheduled = true;
+        setImmediate(() => {
+          resetScheduled = false;
+          queued = 0;
+        });
+      }
       void producer.basicSend(++last, body, {
         messageProperties: { messageId: id, contentType: 'application/json', creationTime: new Date() },
         applicationProperties: {
