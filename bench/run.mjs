@@ -400,18 +400,12 @@ class Bench {
     for (let i = 0; i < count; i++) {
       while (Number(sent) - confirmed >= window) await new Promise((r) => (wake = r));
       const id = `0/${(0x1000000 + i).toString(16).toUpperCase()}:${i % 100}`;
+      if (producer.queue?.length === 0) queued = 0;
       if (queued + size + 1024 > budget && queued > 0) {
         void producer.flush();
         queued = 0;
       }
       queued += size + 1024;
-      if (!resetScheduled) {
-        resetScheduled = true;
-        setImmediate(() => {
-          resetScheduled = false;
-          queued = 0;
-        });
-      }
       void producer.basicSend(++last, body, {
         messageProperties: { messageId: id, contentType: 'application/json', creationTime: new Date() },
         applicationProperties: {
@@ -419,6 +413,14 @@ class Bench {
           'pgwarren-xid': 1000 + (i >> 7), 'pgwarren-tx-index': String(i % 100), 'pgwarren-publishing-id': String(last),
         },
       });
+      // After basicSend: runs after the client's own flush, which that call scheduled.
+      if (!producer.queue && !resetScheduled) {
+        resetScheduled = true;
+        setImmediate(() => {
+          resetScheduled = false;
+          queued = 0;
+        });
+      }
       sent++;
     }
     await done;

@@ -324,6 +324,10 @@ export class StreamSink implements Sink {
       confirm(null);
       return;
     }
+    // Every flush (the client's or ours) takes the whole queue, so an empty queue means nothing
+    // is pending. The queue is the client's private field; without it, timing stands in (below).
+    const queue = (part.producer as unknown as { queue?: unknown[] }).queue;
+    if (queue?.length === 0) part.queuedBytes = 0;
     if (part.queuedBytes + size > this.frameBudget && part.queuedBytes > 0) {
       void part.producer.flush().catch((err: unknown) => this.fail(new SinkError(`stream ${part.name}: writing failed: ${errorText(err)}`, 'transient', { cause: err })));
       part.queuedBytes = 0;
@@ -365,9 +369,9 @@ export class StreamSink implements Sink {
       const e = new SinkError(`stream ${part.name}: sending message ${messageId} failed: ${errorText(err)}`, 'transient', { cause: err });
       this.fail(e);
     });
-    // The client flushes its whole queue in a setImmediate that the basicSend above scheduled
-    // (or an earlier one did); this one, scheduled after it, runs after that flush.
-    if (!this.resetScheduled) {
+    // Without access to the queue: the client flushes its whole queue in a setImmediate that the
+    // basicSend above scheduled (or an earlier one did); this one, scheduled after it, runs after.
+    if (!queue && !this.resetScheduled) {
       this.resetScheduled = true;
       setImmediate(() => {
         this.resetScheduled = false;
