@@ -29,7 +29,7 @@ import type { Sink } from '../sink.js';
 import { redactUrl } from '../../config/redact.js';
 import { installStreamCompat, STREAM_AUTH_FAILED } from './compat.js';
 import { parseStreamUrl } from './url.js';
-import { arrayElements, memberText, partitionOfEvent } from './partition.js';
+import { arrayElements, memberText, partitionOf, partitionOfEvent } from './partition.js';
 import { atOrBefore, lsnOf, tailEntryOf, INDEX_PROPERTY, PUBLISHING_ID_PROPERTY, type Position, type TailEntry } from './position.js';
 import { declareSuperStream, partitionNames } from './topology.js';
 import { createRequire } from 'node:module';
@@ -280,6 +280,12 @@ export class StreamSink implements Sink {
     const schema = String(headers['pgwarren-schema']);
     const table = String(headers['pgwarren-table']);
     const n = this.parts.length;
+    if (msg.properties.contentEncoding) {
+      // A compressed body cannot be read for its key: route by table, which also keeps every
+      // row's events in one partition (and a compressed batch whole).
+      this.send(this.parts[partitionOf(schema, table, null, n)]!, msg, headers, msg.content, messageId, undefined, confirm);
+      return;
+    }
     if (headers['pgwarren-batch'] === undefined) {
       this.send(this.parts[partitionOfEvent(schema, table, msg.content.toString('utf8'), n)]!, msg, headers, msg.content, messageId, undefined, confirm);
       return;
