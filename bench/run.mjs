@@ -24,6 +24,18 @@
  *               pgwarren_commit_to_confirm_seconds (scraped before and after; one observation per
  *               transaction, when its last message is confirmed), plus the exact commit-to-consumer
  *               distribution the bench measures itself (event tx.commit_time -> message received).
+ *   stream      the stream sink (PGWARREN_SINK=stream, one event per message): the same rows as the
+ *               throughput scenario, timed from streaming until the daemon counts every event
+ *               confirmed by the stream (pgwarren_events_published_total). In the same run:
+ *                 - a raw stream publisher with the same client (rabbitmq-stream-js-client), a
+ *                   named producer with deduplication like pgwarren's, the same number of messages
+ *                   of the same size with the same properties and the same window of unconfirmed
+ *                   messages (10,000), to its last confirm;
+ *                 - pgwarren's own per-row AMQP throughput (the throughput scenario without its
+ *                   baselines), whose mean body size the raw stream publisher uses.
+ *               Targets (issue 15): >= 0.9x the raw stream publisher, >= 3x per-row AMQP, peak RSS
+ *               <= 150 MB. Needs the stream plugin (STREAM_URL, default
+ *               rabbitmq-stream://guest:guest@127.0.0.1:5552/).
  *   memory      peak and final RSS (sampled every 100 ms from /proc) across the throughput
  *               scenario and across one 1,000,000-row transaction (INSERT, flood action pass,
  *               so every row is published: the worst case).
@@ -32,7 +44,7 @@
  *               PGWARREN_COMPRESSION gzip / br, or an identity PGWARREN_TRANSFORM (examples'
  *               shape: parse, return the event); rows/s and mean body bytes per message of each.
  *
- * Usage: npm run bench -- [--runs 3] [--scenarios throughput,latency,memory,shaping] [--batch 1,200]
+ * Usage: npm run bench -- [--runs 3] [--scenarios throughput,latency,memory,shaping,stream] [--batch 1,200]
  *        [--shaping none,gzip,br,transform]
  *        [--rows 200000] [--txs 2000] [--latency-seconds 60] [--big-rows 1000000]
  * BENCH_NODE_ARGS passes node flags to the daemon (e.g. "--cpu-prof --cpu-prof-dir=/tmp/prof").
@@ -54,7 +66,7 @@ const arg = (name, dflt) => {
   return i >= 0 && argv[i + 1] !== undefined ? argv[i + 1] : dflt;
 };
 const RUNS = Number(arg('runs', 3));
-const SCENARIOS = arg('scenarios', 'throughput,latency,memory').split(',');
+const SCENARIOS = arg('scenarios', 'throughput,latency,memory,stream').split(',');
 const BATCHES = arg('batch', '1,200').split(',').map(Number);
 const ROWS = Number(arg('rows', 200_000));
 const TXS = Number(arg('txs', 2_000));
@@ -62,6 +74,7 @@ const LATENCY_S = Number(arg('latency-seconds', 60));
 const BIG_ROWS = Number(arg('big-rows', 1_000_000));
 const SHAPING = arg('shaping', 'none,gzip,br,transform').split(',');
 const AMQP_URL = process.env.AMQP_URL ?? 'amqp://guest:guest@127.0.0.1:5672';
+const STREAM_URL = process.env.STREAM_URL ?? 'rabbitmq-stream://guest:guest@127.0.0.1:5552/';
 const cli = fileURLToPath(new URL('../dist/cli.js', import.meta.url));
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 const log = (s) => process.stderr.write(`[bench] ${s}\n`);
@@ -258,8 +271,9 @@ class Bench {
     return {};
   }
 
-  async throughput(batch, extraEnv = {}) {
-    const d = await this.database(['bench', 'baseline']);
+  /** `baselines`: also measure pg_recvlogical and (batch 1, no extra env) the raw publisher in this run. */
+  async throughput(batch, { baselines = true, extraEnv = {} } = {}) {
+    const d = await this.database(baselines ? ['bench', 'baseline'] : ['bench']);
     const per = ROWS / TXS;
     for (let t = 0; t < TXS; t++) await d.client.query(insertSql(t * per + 1, (t + 1) * per));
     const endpos = (await d.client.query('SELECT pg_current_wal_lsn()::text AS lsn')).rows[0].lsn;
@@ -281,10 +295,10 @@ class Bench {
     const s = (doneAt - daemon.readyAt) / 1000;
     const mem = await daemon.stop();
     if (rows > ROWS) dupes = rows - ROWS;
-    const decode = await this.recvlogical(d.url, 'baseline', endpos);
+    const decode = baselines ? await this.recvlogical(d.url, 'baseline', endpos) : { s: NaN };
     const meanBody = Math.round(bodyBytes / messages);
     let raw = null;
-    if (batch === 1 && Object.keys(extraEnv).length === 0) raw = await this.rawPublisher(ROWS, meanBody);
+    if (batch === 1 && baselines && Object.keys(extraEnv).length === 0) raw = await this.rawPublisher(ROWS, meanBody);
     await drop();
     await d.cleanup();
     return { batch, s, rate: ROWS / s, messages, meanBody, dupes, decodeS: decode.s, decodeRate: ROWS / decode.s, raw, ...mem };
@@ -336,6 +350,110 @@ class Bench {
       consumer: { p50: quantile(lat, 0.5) / 1000, p99: quantile(lat, 0.99) / 1000, max: lat.at(-1) / 1000 },
       ...mem,
     };
+  }
+
+  /** A stream client (with pgwarren's RabbitMQ 3.9/3.10 workaround, a no-op on 3.11+). */
+  async streamClient() {
+    const { installStreamCompat } = await import('../dist/sink/stream/compat.js');
+    installStreamCompat();
+    const { connect } = await import('rabbitmq-stream-js-client');
+    const u = new URL(STREAM_URL);
+    const port = Number(u.port || 5552);
+    return connect({
+      hostname: u.hostname, port, username: decodeURIComponent(u.username || 'guest'), password: decodeURIComponent(u.password || 'guest'),
+      vhost: decodeURIComponent(u.pathname.slice(1)) || '/', addressResolver: { enabled: true, endpoint: { host: u.hostname, port } },
+    });
+  }
+
+  /** pgwarren with the stream sink, one event per message: rows/s until all are confirmed. */
+  async streamSink() {
+    const d = await this.database(['bench']);
+    const per = ROWS / TXS;
+    for (let t = 0; t < TXS; t++) await d.client.query(insertSql(t * per + 1, (t + 1) * per));
+    const stream = `pgwarren-bench-stream-${process.pid}`;
+    const daemon = await this.daemon(d.url, 'unused', { PGWARREN_SINK: 'stream', PGWARREN_STREAM_URL: STREAM_URL, PGWARREN_STREAM: stream });
+    const published = async () => {
+      let n = 0;
+      for (const line of (await daemon.metrics()).split('\n')) {
+        const m = /^pgwarren_events_published_total\{[^}]*\} (\S+)/.exec(line);
+        if (m) n += Number(m[1]);
+      }
+      return n;
+    };
+    let doneAt = 0;
+    await waitFor(async () => (await published()) >= ROWS && (doneAt = performance.now()), 1_800_000, `${ROWS} rows into the stream`, 50);
+    const s = (doneAt - daemon.readyAt) / 1000;
+    const mem = await daemon.stop();
+    const client = await this.streamClient();
+    await client.deleteStream({ stream }).catch(() => undefined);
+    await client.close();
+    await d.cleanup();
+    return { s, rate: ROWS / s, ...mem };
+  }
+
+  /** Raw stream publisher, same client and settings as pgwarren's sink: `count` messages of `size` bytes. */
+  async rawStreamPublisher(count, size, window = 10_000) {
+    const client = await this.streamClient();
+    const stream = `pgwarren-bench-stream-raw-${process.pid}`;
+    await client.createStream({ stream, arguments: {} });
+    // Framed as pgwarren's sink frames: the client's count limit out of the way, a flush before
+    // the queue outgrows 80 % of the frame size, the queue counted empty after each turn.
+    const producer = await client.declarePublisher({ stream, publisherRef: 'bench-raw', maxChunkLength: 100_000 });
+    const budget = Math.floor(client.maxFrameSize * 0.8);
+    let queued = 0;
+    let resetScheduled = false;
+    const body = Buffer.alloc(size, 'x');
+    let confirmed = 0;
+    let sent = 0n;
+    let wake = null;
+    const t0 = performance.now();
+    const done = new Promise((resolve) => {
+      producer.on('publish_confirm', (err, ids) => {
+        if (err !== null) throw new Error(`raw stream publish error ${err}`);
+        confirmed += ids.length;
+        if (wake) { const w = wake; wake = null; w(); }
+        if (confirmed >= count) resolve();
+      });
+    });
+    let last = await producer.getLastPublishingId();
+    for (let i = 0; i < count; i++) {
+      while (Number(sent) - confirmed >= window) await new Promise((r) => (wake = r));
+      const id = `0/${(0x1000000 + i).toString(16).toUpperCase()}:${i % 100}`;
+      if (producer.queue?.length === 0) queued = 0;
+      if (queued + size + 1024 > budget && queued > 0) {
+        void producer.flush();
+        queued = 0;
+      }
+      queued += size + 1024;
+      void producer.basicSend(++last, body, {
+        messageProperties: { messageId: id, contentType: 'application/json', creationTime: new Date() },
+        applicationProperties: {
+          'pgwarren-schema': 'public', 'pgwarren-table': 'items', 'pgwarren-op': 'insert', 'pgwarren-lsn': id.split(':')[0],
+          'pgwarren-xid': 1000 + (i >> 7), 'pgwarren-tx-index': String(i % 100), 'pgwarren-publishing-id': String(last),
+        },
+      });
+      // After basicSend: runs after the client's own flush, which that call scheduled.
+      if (!producer.queue && !resetScheduled) {
+        resetScheduled = true;
+        setImmediate(() => {
+          resetScheduled = false;
+          queued = 0;
+        });
+      }
+      sent++;
+    }
+    await done;
+    const s = (performance.now() - t0) / 1000;
+    await client.deleteStream({ stream }).catch(() => undefined);
+    await client.close();
+    return { s, rate: count / s };
+  }
+
+  async stream() {
+    const amqpRun = await this.throughput(1, { baselines: false });
+    const sink = await this.streamSink();
+    const raw = await this.rawStreamPublisher(ROWS, amqpRun.meanBody);
+    return { sink, raw, amqp: { rate: amqpRun.rate, meanBody: amqpRun.meanBody } };
   }
 
   async bigTransaction() {
@@ -411,7 +529,7 @@ process.on('exit', () => cluster.stop());
 const amqpConn = await amqp.connect(AMQP_URL);
 amqpConn.on('error', (err) => log(`broker connection error: ${err.message}`));
 const bench = new Bench(cluster, amqpConn);
-const results = { throughput: new Map(), latency: [], memory: [], shaping: new Map() };
+const results = { throughput: new Map(), latency: [], memory: [], shaping: new Map(), stream: [] };
 try {
   for (let run = 1; run <= RUNS; run++) {
     if (SCENARIOS.includes('throughput')) {
@@ -426,7 +544,7 @@ try {
     if (SCENARIOS.includes('shaping')) {
       for (const v of SHAPING) {
         log(`run ${run}: shaping, ${v}`);
-        const r = await bench.throughput(1, bench.shapingEnv(v));
+        const r = await bench.throughput(1, { extraEnv: bench.shapingEnv(v) });
         log(JSON.stringify(r));
         if (!results.shaping.has(v)) results.shaping.set(v, []);
         results.shaping.get(v).push(r);
@@ -437,6 +555,12 @@ try {
       const r = await bench.latency();
       log(JSON.stringify(r));
       results.latency.push(r);
+    }
+    if (SCENARIOS.includes('stream')) {
+      log(`run ${run}: stream sink vs raw stream publisher vs per-row AMQP`);
+      const r = await bench.stream();
+      log(JSON.stringify(r));
+      results.stream.push(r);
     }
     if (SCENARIOS.includes('memory')) {
       log(`run ${run}: memory, one ${BIG_ROWS}-row transaction`);
@@ -486,6 +610,15 @@ if (results.latency.length) {
   console.log('|---|---|---|---|---|---|---|');
   console.log(`| commit → confirm (daemon histogram, interpolated; max = highest bucket bound) | ${ms(m(L, (r) => r.hist.p50))} | ${ms(m(L, (r) => r.hist.p99))} | ≤ ${ms(m(L, (r) => r.hist.maxBucket))} | ${m(L, (r) => r.hist.count)} | ${f(m(L, (r) => r.achievedRate), 0)} | ${f(m(L, (r) => r.peakRss))} |`);
   console.log(`| commit → consumer received (exact, per row) | ${ms(m(L, (r) => r.consumer.p50))} | ${ms(m(L, (r) => r.consumer.p99))} | ${ms(m(L, (r) => r.consumer.max))} | – | – | – |`);
+  console.log('');
+}
+if (results.stream.length) {
+  const S = results.stream;
+  console.log(`| stream sink (${ROWS} rows, ${TXS} transactions, one event per message) | rows/s | × raw stream publisher | × pgwarren per-row AMQP | peak RSS MB | final RSS MB |`);
+  console.log('|---|---|---|---|---|---|');
+  console.log(`| raw stream publisher, same client, same messages (baseline) | ${f(m(S, (r) => r.raw.rate), 0)} | 1.00 | ${f(m(S, (r) => r.raw.rate / r.amqp.rate), 2)} | – | – |`);
+  console.log(`| pgwarren, per-row AMQP (same run) | ${f(m(S, (r) => r.amqp.rate), 0)} | ${f(m(S, (r) => r.amqp.rate / r.raw.rate), 2)} | 1.00 | – | – |`);
+  console.log(`| pgwarren, PGWARREN_SINK=stream | ${f(m(S, (r) => r.sink.rate), 0)} | ${f(m(S, (r) => r.sink.rate / r.raw.rate), 2)} | ${f(m(S, (r) => r.sink.rate / r.amqp.rate), 2)} | ${f(m(S, (r) => r.sink.peakRss))} | ${f(m(S, (r) => r.sink.finalRss))} |`);
   console.log('');
 }
 if (results.memory.length) {

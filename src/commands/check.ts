@@ -15,6 +15,8 @@ import { closeWithin } from '../ops/close.js';
 import { withDatabase, type Print } from './admin.js';
 import { errorText } from '../sink/amqp-sink.js';
 import { tableName } from '../filter/table-name.js';
+import { probeStream } from '../sink/stream/stream-sink.js';
+import { serverKnowsCommandVersions } from '../sink/stream/compat.js';
 
 interface CheckResult {
   name: string;
@@ -31,7 +33,10 @@ export async function checkCommand(config: Config, opts: { json: boolean }, prin
   } catch (err) {
     add({ name: 'postgres connection', ok: false, detail: errorText(err), fix: 'Check PGWARREN_DATABASE_URL (or DATABASE_URL / PG* variables) and that Postgres accepts the connection.' });
   }
-  await brokerChecks(config, add);
+  // The stdout sink needs no broker; a single stream needs only the stream port; partitions
+  // also need AMQP (the super-stream exchange and bindings are declared over it).
+  if (config.sink === 'amqp' || (config.sink === 'stream' && config.streamPartitions > 1)) await brokerChecks(config, add, config.sink === 'amqp');
+  if (config.sink === 'stream') await streamCheck(config, add);
   if (opts.json) print(JSON.stringify({ ok: results.every((r) => r.ok), checks: results }, null, 2));
   else {
     for (const r of results) {
@@ -173,7 +178,25 @@ async function pluginCheck(query: QueryFn, add: (r: CheckResult) => void): Promi
   }
 }
 
-async function brokerChecks(config: Config, add: (r: CheckResult) => void): Promise<void> {
+async function streamCheck(config: Config, add: (r: CheckResult) => void): Promise<void> {
+  const url = redactUrl(config.streamUrl);
+  try {
+    const { version } = await probeStream(config.streamUrl);
+    const note = serverKnowsCommandVersions(version) ? '' : ' (before 3.11: pgwarren skips the command-version exchange and declares super streams over AMQP)';
+    add({ name: 'stream protocol', ok: true, detail: `${url} reachable, RabbitMQ ${version}${note}` });
+  } catch (err) {
+    add({
+      name: 'stream protocol',
+      ok: false,
+      detail: `${url}: ${errorText(err)}`,
+      fix:
+        'Enable the stream plugin on the broker: "rabbitmq-plugins enable rabbitmq_stream" (it listens on 5552; in Docker also publish that port), ' +
+        'and check PGWARREN_STREAM_URL and its credentials.',
+    });
+  }
+}
+
+async function brokerChecks(config: Config, add: (r: CheckResult) => void, exchanges = true): Promise<void> {
   for (const url of config.amqpUrls) {
     let model: amqp.ChannelModel | null = null;
     try {
@@ -182,9 +205,9 @@ async function brokerChecks(config: Config, add: (r: CheckResult) => void): Prom
       model = await within(connecting, config.connectTimeout * 1000, `connecting to ${redactUrl(url)}`, () => void connecting.then((m) => m.close()).catch(() => undefined));
       model.on('error', () => undefined);
       add({ name: 'broker', ok: true, detail: `${redactUrl(url)} reachable` });
-      const exchanges = [config.exchange, ...config.rules.flatMap((r) => (r.exchange ? [r.exchange] : []))];
-      for (const exchange of new Set(exchanges)) add(await within(exchangeCheck(model, exchange, config.exchangeType), config.queryTimeout * 1000, `checking exchange ${exchange}`));
-      if (!exchanges.includes(config.deadLetterExchange)) add(await within(exchangeCheck(model, config.deadLetterExchange, 'topic'), config.queryTimeout * 1000, `checking exchange ${config.deadLetterExchange}`));
+      const names = exchanges ? [config.exchange, ...config.rules.flatMap((r) => (r.exchange ? [r.exchange] : []))] : [];
+      for (const exchange of new Set(names)) add(await within(exchangeCheck(model, exchange, config.exchangeType), config.queryTimeout * 1000, `checking exchange ${exchange}`));
+      if (exchanges && !names.includes(config.deadLetterExchange)) add(await within(exchangeCheck(model, config.deadLetterExchange, 'topic'), config.queryTimeout * 1000, `checking exchange ${config.deadLetterExchange}`));
       // AMQP does not tell a client the broker's max_message_size: say what must hold (README: Dead letters).
       add({
         name: 'max message size',

@@ -18,7 +18,7 @@ import { pgConfig, pgTimeouts, sessionSettings } from './settings.js';
 
 export async function runCommand(config: Config): Promise<number> {
   limitHeapGrowth();
-  const log = createLogger(config.logLevel);
+  const log = createLogger(config.logLevel, { stderr: config.sink === 'stdout' });
   const metrics = new Metrics();
   log.info({ config: describeConfig(config) }, 'starting pgwarren');
 

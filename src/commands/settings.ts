@@ -64,5 +64,13 @@ export function sessionSettings(config: Config, transform: TransformFn | null = 
     timeouts: pgTimeouts(config),
     statusIntervalSeconds: config.statusInterval,
     publicationSyncSeconds: config.publicationSyncInterval,
+    sink: config.sink,
+    stream: {
+      url: config.streamUrl,
+      stream: config.stream,
+      partitions: config.streamPartitions,
+      maxAge: config.streamMaxAge,
+      maxBytes: config.streamMaxBytes,
+    },
   };
 }

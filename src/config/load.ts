@@ -14,7 +14,7 @@ import type { Op, Plugin } from '../types.js';
 import { readConfigFile, type ConfigFile, type TableRule } from './config-file.js';
 import { databaseSettings, type DatabaseSettings } from './database.js';
 import { checkUnknownEnv, defaultLayer, envLayer, errorCode, fallbackLayer, flagLayer, type Raw } from './layers.js';
-import { OPTIONS, type FLOOD_ACTIONS, type LOG_LEVELS, type OptionName, type OptionValue, type UNROUTABLE_ACTIONS } from './options.js';
+import { OPTIONS, type FLOOD_ACTIONS, type LOG_LEVELS, type SINKS, type OptionName, type OptionValue, type UNROUTABLE_ACTIONS } from './options.js';
 import { redactSecrets, redactUrl } from './redact.js';
 import { quote } from './validators.js';
 import type { COMPRESSIONS } from '../sink/compression.js';
@@ -87,6 +87,12 @@ export interface Config {
   readonly transform?: string;
   /** Seconds. */
   readonly transformTimeout: number;
+  readonly sink: (typeof SINKS)[number];
+  readonly streamUrl: string;
+  readonly stream: string;
+  readonly streamPartitions: number;
+  readonly streamMaxAge?: string;
+  readonly streamMaxBytes?: number;
   readonly rules: readonly TableRule[];
 }
 
@@ -147,6 +153,10 @@ export function loadConfig(input: LoadInput): Config {
 
   checkRowFilters(file.rules, values.get('plugin') as Plugin | undefined, configPath ?? 'config file', problems);
 
+  // A stream holds one ordered log: diverting rows to another exchange has no meaning there.
+  if (optional('sink') === 'stream' && optional('flood-action') === 'divert') {
+    problems.push(`${labels.get('flood-action') ?? 'PGWARREN_FLOOD_ACTION'}: "divert" needs the amqp sink (PGWARREN_SINK=${optional('sink')}); use summarize, drop or pass`);
+  }
   if (problems.length > 0 || !database) throw new ConfigError(problems.map(redactSecrets));
 
   return deepFreeze<Config>({
@@ -190,6 +200,11 @@ export function loadConfig(input: LoadInput): Config {
     compression: get('compression'),
     ...definedOnly({ transform: optional('transform') }),
     transformTimeout: get('transform-timeout'),
+    sink: get('sink'),
+    streamUrl: get('stream-url'),
+    stream: get('stream'),
+    streamPartitions: get('stream-partitions'),
+    ...definedOnly({ streamMaxAge: get('stream-max-age'), streamMaxBytes: get('stream-max-bytes') }),
     rules: file.rules,
   });
 }
@@ -240,6 +255,7 @@ export function describeConfig(config: Config): Record<string, unknown> {
     ...rest,
     database: { ...db, ...(password !== undefined && { password: '***' }) },
     amqpUrls: amqpUrls.map(redactUrl),
+    streamUrl: redactUrl(config.streamUrl),
   };
 }
 

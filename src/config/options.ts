@@ -48,6 +48,7 @@ export const OPERATIONS = ['insert', 'update', 'delete', 'truncate'] as const;
 export const PLUGINS = ['pgoutput', 'wal2json'] as const;
 export const UNROUTABLE_ACTIONS = ['warn', 'block'] as const;
 export const FLOOD_ACTIONS = ['summarize', 'drop', 'divert', 'pass'] as const;
+export const SINKS = ['amqp', 'stream', 'stdout'] as const;
 export const LOG_LEVELS = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'] as const;
 
 const exchangeName: Kind<string> = { type: 'string', schema: kinds.exchangeName };
@@ -189,6 +190,47 @@ export const OPTIONS = [
     ...kinds.oneOf(UNROUTABLE_ACTIONS),
     description: 'a message no queue is bound for: warn (count, log, move on) or block (hold the slot and retry until routable)',
     default: 'warn',
+  }),
+  // stream sink (README "Replay with streams")
+  option({
+    name: 'sink',
+    group: 'routing',
+    ...kinds.oneOf(SINKS),
+    description: 'where events go: amqp (exchanges), stream (a RabbitMQ stream, exactly once) or stdout (JSON lines, for development)',
+    default: 'amqp',
+  }),
+  option({
+    name: 'stream-url',
+    group: 'routing',
+    ...kinds.text(/^rabbitmq-stream(\+tls)?:\/\/[^/\s]+(\/\S*)?$/, 'a rabbitmq-stream://host:port/vhost URL, credentials before the host (rabbitmq-stream+tls:// for TLS)'),
+    description: 'RabbitMQ stream protocol URL (the stream plugin listens on 5552); used when the sink is stream',
+    default: 'rabbitmq-stream://guest:guest@localhost:5552/',
+  }),
+  option({
+    name: 'stream',
+    group: 'routing',
+    ...kinds.text(/^[A-Za-z0-9_.:-]{1,200}$/, 'a stream name (letters, digits, _ . : -)'),
+    description: 'stream to publish to (with partitions: the super stream, whose partitions are <stream>-0 .. <stream>-N-1); declared at start',
+    default: 'pgwarren',
+  }),
+  option({
+    name: 'stream-partitions',
+    group: 'routing',
+    ...kinds.integer(1, 1000),
+    description: 'partitions of the super stream; 1 = one plain stream. Events are routed by a hash of schema.table and the key, so a row stays in one partition',
+    default: '1',
+  }),
+  option({
+    name: 'stream-max-age',
+    group: 'routing',
+    ...kinds.text(/^\d+[YMDhms]$/, 'a retention age like 7D, 12h, 30m (units Y M D h m s)'),
+    description: 'retention by age set when the stream is declared (7D, 12h, ...); unset keeps everything until max bytes',
+  }),
+  option({
+    name: 'stream-max-bytes',
+    group: 'routing',
+    ...kinds.integer(1),
+    description: 'retention by size in bytes set when the stream (each partition) is declared; unset = no size limit',
   }),
 
   // shaping

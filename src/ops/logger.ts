@@ -6,18 +6,21 @@ import { pino, type Logger, type LevelWithSilent } from 'pino';
 
 export type { Logger };
 
-export function createLogger(level: LevelWithSilent, options: { pretty?: boolean } = {}): Logger {
-  const pretty = options.pretty ?? (process.stdout.isTTY === true && !process.env.CI);
+/** `stderr`: log there instead of standard output (when standard output carries the events). */
+export function createLogger(level: LevelWithSilent, options: { pretty?: boolean; stderr?: boolean } = {}): Logger {
+  const out = options.stderr ? process.stderr : process.stdout;
+  const pretty = options.pretty ?? (out.isTTY === true && !process.env.CI);
   if (pretty) {
     try {
       return pino({
         level,
         base: undefined,
-        transport: { target: 'pino-pretty', options: { colorize: true, translateTime: 'SYS:HH:MM:ss.l', ignore: 'pid,hostname' } },
+        transport: { target: 'pino-pretty', options: { colorize: true, translateTime: 'SYS:HH:MM:ss.l', ignore: 'pid,hostname', destination: options.stderr ? 2 : 1 } },
       });
     } catch {
       // pino-pretty is optional at run time; plain JSON is always available.
     }
   }
-  return pino({ level, base: { pid: process.pid }, timestamp: pino.stdTimeFunctions.isoTime });
+  const opts = { level, base: { pid: process.pid }, timestamp: pino.stdTimeFunctions.isoTime };
+  return options.stderr ? pino(opts, pino.destination({ dest: 2, sync: true })) : pino(opts);
 }

@@ -89,6 +89,11 @@ export class Metrics {
     help: 'Broker nacks (basic.nack) of published messages; each ends the session, which resumes after a backoff.',
     registers: [this.registry],
   });
+  readonly streamDeduplicated = new Counter({
+    name: 'pgwarren_stream_deduplicated_total',
+    help: 'Stream sink: messages read again from the slot after a failure and not sent, because the stream already held them.',
+    registers: [this.registry],
+  });
   readonly confirmedLsn = new Gauge({
     name: 'pgwarren_confirmed_lsn',
     help: 'The last LSN acknowledged to Postgres, as a number (for rate() and alerting on a stall).',

@@ -24,6 +24,9 @@ import pg from 'pg';
 import type { Logger } from '../ops/logger.js';
 import type { Metrics } from '../ops/metrics.js';
 import { AmqpSink, SinkError, type AmqpTls } from '../sink/amqp-sink.js';
+import type { Sink, SinkKind } from '../sink/sink.js';
+import { StreamSink } from '../sink/stream/stream-sink.js';
+import { StdoutSink } from '../sink/stdout-sink.js';
 import { Checkpoint } from './checkpoint.js';
 import { StallWatch, STALL_RECONNECT_INTERVALS } from './stall-watch.js';
 import { Pipeline, ReplanRequest } from './pipeline.js';
@@ -100,6 +103,15 @@ export interface SessionSettings {
   readonly timeouts: PgTimeouts;
   /** How often new tables matching the selection are added to the publication; 0 = only at start. */
   readonly publicationSyncSeconds: number;
+  /** Where events go (default amqp); `stream` uses `stream` below. */
+  readonly sink?: SinkKind;
+  readonly stream?: {
+    readonly url: string;
+    readonly stream: string;
+    readonly partitions: number;
+    readonly maxAge?: string;
+    readonly maxBytes?: number;
+  };
 }
 
 export type SessionState = 'connecting' | 'streaming' | 'draining' | 'ended';
@@ -144,7 +156,7 @@ export class Session {
   private stopRequested = false;
   private resolveStop!: () => void;
   private readonly stopSignal = new Promise<void>((resolve) => (this.resolveStop = resolve));
-  private sink: AmqpSink | null = null;
+  private sink: Sink | null = null;
   private catalogClient: pg.Client | null = null;
   private stream: ReplicationStream<unknown> | null = null;
   private lastReported = 0n;
@@ -310,7 +322,10 @@ export class Session {
     const unroutableLog = new LogThrottle();
     const router = new Router({ exchange: settings.exchange, routingKey: settings.routingKey }, settings.rules);
     try {
-      this.sink = await this.step(AmqpSink.open({
+      this.sink =
+        settings.sink === 'stream' || settings.sink === 'stdout'
+          ? await this.step(this.openOtherSink())
+          : await this.step(AmqpSink.open({
         openTimeoutMs: settings.timeouts.connectMs,
         signal: this.abort.signal,
         urls: settings.amqpUrls,
@@ -633,6 +648,29 @@ export class Session {
     // Dead letters are routed by schema.table.op whatever PGWARREN_EXCHANGE_TYPE is.
     if (!names.has(settings.deadLetterExchange)) out.push({ name: settings.deadLetterExchange, type: 'topic' });
     return out;
+  }
+
+  /** A sink other than the default AMQP one: a RabbitMQ stream or stdout. */
+  private async openOtherSink(): Promise<Sink> {
+    const { settings, opts } = this;
+    const log = opts.log;
+    if (settings.sink === 'stdout') return new StdoutSink();
+    const s = settings.stream;
+    if (!s) throw new Error('stream sink without stream settings');
+    // Bounded like the AMQP open (CONTRACT §9); an open abandoned at the deadline is closed if it completes.
+    const opening = StreamSink.open({
+      url: s.url,
+      stream: s.stream,
+      partitions: s.partitions,
+      // One producer name per slot: the slot is what defines the sequence of events.
+      producer: `pgwarren-${settings.slot}`,
+      maxAge: s.maxAge,
+      maxBytes: s.maxBytes,
+      amqpUrls: settings.amqpUrls,
+      log: log.child({ component: 'stream' }),
+      onDeduplicated: (n) => opts.metrics.streamDeduplicated.inc(n),
+    });
+    return within(opening, settings.timeouts.connectMs, `opening stream "${s.stream}"`, () => void opening.then((sink) => sink.close()).catch(() => undefined));
   }
 
   private decoder(relations: RelationCatalog, types: TypeCatalog, pushTablesDown: boolean): Decoder<unknown> {

@@ -351,6 +351,38 @@ describe('docker-compose.yml', () => {
     });
   });
 
+  describe('streams', () => {
+    const defs = JSON.parse(read('docker/rabbitmq/definitions.json')) as {
+      users: { name: string; password_hash: string }[];
+      permissions: { user: string; configure: string; write: string; read: string }[];
+    };
+    test('the broker runs the stream plugin on a published 5552', () => {
+      assert.equal(hostPath('rabbitmq', '/etc/rabbitmq/enabled_plugins'), join(root, 'docker/rabbitmq/enabled_plugins'));
+      const plugins = /^\[([a-z_,\s]+)\]\.\s*$/.exec(read('docker/rabbitmq/enabled_plugins'));
+      assert.ok(plugins, 'enabled_plugins is an Erlang list of atoms ending in a dot');
+      const names = plugins[1]!.split(',').map((p) => p.trim());
+      for (const p of ['rabbitmq_stream', 'rabbitmq_management', 'rabbitmq_prometheus']) assert.ok(names.includes(p), `${p} is enabled`);
+      assert.ok((services.rabbitmq!.ports ?? []).includes('5552:5552'), 'the stream port is published');
+    });
+
+    test('pgwarren-stream loads as a stream sink whose user may declare, write and read its stream', () => {
+      const config = loadConfig({ flags: {}, env: containerEnv('pgwarren-stream'), cwd: root });
+      assert.equal(config.sink, 'stream');
+      const url = new URL(config.streamUrl);
+      assert.equal(url.hostname, 'rabbitmq');
+      assert.equal(url.port, '5552');
+      const user = defs.users.find((x) => x.name === decodeURIComponent(url.username));
+      assert.ok(user && rabbitHashMatches(user.password_hash, decodeURIComponent(url.password)), 'the stream URL carries the user\'s password');
+      const perm = defs.permissions.find((p) => p.user === user.name)!;
+      // The sink declares the stream and reads its last message back at every connect.
+      for (const re of [perm.configure, perm.write, perm.read]) assert.match(config.stream, new RegExp(re));
+      assert.notEqual(config.slot, loadConfig({ flags: {}, env: containerEnv('pgwarren'), cwd: root }).slot, 'a slot of its own');
+      assert.equal(env('stream-consumer').STREAM, config.stream, 'the demo consumer reads that stream');
+      assert.equal(new URL(env('stream-consumer').STREAM_URL!).hostname, 'rabbitmq');
+      assert.ok(existsSync(join(root, (services['stream-consumer']!.command as string[])[1]!)));
+    });
+  });
+
   describe('monitoring profile', () => {
     test('Prometheus scrapes pgwarren on PGWARREN_HTTP_PORT', () => {
       assert.deepEqual(services.prometheus!.profiles, ['monitoring']);

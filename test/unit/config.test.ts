@@ -219,6 +219,11 @@ describe('validation', () => {
       [{ PGWARREN_EXCHANGE_TYPE: 'topics' }, /^PGWARREN_EXCHANGE_TYPE .*"topics" is not an exchange type/],
       [{ PGWARREN_UNROUTABLE: 'ignore' }, /"ignore" is not one of warn, block$/],
       [{ PGWARREN_LOG_LEVEL: 'verbose' }, /"verbose" is not one of fatal, error, warn, info, debug, trace, silent$/],
+      [{ PGWARREN_SINK: 'kafka' }, /^PGWARREN_SINK \(--sink\): "kafka" is not one of amqp, stream, stdout$/],
+      [{ PGWARREN_STREAM_URL: 'amqp://h:5552' }, /^PGWARREN_STREAM_URL .*is not a rabbitmq-stream:\/\/host:port\/vhost URL, credentials before the host/],
+      [{ PGWARREN_STREAM_MAX_AGE: '7 days' }, /^PGWARREN_STREAM_MAX_AGE .*"7 days" is not a retention age like 7D/],
+      [{ PGWARREN_STREAM_PARTITIONS: '0' }, /^PGWARREN_STREAM_PARTITIONS .*"0" is not/],
+      [{ PGWARREN_SINK: 'stream', PGWARREN_FLOOD_ACTION: 'divert' }, /^PGWARREN_FLOOD_ACTION \(--flood-action\): "divert" needs the amqp sink/],
       [{ PGWARREN_AMQP_CA: 'no-ca.pem' }, /^PGWARREN_AMQP_CA \(--amqp-ca\): cannot read ".*no-ca\.pem" \(ENOENT\); expected a readable file$/],
     ];
     for (const [env, pattern] of cases) problem(env, pattern);

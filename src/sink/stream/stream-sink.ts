@@ -1,0 +1,534 @@
+/**
+ * The RabbitMQ Streams sink (README "Replay with streams"): every event lands in the stream
+ * exactly once, in commit order, whatever crashes in between.
+ *
+ * States: connecting (declare streams [and the super-stream topology], declare one named producer
+ * per stream, learn where each stream ends) -> open -> failed/closed. Like the AMQP sink it never
+ * buffers or republishes; any failure ends the session and the next one re-reads the slot from
+ * its confirmed position (which only ever moves past what the broker confirmed).
+ *
+ * Exactly once. Publishing ids simply count up per producer: on every connect the sink queries
+ * the producer's last publishing id L (the broker keeps it) and reads the stream's last message,
+ * whose application properties carry its publishing id (must be L) and its event position
+ * (commit LSN, index of the message in its transaction). Messages the slot delivers again at or
+ * before that position are confirmed at once without being sent (counted as deduplicated); the
+ * first one after it gets L+1, the next L+2, and so on. Ids are thus a pure function of the stream
+ * content and the event order, so a message a dead predecessor still had in flight, stored after
+ * the tail was read, carries the same id as the one this sink sends for the same event, and the
+ * broker's deduplication drops the second copy. Ids are 64-bit counters (bigint): one per
+ * message, not per LSN, so neither large LSNs nor transactions of millions of rows can overflow
+ * them. One condition: the stream (each partition) is written by this one pgwarren slot only.
+ */
+import { connect as connectClient, Offset, type Client, type Publisher as StreamPublisher } from 'rabbitmq-stream-js-client';
+
+type MessageOptions = Parameters<StreamPublisher['basicSend']>[2];
+import type { Logger } from '../../ops/logger.js';
+import type { OutgoingMessage } from '../amqp-sink.js';
+import { SinkError, errorText } from '../amqp-sink.js';
+import type { Sink } from '../sink.js';
+import { redactUrl } from '../../config/redact.js';
+import { installStreamCompat, STREAM_AUTH_FAILED } from './compat.js';
+import { parseStreamUrl } from './url.js';
+import { arrayElements, memberText, partitionOf, partitionOfEvent } from './partition.js';
+import { atOrBefore, lsnOf, tailEntryOf, INDEX_PROPERTY, PUBLISHING_ID_PROPERTY, type Position, type TailEntry } from './position.js';
+import { declareSuperStream, partitionNames } from './topology.js';
+import { createRequire } from 'node:module';
+
+const { FrameSizeException } = createRequire(import.meta.url)('rabbitmq-stream-js-client/dist/requests/frame_size_exception.js') as {
+  FrameSizeException: new () => Error;
+};
+
+export interface StreamSinkOptions {
+  readonly url: string;
+  readonly stream: string;
+  readonly partitions: number;
+  /** Producer name (publisherRef) used on every partition: deduplication is per stream and name. */
+  readonly producer: string;
+  readonly maxAge?: string;
+  readonly maxBytes?: number;
+  /** For the super-stream exchange and bindings (partitions > 1). */
+  readonly amqpUrls: readonly string[];
+  readonly log: Logger;
+  readonly timeoutMs?: number;
+  /** Messages not sent because the stream already holds them. */
+  readonly onDeduplicated?: (count: number) => void;
+  /** A message larger than the broker's frame size: logged and skipped (CONTRACT §9). */
+  readonly onTooLarge?: (info: { stream: string; messageId: string; bytes: number }) => void;
+  /** Fail when messages wait this long without any confirm (default CONFIRM_STALL_MS). */
+  readonly confirmStallMs?: number;
+}
+
+type Confirm = (err: Error | null) => void;
+interface HasSocket {
+  socket?: { destroy(): void };
+}
+type Headers = Record<string, string | number>;
+
+interface Partition {
+  readonly name: string;
+  readonly producer: StreamPublisher;
+  /** Last publishing id used (sent or found in the stream). */
+  lastId: bigint;
+  /** Position of the stream's last message at connect; null once passed (or empty stream). */
+  last: Position | null;
+  readonly pending: Map<bigint, Confirm>;
+  /** Estimated bytes in the client's queue, not yet written as a publish frame. */
+  queuedBytes: number;
+}
+
+/**
+ * Frame sizing. The client packs up to `maxChunkLength` queued messages into one publish frame
+ * without looking at their size; a frame over the broker's frame size fails inside the client,
+ * which then drops those messages and writes later ones: a gap no deduplication can repair. So
+ * the sink flushes the queue itself before it would outgrow a frame (the client's count limit is
+ * set out of the way), and refuses a message that cannot fit a frame at all.
+ */
+const CHUNK_MESSAGES = 100_000;
+/** Bytes an encoded message adds beyond its body (AMQP 1.0 sections, properties), generously. */
+const MESSAGE_OVERHEAD = 1024;
+/** A pipeline message split over several partitions: confirmed when all parts are. */
+class Multi {
+  constructor(
+    private remaining: number,
+    private readonly confirm: Confirm,
+  ) {}
+  part: Confirm = (err) => {
+    if (this.remaining <= 0) return;
+    if (err) {
+      this.remaining = 0;
+      this.confirm(err);
+    } else if (--this.remaining === 0) this.confirm(null);
+  };
+}
+
+const DEFAULT_TIMEOUT_MS = 15_000;
+/**
+ * Messages awaiting confirms and none arriving for this long: the connection is dead or the broker
+ * stuck. The client's own heartbeat does not notice a silent peer (and then closes politely, which
+ * waits for that peer), so the sink watches confirms itself, like amqplib's heartbeat for AMQP.
+ */
+export const CONFIRM_STALL_MS = 30_000;
+
+export class StreamSink implements Sink {
+  private failure: SinkError | null = null;
+  private closing = false;
+  private resolveFailed!: (err: SinkError) => void;
+  readonly failed: Promise<SinkError> = new Promise((resolve) => (this.resolveFailed = resolve));
+  readonly urlIndex = 0;
+  private readonly parts: Partition[] = [];
+  private readonly byPublisher = new Map<string, Partition>();
+  private client: Client | null = null;
+  // The transaction being published and the index of its next stream message.
+  private txLsnText: string | number | undefined;
+  private txLsn = -1n;
+  private txIndex = 0;
+  private pendingTotal = 0;
+  /** When a confirm last arrived, or the first message of an idle sink was sent. */
+  private lastProgress = 0;
+  private watchdog: NodeJS.Timeout | null = null;
+  /** Publish frames stay below this many bytes (a share of the broker's frame size). */
+  private frameBudget = 0;
+  private frameMax = 0;
+  private resetScheduled = false;
+
+  private constructor(
+    readonly url: string,
+    private readonly options: StreamSinkOptions,
+  ) {}
+
+  static async open(options: StreamSinkOptions): Promise<StreamSink> {
+    const sink = new StreamSink(redactUrl(options.url), options);
+    try {
+      await sink.connect();
+    } catch (err) {
+      await sink.close();
+      throw err instanceof SinkError ? err : new SinkError(`stream: ${errorText(err)}`, 'transient', { cause: err });
+    }
+    return sink;
+  }
+
+  private async connect(): Promise<void> {
+    const { options } = this;
+    const { log } = options;
+    const timeout = options.timeoutMs ?? DEFAULT_TIMEOUT_MS;
+    installStreamCompat();
+    const ep = parseStreamUrl(options.url);
+    const connecting = connectClient(
+      {
+        hostname: ep.hostname,
+        port: ep.port,
+        username: ep.username,
+        password: ep.password,
+        vhost: ep.vhost,
+        ssl: ep.tls,
+        heartbeat: 10,
+        // Always connect through the configured endpoint: behind a load balancer, a proxy or
+        // Docker the nodes' advertised host names are often unreachable.
+        addressResolver: { enabled: true, endpoint: { host: ep.hostname, port: ep.port } },
+        connectionName: 'pgwarren',
+        listeners: {
+          publish_confirm: (c, connectionId) => this.confirmed(connectionId, c.publisherId, c.publishingIds),
+          publish_error: (e, connectionId) => this.publishError(connectionId, e.publisherId, e.publishingError.publishingId, e.publishingError.code),
+          connection_closed: (hadError) => this.fail(new SinkError(`stream connection closed${hadError ? ' with an error' : ''}`, 'transient')),
+        },
+      },
+      clientLogger(log),
+    );
+    let client: Client;
+    try {
+      client = await within(connecting, timeout, `connecting to ${this.url}`);
+    } catch (err) {
+      void connecting.then((late) => late.close().catch(() => undefined), () => undefined);
+      throw classifyConnectError(err, this.url);
+    }
+    this.client = client;
+    this.frameMax = client.maxFrameSize;
+    this.frameBudget = Math.floor(this.frameMax * 0.8);
+    const names = partitionNames(options.stream, options.partitions);
+    const args: Record<string, string | number> = {};
+    if (options.maxAge) args['max-age'] = options.maxAge;
+    if (options.maxBytes) args['max-length-bytes'] = options.maxBytes;
+    for (const name of names) await within(client.createStream({ stream: name, arguments: args }), timeout, `declaring stream ${name}`);
+    if (options.partitions > 1) await declareSuperStream({ urls: options.amqpUrls, stream: options.stream, partitions: names, timeoutMs: timeout, log });
+    for (const name of names) {
+      const producer = await within(
+        client.declarePublisher({ stream: name, publisherRef: options.producer, maxChunkLength: CHUNK_MESSAGES }),
+        timeout,
+        `declaring producer on ${name}`,
+      );
+      const part: Partition = { name, producer, lastId: 0n, last: null, pending: new Map(), queuedBytes: 0 };
+      const tail = await this.findTail(client, part, timeout);
+      part.lastId = tail?.publishingId ?? 0n;
+      part.last = tail?.position ?? null;
+      this.parts.push(part);
+      this.byPublisher.set(`${producer.getConnectionInfo().id}/${producer.publisherId}`, part);
+      log.info(
+        { stream: name, producer: options.producer, lastPublishingId: String(part.lastId), lastPosition: part.last && { lsn: String(part.last.lsn), index: part.last.index } },
+        part.last ? `stream ${name} continues after publishing id ${part.lastId}` : `stream ${name}: nothing published by ${options.producer} yet`,
+      );
+    }
+    const stallMs = options.confirmStallMs ?? CONFIRM_STALL_MS;
+    this.watchdog = setInterval(() => {
+      if (this.pendingTotal > 0 && Date.now() - this.lastProgress > stallMs) {
+        this.fail(new SinkError(`stream: no confirm for ${Math.round(stallMs / 1000)} s with ${this.pendingTotal} message(s) waiting; reconnecting`, 'transient'));
+      }
+    }, Math.min(1000, stallMs));
+    this.watchdog.unref();
+    log.info({ stream: options.stream, partitions: options.partitions, url: this.url }, `connected to stream ${options.stream} at ${this.url}`);
+  }
+
+  /**
+   * The producer's last publishing id (asked of the broker) and the position of that message
+   * (read from the end of the stream). They must agree; a reader on a lagging replica may see
+   * an older tail, so try again a few times.
+   */
+  private async findTail(client: Client, part: Partition, timeout: number): Promise<TailEntry | null> {
+    for (let attempt = 0; attempt < 5; attempt++) {
+      const lastId = await within(part.producer.getLastPublishingId(), timeout, `querying the last publishing id on ${part.name}`);
+      if (lastId === 0n) return null;
+      const tail = await readTail(client, part.name, timeout);
+      if (tail && tail.publishingId === lastId) return tail;
+      this.options.log.warn(
+        { stream: part.name, lastPublishingId: String(lastId), tail: tail && String(tail.publishingId) },
+        'the end of the stream does not match the producer yet; reading it again',
+      );
+      await new Promise((r) => setTimeout(r, 200 * (attempt + 1)));
+    }
+    throw new SinkError(
+      `stream ${part.name}: the last message does not carry producer ${this.options.producer}'s last publishing id; ` +
+        `the stream must be written by this pgwarren slot only (set PGWARREN_STREAM to a stream of its own)`,
+      'transient',
+    );
+  }
+
+  writable(): boolean {
+    return this.failure === null;
+  }
+
+  isBlocked(): boolean {
+    return false;
+  }
+
+  whenWritable(): Promise<void> {
+    return Promise.resolve();
+  }
+
+  failureReason(): SinkError | null {
+    return this.failure;
+  }
+
+  publish(msg: OutgoingMessage, confirm: Confirm): void {
+    if (this.failure) {
+      confirm(this.failure);
+      return;
+    }
+    const headers = (msg.properties.headers ?? {}) as Headers;
+    const lsnText = headers['pgwarren-lsn'];
+    if (lsnText !== this.txLsnText) {
+      const lsn = lsnOf(String(lsnText));
+      if (lsn !== this.txLsn) {
+        this.txLsn = lsn;
+        this.txIndex = 0;
+      }
+      this.txLsnText = lsnText;
+    }
+    const messageId = String(msg.properties.messageId);
+    if (this.parts.length === 1) {
+      this.send(this.parts[0]!, msg, headers, msg.content, messageId, undefined, confirm);
+      return;
+    }
+    const schema = String(headers['pgwarren-schema']);
+    const table = String(headers['pgwarren-table']);
+    const n = this.parts.length;
+    if (msg.properties.contentEncoding) {
+      // A compressed body cannot be read for its key: route by table, which also keeps every
+      // row's events in one partition (and a compressed batch whole).
+      this.send(this.parts[partitionOf(schema, table, null, n)]!, msg, headers, msg.content, messageId, undefined, confirm);
+      return;
+    }
+    if (headers['pgwarren-batch'] === undefined) {
+      this.send(this.parts[partitionOfEvent(schema, table, msg.content.toString('utf8'), n)]!, msg, headers, msg.content, messageId, undefined, confirm);
+      return;
+    }
+    // A batch of events of one table: split it so every row's events stay in its partition.
+    const groups = new Map<number, string[]>();
+    for (const element of arrayElements(msg.content.toString('utf8'))) {
+      const p = partitionOfEvent(schema, table, element, n);
+      let g = groups.get(p);
+      if (!g) groups.set(p, (g = []));
+      g.push(element);
+    }
+    const multi = new Multi(groups.size, confirm);
+    for (const [p, elements] of groups) {
+      const id = JSON.parse(memberText(elements[0]!, 'id') ?? 'null') as unknown;
+      this.send(this.parts[p]!, msg, headers, Buffer.from('[' + elements.join(',') + ']', 'utf8'), String(id), elements.length, multi.part);
+    }
+  }
+
+  private send(part: Partition, msg: OutgoingMessage, headers: Headers, content: Buffer, messageId: string, batch: number | undefined, confirm: Confirm): void {
+    const position: Position = { lsn: this.txLsn, index: this.txIndex++ };
+    if (this.failure) {
+      confirm(this.failure);
+      return;
+    }
+    if (part.last) {
+      if (atOrBefore(position, part.last)) {
+        this.options.onDeduplicated?.(1);
+        confirm(null);
+        return;
+      }
+      part.last = null; // every later message is after it
+    }
+    const size = content.length + MESSAGE_OVERHEAD;
+    if (size > this.frameMax) {
+      // It can never be published: skip it rather than block every change after it (§9).
+      this.options.log.error(
+        { stream: part.name, messageId, bytes: content.length, frameMax: this.frameMax },
+        `event ${messageId} (${content.length} bytes) is larger than the stream's frame size and cannot be published: skipped`,
+      );
+      this.options.onTooLarge?.({ stream: part.name, messageId, bytes: content.length });
+      confirm(null);
+      return;
+    }
+    // Every flush (the client's or ours) takes the whole queue, so an empty queue means nothing
+    // is pending. The queue is the client's private field; without it, timing stands in (below).
+    const queue = (part.producer as unknown as { queue?: unknown[] }).queue;
+    if (queue?.length === 0) part.queuedBytes = 0;
+    if (part.queuedBytes + size > this.frameBudget && part.queuedBytes > 0) {
+      void part.producer.flush().catch((err: unknown) => this.fail(new SinkError(`stream ${part.name}: writing failed: ${errorText(err)}`, 'transient', { cause: err })));
+      part.queuedBytes = 0;
+    }
+    const id = ++part.lastId;
+    const p = msg.properties;
+    const opts: MessageOptions = {
+      messageProperties: {
+        messageId,
+        contentType: p.contentType ?? 'application/json',
+        ...(p.contentEncoding ? { contentEncoding: p.contentEncoding } : {}),
+        ...(typeof p.timestamp === 'number' ? { creationTime: new Date(p.timestamp * 1000) } : {}),
+      },
+      applicationProperties: {
+        ...headers,
+        ...(batch !== undefined ? { 'pgwarren-batch': batch } : {}),
+        // Text, like the publishing id: rabbitmq-stream-js-client's decoder rejects a property
+        // whose value is falsy (0), so the first message of a transaction could not be read.
+        [INDEX_PROPERTY]: String(position.index),
+        [PUBLISHING_ID_PROPERTY]: String(id),
+      },
+    };
+    if (this.pendingTotal++ === 0) this.lastProgress = Date.now();
+    part.pending.set(id, confirm);
+    part.queuedBytes += size;
+    part.producer.basicSend(id, content, opts).catch((err: unknown) => {
+      if (err instanceof FrameSizeException) {
+        // It can never be published: skip it rather than block every change after it. Its id
+        // stays used, so the ids of the messages after it are the same on every read.
+        if (part.pending.delete(id)) this.pendingTotal--;
+        this.options.log.error(
+          { stream: part.name, messageId, bytes: content.length },
+          `event ${messageId} (${content.length} bytes) is larger than the stream's frame size and cannot be published: skipped`,
+        );
+        this.options.onTooLarge?.({ stream: part.name, messageId, bytes: content.length });
+        confirm(null);
+        return;
+      }
+      const e = new SinkError(`stream ${part.name}: sending message ${messageId} failed: ${errorText(err)}`, 'transient', { cause: err });
+      this.fail(e);
+    });
+    // Without access to the queue: the client flushes its whole queue in a setImmediate that the
+    // basicSend above scheduled (or an earlier one did); this one, scheduled after it, runs after.
+    if (!queue && !this.resetScheduled) {
+      this.resetScheduled = true;
+      setImmediate(() => {
+        this.resetScheduled = false;
+        for (const q of this.parts) q.queuedBytes = 0;
+      });
+    }
+  }
+
+  private confirmed(connectionId: string, publisherId: number, ids: readonly bigint[]): void {
+    const part = this.byPublisher.get(`${connectionId}/${publisherId}`);
+    if (!part) return;
+    this.lastProgress = Date.now();
+    for (const id of ids) {
+      const cb = part.pending.get(id);
+      if (!cb) continue;
+      part.pending.delete(id);
+      this.pendingTotal--;
+      cb(this.failure);
+    }
+  }
+
+  private publishError(connectionId: string, publisherId: number, id: bigint, code: number): void {
+    const part = this.byPublisher.get(`${connectionId}/${publisherId}`);
+    if (!part) return;
+    this.fail(new SinkError(`stream ${part.name}: the broker refused message ${id} (publishing error code ${code})`, 'transient'));
+  }
+
+  async close(): Promise<void> {
+    this.closing = true;
+    this.fail(new SinkError('sink closed', 'transient'));
+    if (this.watchdog) clearInterval(this.watchdog);
+    const client = this.client;
+    this.client = null;
+    if (!client) return;
+    // A polite close waits for the broker; on a dead network it would never end: then the
+    // sockets are destroyed (the client does not expose them, hence the private fields).
+    const closed = await within(client.close(), 3000, 'closing the stream connection').then(
+      () => true,
+      () => false,
+    );
+    if (!closed) {
+      const sockets = [
+        (client as unknown as { locatorConnection?: HasSocket }).locatorConnection,
+        ...this.parts.map((p) => (p.producer as unknown as { connection?: HasSocket }).connection),
+      ];
+      for (const c of sockets) c?.socket?.destroy();
+    }
+  }
+
+  private fail(err: SinkError): void {
+    if (this.failure) return;
+    this.failure = err;
+    if (!this.closing) this.options.log.warn({ err: err.message }, 'stream session failed');
+    this.pendingTotal = 0;
+    for (const part of this.parts) {
+      const pending = [...part.pending.values()];
+      part.pending.clear();
+      for (const cb of pending) cb(err);
+    }
+    this.resolveFailed(err);
+  }
+}
+
+/**
+ * The last message pgwarren wrote to `stream`: subscribe at the last chunk and keep the entry
+ * with the highest publishing id. A chunk's messages are handed over in one go, so once a turn
+ * of the event loop passes without another message, the chunk is complete.
+ */
+export async function readTail(client: Client, stream: string, timeoutMs: number): Promise<TailEntry | null> {
+  let best: TailEntry | null = null;
+  let done!: () => void;
+  const finished = new Promise<void>((resolve) => (done = resolve));
+  let timer: NodeJS.Immediate | null = null;
+  const consumer = await within(
+    client.declareConsumer({ stream, offset: Offset.last() }, (message) => {
+      const entry = tailEntryOf(message.applicationProperties);
+      if (entry && (!best || entry.publishingId > best.publishingId)) best = entry;
+      if (timer) clearImmediate(timer);
+      timer = setImmediate(done);
+    }),
+    timeoutMs,
+    `reading the end of stream ${stream}`,
+  );
+  try {
+    await within(finished, timeoutMs, `reading the end of stream ${stream}`);
+  } finally {
+    if (timer) clearImmediate(timer);
+    await within(client.closeConsumer(consumer.extendedId), timeoutMs, 'closing the tail reader').catch(() => undefined);
+  }
+  return best;
+}
+
+export async function within<T>(p: Promise<T>, ms: number, doing: string): Promise<T> {
+  let timer: NodeJS.Timeout | undefined;
+  const timeout = new Promise<never>((_, reject) => {
+    timer = setTimeout(() => reject(Object.assign(new Error(`timed out after ${ms} ms ${doing}`), { code: 'ETIMEDOUT' })), ms);
+  });
+  try {
+    return await Promise.race([p, timeout]);
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
+function classifyConnectError(err: unknown, url: string): SinkError {
+  const code = (err as { code?: unknown } | null)?.code;
+  if (code === STREAM_AUTH_FAILED) {
+    return new SinkError(`stream broker ${url} refused the credentials: ${errorText(err)}. Check the user and password in PGWARREN_STREAM_URL.`, 'fatal', { cause: err });
+  }
+  if (code === 'ECONNREFUSED') {
+    return new SinkError(
+      `cannot connect to the stream port at ${url} (connection refused): is the stream plugin enabled? Run "rabbitmq-plugins enable rabbitmq_stream" on the broker (it listens on 5552)`,
+      'transient',
+      { cause: err },
+    );
+  }
+  return new SinkError(`cannot connect to stream broker ${url}: ${errorText(err)}`, 'transient', { cause: err });
+}
+
+/** The client's log lines, at debug (its info is chatty) and warn. */
+function clientLogger(log: Logger): { debug(m: string): void; info(m: string): void; warn(m: string): void; error(m: string): void } {
+  const child = log.child({ component: 'stream-client' });
+  return {
+    debug: () => undefined,
+    info: (m) => child.debug(m),
+    warn: (m) => child.debug(m),
+    error: (m) => child.warn(m),
+  };
+}
+
+/** Connect and disconnect (for `check`): the broker's version, or the classified failure. */
+export async function probeStream(url: string, timeoutMs = DEFAULT_TIMEOUT_MS): Promise<{ version: string }> {
+  installStreamCompat();
+  const ep = parseStreamUrl(url);
+  const connecting = connectClient({
+    hostname: ep.hostname,
+    port: ep.port,
+    username: ep.username,
+    password: ep.password,
+    vhost: ep.vhost,
+    ssl: ep.tls,
+    connectionName: 'pgwarren-check',
+  });
+  let client: Client;
+  try {
+    client = await within(connecting, timeoutMs, `connecting to ${redactUrl(url)}`);
+  } catch (err) {
+    void connecting.then((late) => late.close().catch(() => undefined), () => undefined);
+    throw classifyConnectError(err, redactUrl(url));
+  }
+  const version = client.rabbitManagementVersion;
+  await within(client.close(), 3000, 'closing').catch(() => undefined);
+  return { version };
+}
