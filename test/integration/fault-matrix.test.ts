@@ -450,12 +450,13 @@ async function slotCreation(t: TestContext, variant: 'sigterm' | 'pg-cut' | 'pg-
   await blocker.connect();
   t.after(() => blocker.end().catch(() => undefined));
   await blocker.query('BEGIN');
-  await blocker.query('SELECT txid_current()'); // an xid: slot creation waits for this transaction
+  // An xid: slot creation (over SQL or the replication protocol) waits for this transaction to end.
+  const blockerPid = (await blocker.query<{ pid: number }>('SELECT txid_current(), pg_backend_pid() AS pid')).rows[0]!.pid;
   const waiting = async () =>
     (
       await r.db.query<{ n: number }>(
-        "SELECT count(*)::int AS n FROM pg_stat_activity WHERE datname = $1 AND backend_type = 'walsender' AND wait_event_type = 'Lock'",
-        [r.db.name],
+        "SELECT count(*)::int AS n FROM pg_stat_activity WHERE datname = $1 AND wait_event_type = 'Lock' AND wait_event = 'transactionid' AND pid <> $2",
+        [r.db.name, blockerPid],
       )
     ).rows[0]!.n > 0;
   const d = await r.start();
