@@ -2,12 +2,13 @@
  * `setup`, `teardown` and `status`: one-shot commands on an ordinary Postgres connection. They
  * print for people (or JSON with --json) and return the exit code.
  */
-import pg from 'pg';
+import type pg from 'pg';
 import type { Config } from '../config/load.js';
 import { PrerequisiteError, UsageError, classifyPgError } from '../errors.js';
 import { OperationSelection, TableSelection, excludedColumnsLookup } from '../filter/selection.js';
 import { quoteIdent } from '../source/decoder.js';
-import { queryFn, type QueryFn } from '../source/pg-query.js';
+import { connectPg, type QueryFn } from '../source/pg-query.js';
+import { closeWithin, pgSocketOwner } from '../ops/close.js';
 import {
   dropPublications,
   keylessPublicationName,
@@ -20,25 +21,25 @@ import {
   selectedTables,
   slotState,
 } from '../source/slot-admin.js';
-import { pgConfig } from './settings.js';
+import { pgConfig, pgTimeouts } from './settings.js';
 import { REPLICA_IDENTITY } from '../source/relation-catalog.js';
 
 export type Print = (line: string) => void;
 
 export async function withDatabase<T>(config: Config, fn: (query: QueryFn) => Promise<T>): Promise<T> {
-  const client = new pg.Client({ ...pgConfig(config), application_name: 'pgwarren-admin' });
-  client.on('error', () => undefined);
+  let opened: { client: pg.Client; query: QueryFn };
   try {
-    await client.connect();
+    opened = await connectPg(pgConfig(config), { applicationName: 'pgwarren-admin', timeouts: pgTimeouts(config) });
   } catch (err) {
     const e = classifyPgError(err, 'connecting to Postgres');
     if (e instanceof PrerequisiteError) throw e;
     throw new PrerequisiteError(`cannot connect to Postgres: ${(err as Error).message}. Check PGWARREN_DATABASE_URL and that the server is running.`);
   }
+  const { client, query } = opened;
   try {
-    return await fn(queryFn(client));
+    return await fn(query);
   } finally {
-    await client.end().catch(() => undefined);
+    await closeWithin(() => client.end(), () => pgSocketOwner(client));
   }
 }
 
@@ -53,6 +54,11 @@ export async function setupCommand(config: Config, opts: { replicaIdentityFull: 
       const publish = async (excludedColumns: ExcludedColumns | undefined, report: boolean) => {
         if (config.plugin !== 'pgoutput') return;
         const pub = await ensurePublication(query, { publication: config.publication, tables, operations: new OperationSelection(config.operations), excludedColumns });
+        if (pub.denied) {
+          throw new PrerequisiteError(
+            `managing publication "${config.publication}": ${pub.denied.message}. Only the owner of the publication and the tables can change it: run "pgwarren setup" as the tables' owner (or a superuser), or as the owner: ${pub.denied.statements.join('; ')}`,
+          );
+        }
         if (!report) return;
         if (pub.created && slotBefore.exists) {
           print(

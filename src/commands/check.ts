@@ -9,7 +9,8 @@ import { quoteIdent } from '../source/decoder.js';
 import { redactUrl } from '../config/load.js';
 import { OperationSelection, TableSelection } from '../filter/selection.js';
 import { keylessPublicationName, planTables, publicationTables, selectedTables, slotState } from '../source/slot-admin.js';
-import type { QueryFn } from '../source/pg-query.js';
+import { within, type QueryFn } from '../source/pg-query.js';
+import { closeWithin } from '../ops/close.js';
 import { withDatabase, type Print } from './admin.js';
 import { errorText } from '../sink/amqp-sink.js';
 
@@ -163,15 +164,18 @@ async function brokerChecks(config: Config, add: (r: CheckResult) => void): Prom
   for (const url of config.amqpUrls) {
     let model: amqp.ChannelModel | null = null;
     try {
-      model = await amqp.connect(url);
+      const connecting = amqp.connect(url, { timeout: config.connectTimeout * 1000 });
+      // Abandoned after the deadline: close it if it still opens.
+      model = await within(connecting, config.connectTimeout * 1000, `connecting to ${redactUrl(url)}`, () => void connecting.then((m) => m.close()).catch(() => undefined));
       model.on('error', () => undefined);
       add({ name: 'broker', ok: true, detail: `${redactUrl(url)} reachable` });
       const exchanges = [config.exchange, ...config.rules.flatMap((r) => (r.exchange ? [r.exchange] : []))];
-      for (const exchange of new Set(exchanges)) add(await exchangeCheck(model, exchange, config.exchangeType));
+      for (const exchange of new Set(exchanges)) add(await within(exchangeCheck(model, exchange, config.exchangeType), config.queryTimeout * 1000, `checking exchange ${exchange}`));
     } catch (err) {
       add({ name: 'broker', ok: false, detail: `${redactUrl(url)}: ${errorText(err)}`, fix: 'Check PGWARREN_AMQP_URL, credentials and that RabbitMQ is running.' });
     } finally {
-      await model?.close().catch(() => undefined);
+      const open = model;
+      if (open) await closeWithin(() => open.close(), () => (open as unknown as { connection?: { stream?: { destroy(): void } } }).connection);
     }
   }
 }

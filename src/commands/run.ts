@@ -13,7 +13,7 @@ import { Supervisor } from '../pipeline/supervisor.js';
 import { PrerequisiteError } from '../errors.js';
 import { onShutdown } from '../ops/shutdown.js';
 import { limitHeapGrowth } from '../ops/heap.js';
-import { pgConfig, sessionSettings } from './settings.js';
+import { pgConfig, pgTimeouts, sessionSettings } from './settings.js';
 
 export async function runCommand(config: Config): Promise<number> {
   limitHeapGrowth();
@@ -35,6 +35,7 @@ export async function runCommand(config: Config): Promise<number> {
   }
   const monitor = new SlotMonitor({
     pg: pgConfig(config),
+    timeouts: pgTimeouts(config),
     slot: config.slot,
     // As often as positions are reported, at most every 10 s: lag changes no faster than that.
     intervalMs: Math.min(10, config.statusInterval) * 1000,
@@ -43,7 +44,7 @@ export async function runCommand(config: Config): Promise<number> {
     log,
   });
   monitor.start();
-  const heartbeat = new Heartbeat({ pg: pgConfig(config), intervalMs: config.heartbeatInterval * 1000, log });
+  const heartbeat = new Heartbeat({ pg: pgConfig(config), timeouts: pgTimeouts(config), intervalMs: config.heartbeatInterval * 1000, log });
   heartbeat.start();
 
   onShutdown((signal) => {

@@ -5,9 +5,15 @@
 import type pg from 'pg';
 import { pgClientConfig, type Config } from '../config/load.js';
 import type { SessionSettings } from '../pipeline/session.js';
+import type { PgTimeouts } from '../source/pg-query.js';
 
 export function pgConfig(config: Config): pg.ClientConfig {
   return pgClientConfig(config.database);
+}
+
+/** Connect and query bounds for every ordinary Postgres connection (CONTRACT §9). */
+export function pgTimeouts(config: Config): PgTimeouts {
+  return { connectMs: config.connectTimeout * 1000, queryMs: config.queryTimeout * 1000 };
 }
 
 export function sessionSettings(config: Config): SessionSettings {
@@ -43,6 +49,7 @@ export function sessionSettings(config: Config): SessionSettings {
     batchMaxEvents: config.batchMaxEvents,
     batchMaxBytes: config.batchMaxBytes,
     shutdownTimeoutSeconds: config.shutdownTimeout,
+    timeouts: pgTimeouts(config),
     statusIntervalSeconds: config.statusInterval,
     publicationSyncSeconds: config.publicationSyncInterval,
   };

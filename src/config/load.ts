@@ -58,6 +58,10 @@ export interface Config {
   /** Seconds. */
   readonly shutdownTimeout: number;
   /** Seconds. */
+  readonly connectTimeout: number;
+  /** Seconds. */
+  readonly queryTimeout: number;
+  /** Seconds. */
   readonly reconnectMaxDelay: number;
   /** Seconds. */
   readonly statusInterval: number;
@@ -152,6 +156,8 @@ export function loadConfig(input: LoadInput): Config {
     logLevel: get('log-level'),
     ...definedOnly({ config: configPath }),
     shutdownTimeout: get('shutdown-timeout'),
+    connectTimeout: get('connect-timeout'),
+    queryTimeout: get('query-timeout'),
     reconnectMaxDelay: get('reconnect-max-delay'),
     statusInterval: get('status-interval'),
     publicationSyncInterval: get('publication-sync-interval'),

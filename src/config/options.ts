@@ -206,6 +206,21 @@ export const OPTIONS = [
     default: '30',
   }),
   option({
+    name: 'connect-timeout',
+    group: 'operations',
+    ...kinds.seconds(false),
+    description:
+      'seconds to open a connection (TCP, TLS, login; for RabbitMQ also the channel and exchange declarations) before giving up and retrying',
+    default: '10',
+  }),
+  option({
+    name: 'query-timeout',
+    group: 'operations',
+    ...kinds.seconds(false),
+    description: 'seconds a catalog query or the start of replication may take before the connection is dropped and the session retried (slot creation waits as long as it must)',
+    default: '30',
+  }),
+  option({
     name: 'reconnect-max-delay',
     group: 'operations',
     ...kinds.seconds(false),

@@ -7,6 +7,7 @@
  */
 import type pg from 'pg';
 import { LazyPgClient } from './lazy-client.js';
+import type { PgTimeouts } from '../source/pg-query.js';
 import type { Logger } from './logger.js';
 import { PeriodicTask } from './periodic.js';
 
@@ -16,8 +17,8 @@ export class Heartbeat {
   private task: PeriodicTask | null = null;
   private readonly db: LazyPgClient;
 
-  constructor(private readonly opts: { pg: pg.ClientConfig; intervalMs: number; log: Logger }) {
-    this.db = new LazyPgClient(opts.pg, 'pgwarren-heartbeat');
+  constructor(private readonly opts: { pg: pg.ClientConfig; timeouts: PgTimeouts; intervalMs: number; log: Logger }) {
+    this.db = new LazyPgClient(opts.pg, 'pgwarren-heartbeat', opts.timeouts);
   }
 
   start(): void {

@@ -1,27 +1,30 @@
 /**
  * An ordinary Postgres connection for background loops: opened on first use, dropped after any
- * failure and opened again on the next use, so a database restart heals by itself.
+ * failure (a timeout included) and opened again on the next use, so a database restart or a
+ * dead network heals by itself. Every connect and query is bounded (CONTRACT §9).
  */
-import pg from 'pg';
+import type pg from 'pg';
 import { closeWithin, pgSocketOwner } from './close.js';
+import { connectPg, type PgTimeouts, type QueryFn } from '../source/pg-query.js';
 
 export class LazyPgClient {
   private client: pg.Client | null = null;
+  private run: QueryFn | null = null;
 
   constructor(
     private readonly config: pg.ClientConfig,
     private readonly applicationName: string,
+    private readonly timeouts: PgTimeouts,
   ) {}
 
-  async query(sql: string, params?: unknown[]): Promise<pg.QueryResult> {
+  async query(sql: string, params?: unknown[]): Promise<{ rows: unknown[] }> {
     try {
-      if (!this.client) {
-        const client = new pg.Client({ ...this.config, application_name: this.applicationName });
-        client.on('error', () => undefined); // surfaced by the failing query instead
-        await client.connect();
-        this.client = client;
+      if (!this.run) {
+        const opened = await connectPg(this.config, { applicationName: this.applicationName, timeouts: this.timeouts });
+        this.client = opened.client;
+        this.run = opened.query;
       }
-      return await this.client.query(sql, params);
+      return await this.run(sql, params);
     } catch (err) {
       await this.close();
       throw err;
@@ -31,6 +34,7 @@ export class LazyPgClient {
   async close(): Promise<void> {
     const client = this.client;
     this.client = null;
+    this.run = null;
     if (client) await closeWithin(() => client.end(), () => pgSocketOwner(client));
   }
 }

@@ -5,6 +5,7 @@
  */
 import type pg from 'pg';
 import { LazyPgClient } from './lazy-client.js';
+import type { PgTimeouts } from '../source/pg-query.js';
 import type { Logger } from './logger.js';
 import type { Metrics } from './metrics.js';
 import { queryFn } from '../source/pg-query.js';
@@ -17,9 +18,9 @@ export class SlotMonitor {
   private warned = false;
 
   constructor(
-    private readonly opts: { pg: pg.ClientConfig; slot: string; intervalMs: number; lagWarnBytes: number; metrics: Metrics; log: Logger },
+    private readonly opts: { pg: pg.ClientConfig; timeouts: PgTimeouts; slot: string; intervalMs: number; lagWarnBytes: number; metrics: Metrics; log: Logger },
   ) {
-    this.db = new LazyPgClient(opts.pg, 'pgwarren-monitor');
+    this.db = new LazyPgClient(opts.pg, 'pgwarren-monitor', opts.timeouts);
   }
 
   start(): void {

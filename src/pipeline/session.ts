@@ -11,6 +11,14 @@
  *   draining    -> (stop requested) read nothing more, wait for outstanding confirms (bounded),
  *                  report the final position
  *   ended       -> everything closed; `run()` resolved ('stopped') or rejected (the failure)
+ *
+ * Faults (CONTRACT §9): every connect and query is bounded (PGWARREN_CONNECT_TIMEOUT,
+ * PGWARREN_QUERY_TIMEOUT) except slot creation, which legitimately waits for transactions open
+ * elsewhere and says which. A failure is classified once (errors.ts): permanent ones leave as
+ * PrerequisiteError (exit 3), everything else as SessionFailure (retry). A stop is honoured in
+ * every state: while connecting, the step in progress is abandoned and its connection closed.
+ * Whenever a streaming session ends, failure included, the confirmed position is reported first,
+ * so the next session does not re-send what the broker already confirmed.
  */
 import pg from 'pg';
 import type { Logger } from '../ops/logger.js';
@@ -23,20 +31,21 @@ import type { FloodAction, TxPlan } from '../filter/flood-guard.js';
 import { EventBuilder } from '../events/envelope.js';
 import { Router, type RouteRule } from '../events/router.js';
 import { OperationSelection, TableSelection, excludedColumnsLookup, ruleLookup } from '../filter/selection.js';
-import { queryFn } from '../source/pg-query.js';
+import { connectPg, destroyClient, within, type PgTimeouts, type QueryFn } from '../source/pg-query.js';
 import { RelationCatalog, hasPartitions } from '../source/relation-catalog.js';
 import { TypeCatalog } from '../source/type-catalog.js';
-import { checkSlot, ensurePublication, ensureSlot, keylessPublicationName, requireLogicalWal } from '../source/slot-admin.js';
+import { checkSlot, ensurePublication, ensureSlot, keylessPublicationName, requireLogicalWal, type SlotState } from '../source/slot-admin.js';
 import { ReplicationStream } from '../source/replication-stream.js';
 import { PgoutputDecoder } from '../source/pgoutput-decoder.js';
 import { Wal2jsonDecoder, wal2jsonTableFilter } from '../source/wal2json-decoder.js';
 import type { Decoder } from '../source/decoder.js';
 import { formatLsn, parseLsn } from '../source/lsn.js';
-import { classifyPgError, PrerequisiteError } from '../errors.js';
+import { classifyPgError, errorMessage, PrerequisiteError, sqlState } from '../errors.js';
 import { tlsFailure } from '../config/database.js';
 import { redactUrl } from '../config/redact.js';
 import { LogThrottle } from '../ops/throttle.js';
 import { closeWithin, pgSocketOwner } from '../ops/close.js';
+import { LazyPgClient } from '../ops/lazy-client.js';
 import { PeriodicTask } from '../ops/periodic.js';
 import type { Op, Plugin, SourceInfo } from '../types.js';
 
@@ -67,6 +76,8 @@ export interface SessionSettings {
   readonly batchMaxBytes: number;
   readonly shutdownTimeoutSeconds: number;
   readonly statusIntervalSeconds: number;
+  /** Bounds on connecting to and querying Postgres (the broker's open uses connectMs). */
+  readonly timeouts: PgTimeouts;
   /** How often new tables matching the selection are added to the publication; 0 = only at start. */
   readonly publicationSyncSeconds: number;
 }
@@ -88,6 +99,18 @@ export class SessionFailure extends Error {
   }
 }
 
+/** Thrown inside a session when a stop abandons the step in progress; `run()` resolves 'stopped'. */
+class Stopped extends Error {
+  constructor() {
+    super('stopped');
+  }
+}
+
+/** How long the final position report of a failed session may take. */
+const FINAL_REPORT_MS = 2_000;
+/** How often slot creation says what it still waits for. */
+const SLOT_WAIT_LOG_MS = 5_000;
+
 export interface SessionHooks {
   onState(state: SessionState): void;
   onBlocked(blocked: boolean): void;
@@ -106,6 +129,11 @@ export class Session {
   private stream: ReplicationStream<unknown> | null = null;
   private lastReported = 0n;
   private lastReportAt = 0;
+  private readonly abort = new AbortController();
+  /** Backend pid of the catalog connection while it creates the slot (a stop cancels it). */
+  private creatingSlotPid: number | null = null;
+  /** A second connection used while the slot is created: who it waits for, and to cancel it. */
+  private helper: LazyPgClient | null = null;
 
   constructor(
     private readonly settings: SessionSettings,
@@ -123,6 +151,8 @@ export class Session {
   stop(): void {
     this.stopRequested = true;
     this.resolveStop();
+    // Gives up a broker open in progress; a streaming session drains instead (see runInner).
+    this.abort.abort();
   }
 
   brokerUrlIndex(): number | undefined {
@@ -132,10 +162,22 @@ export class Session {
   async run(): Promise<SessionOutcome> {
     try {
       return await this.runInner();
+    } catch (err) {
+      if (err instanceof Stopped || (this.stopRequested && this.state !== 'streaming')) return 'stopped';
+      throw err;
     } finally {
       await this.closeAll();
       this.setState('ended');
     }
+  }
+
+  private state: SessionState = 'connecting';
+
+  /** `work`, unless a stop comes first: then the step is abandoned (closeAll closes its connection). */
+  private async step<T>(work: Promise<T>): Promise<T> {
+    if (this.stopRequested) throw new Stopped();
+    work.catch(() => undefined);
+    return Promise.race([work, this.stopSignal.then(() => Promise.reject(new Stopped()))]);
   }
 
   private async runInner(): Promise<SessionOutcome> {
@@ -143,19 +185,24 @@ export class Session {
     const log = opts.log;
 
     // 1. Catalog connection: prerequisites, slot, publication.
-    const client = new pg.Client({ ...settings.pg, application_name: 'pgwarren-catalog' });
-    client.on('error', (err) => log.debug({ err: err.message }, 'catalog connection error'));
-    this.catalogClient = client;
     const where = `${String(settings.pg.host)}:${String(settings.pg.port)}/${settings.database}`;
+    let query: QueryFn;
     try {
-      await client.connect();
+      ({ query } = await this.step(
+        connectPg(settings.pg, {
+          applicationName: 'pgwarren-catalog',
+          timeouts: settings.timeouts,
+          onError: (err) => log.debug({ err: err.message }, 'catalog connection error'),
+          hold: (client) => (this.catalogClient = client),
+        }),
+      ));
     } catch (err) {
+      if (err instanceof Stopped) throw err;
       const tls = tlsFailure(err, 'PGWARREN_PG_SSL_ROOT_CERT (or sslrootcert), sslmode, and that the host name in the URL is one the certificate names');
       if (tls) throw new PrerequisiteError(`connecting to Postgres at ${where}: ${tls}`, { cause: err });
-      throw new SessionFailure('postgres', classifyPgError(err, 'connecting to Postgres'));
+      throw pgFailure(err, `connecting to Postgres at ${where}`);
     }
     log.info({ postgres: where, user: settings.pg.user, tls: Boolean(settings.pg.ssl) }, `connected to Postgres ${where}`);
-    const query = queryFn(client);
     await this.pg(() => requireLogicalWal(query), 'checking wal_level');
     const slotOpts = { slot: settings.slot, plugin: settings.plugin, database: settings.database, mayCreate: opts.mayCreateSlot };
     const existing = await this.pg(() => checkSlot(query, slotOpts), 'checking the slot');
@@ -172,9 +219,24 @@ export class Session {
     let firstSync = true;
     let publicationExisted = false;
     let lastKeyless = '';
+    let lastDenied = '';
     const syncPublication = async () => {
       const pub = await ensurePublication(query, { publication: settings.publication, tables, operations, excludedColumns });
       if (firstSync) publicationExisted = !pub.created;
+      // The role may read the publications but not change them (the recommended deployment: setup
+      // as the owner, run as a REPLICATION role). That never stops the stream (CONTRACT §9): the
+      // tables already published keep flowing; the fix is logged once per distinct change.
+      const denied = pub.denied ? pub.denied.statements.join(';\n') : '';
+      if (pub.denied && denied !== lastDenied) {
+        log.warn(
+          { publication: settings.publication, err: pub.denied.message, wanted: pub.denied.statements },
+          `publication sync lacks a privilege, streaming goes on without the change: ${pub.denied.message}. ` +
+            `Run "pgwarren setup" as the tables' owner, or as the owner: ${pub.denied.statements.join('; ')}`,
+        );
+      } else if (!pub.denied && lastDenied !== '') {
+        log.info({ publication: settings.publication }, 'publication sync no longer lacks a privilege');
+      }
+      lastDenied = denied;
       if (pub.created || pub.added.length || pub.removed.length || pub.recolumned.length) {
         log.info(
           {
@@ -208,7 +270,7 @@ export class Session {
     // Only now, after the publications: see ensureSlot.
     let slotState = existing;
     if (!existing.exists) {
-      const slot = await this.pg(() => ensureSlot(query, slotOpts), 'creating the slot');
+      const slot = await this.createSlot(query, slotOpts);
       slotState = slot.state;
       if (slot.created && publicationExisted) {
         log.warn(
@@ -223,7 +285,9 @@ export class Session {
     const unroutableLog = new LogThrottle();
     const router = new Router({ exchange: settings.exchange, routingKey: settings.routingKey }, settings.rules);
     try {
-      this.sink = await AmqpSink.open({
+      this.sink = await this.step(AmqpSink.open({
+        openTimeoutMs: settings.timeouts.connectMs,
+        signal: this.abort.signal,
         urls: settings.amqpUrls,
         firstUrl: opts.firstUrl,
         exchanges: [
@@ -244,8 +308,9 @@ export class Session {
           }
         },
         onBlockedChange: (blocked) => opts.hooks.onBlocked(blocked),
-      });
+      }));
     } catch (err) {
+      if (err instanceof Stopped || this.stopRequested) throw new Stopped();
       if (err instanceof SinkError && err.severity === 'fatal') throw new PrerequisiteError(err.message, { cause: err });
       throw new SessionFailure('rabbitmq', err);
     }
@@ -293,12 +358,13 @@ export class Session {
       intervalMs: settings.statusIntervalSeconds * 1000,
       log,
       ping: () => void this.report(checkpoint, true, true),
+      probe: () => this.probeWalsender(query),
       onStalled: (stalled) => opts.hooks.onStalled?.(stalled),
       onTimeout: (silentMs) => stallTimeout(silentMs),
       confirmed: () => formatLsn(this.lastReported),
     });
     const stream = new ReplicationStream<unknown>(
-      settings.pg,
+      { ...settings.pg, connectionTimeoutMillis: settings.timeouts.connectMs },
       settings.slot,
       decoder,
       {
@@ -320,12 +386,11 @@ export class Session {
     );
     this.stream = stream;
     try {
-      await stream.start();
+      await this.step(stream.start(settings.timeouts.connectMs + settings.timeouts.queryMs));
     } catch (err) {
-      const e = classifyPgError(err, `starting replication from slot "${settings.slot}"`);
-      if (e instanceof PrerequisiteError) throw e;
-      const inUse = /is active for PID/i.test((err as Error).message ?? '');
-      throw new SessionFailure('postgres', e, inUse ? 1000 : 0);
+      if (err instanceof Stopped) throw err;
+      // 55006: the slot is active for another process (another pgwarren): stand by.
+      throw pgFailure(err, `starting replication from slot "${settings.slot}"`, sqlState(err) === '55006' ? 1000 : 0, REPLICATION_FIXES);
     }
     this.setState('streaming');
     log.info(
@@ -390,15 +455,102 @@ export class Session {
       const pipelineFailure = pipeline.failed();
       if (pipelineFailure) throw new SessionFailure('rabbitmq', pipelineFailure);
       const reason = outcome.reason;
-      const undecodable = publicationMissingInHistory(reason, settings.slot);
-      if (undecodable) throw undecodable;
-      if (reason instanceof PrerequisiteError) throw reason;
-      throw new SessionFailure(reason instanceof SinkError ? 'rabbitmq' : 'postgres', reason);
+      // 42704 once streaming: a publication the stream names did not exist when a change the
+      // slot holds was made (a missing slot fails START_REPLICATION instead).
+      if (settings.plugin === 'pgoutput' && sqlState(reason.cause ?? reason) === '42704') throw publicationMissingInHistory(reason, settings);
+      if (reason instanceof SinkError) throw new SessionFailure('rabbitmq', reason);
+      throw pgFailure(reason, `streaming from slot "${settings.slot}"`);
     } finally {
       clearInterval(ticker);
       syncer?.stop();
       watch.end();
+      // Whatever ended the session, Postgres hears what the broker confirmed (a stop has already
+      // drained and reported): the next session then re-sends only what is unconfirmed.
+      if (!this.stopRequested) await this.finalReport(checkpoint);
     }
+  }
+
+  /** The confirmed position, once more, bounded: the replication connection may be the dead part. */
+  private async finalReport(checkpoint: Checkpoint): Promise<void> {
+    const before = this.lastReported;
+    try {
+      await within(this.report(checkpoint, true), FINAL_REPORT_MS, 'final position report');
+    } catch {
+      /* the connection is gone: the next session starts from the last position Postgres heard */
+    }
+    if (this.lastReported !== before) this.opts.log.info({ confirmed: formatLsn(this.lastReported) }, 'confirmed position reported at session end');
+  }
+
+  /**
+   * Creates the slot (see ensureSlot). Postgres makes a new logical slot wait until every
+   * transaction running at that moment has ended, however long that is, so this query has no
+   * timeout; instead a second connection says every few seconds which sessions it waits for,
+   * and a stop cancels it (pg_cancel_backend) rather than waiting.
+   */
+  private async createSlot(query: QueryFn, slotOpts: Parameters<typeof ensureSlot>[1]): Promise<{ created: boolean; state: SlotState }> {
+    const log = this.opts.log;
+    // pg sets processID from BackendKeyData (not in its type definitions).
+    const pid = (this.catalogClient as { processID?: number } | null)?.processID ?? null;
+    const helper = (this.helper = new LazyPgClient(this.settings.pg, 'pgwarren-slot-wait', this.settings.timeouts));
+    this.creatingSlotPid = pid;
+    let lastBlockers = '';
+    const watch = pid
+      ? setInterval(() => {
+          void helper
+            .query(
+              `SELECT a.pid, a.usename AS user, a.application_name AS application, a.state,
+                      extract(epoch FROM now() - a.xact_start)::int AS open_seconds
+                 FROM pg_stat_activity a WHERE a.pid = ANY (pg_blocking_pids($1)) ORDER BY a.xact_start`,
+              [pid],
+            )
+            .then(({ rows }) => {
+              const blockers = rows as { pid: number; user: string | null; application: string | null; state: string | null; open_seconds: number | null }[];
+              const key = blockers.map((b) => b.pid).join(',');
+              if (blockers.length === 0 || key === lastBlockers) return;
+              lastBlockers = key;
+              const list = blockers
+                .map((b) => `pid ${b.pid}${b.user ? ` (user ${b.user}${b.application ? `, ${b.application}` : ''}, ${b.state ?? 'unknown state'}${b.open_seconds != null ? `, open for ${b.open_seconds} s` : ''})` : ''}`)
+                .join('; ');
+              log.warn(
+                { slot: this.settings.slot, waitingFor: blockers },
+                `creating slot "${this.settings.slot}" waits for ${blockers.length} transaction(s) open elsewhere to end: ${list}. ` +
+                  `Postgres starts a new slot only once every transaction running at that moment has finished`,
+              );
+            })
+            .catch((err: unknown) => log.debug({ err: errorMessage(err) }, 'could not tell what slot creation waits for'));
+        }, SLOT_WAIT_LOG_MS)
+      : null;
+    try {
+      return await this.step(this.pg(() => ensureSlot(query, slotOpts), 'creating the slot'));
+    } finally {
+      if (watch) clearInterval(watch);
+      if (!this.stopRequested) {
+        this.creatingSlotPid = null;
+        this.helper = null;
+        await helper.close();
+      }
+    }
+  }
+
+  /**
+   * Asked by the stall watch when the replication connection has been silent for a while: is
+   * this connection's walsender busy decoding (reading WAL, replaying a large transaction of
+   * tables it then filters out), which is silence but not a stall? A walsender waiting for WAL
+   * or on our socket should have answered the pings: that, a walsender that is gone, or no
+   * answer at all from the catalog connection, is a stall.
+   */
+  private async probeWalsender(query: QueryFn): Promise<'busy' | 'stalled'> {
+    const pid = this.stream?.backendPid();
+    if (!pid) return 'stalled';
+    const probeMs = Math.max(2_000, this.settings.statusIntervalSeconds * 1000);
+    const { rows } = await within(
+      query<{ state: string | null; wait_event_type: string | null }>('SELECT state, wait_event_type FROM pg_stat_activity WHERE pid = $1', [pid]),
+      probeMs,
+      'asking Postgres what the walsender does',
+    );
+    const r = rows[0];
+    if (!r || r.state !== 'active') return 'stalled';
+    return r.wait_event_type === 'Client' || r.wait_event_type === 'Activity' ? 'stalled' : 'busy';
   }
 
   private decoder(relations: RelationCatalog, types: TypeCatalog, pushTablesDown: boolean): Decoder<unknown> {
@@ -447,26 +599,41 @@ export class Session {
     }
   }
 
+  /** A catalog step, abandoned on stop; its failure classified (permanent -> exit 3). */
   private async pg<T>(fn: () => Promise<T>, doing: string): Promise<T> {
     try {
-      return await fn();
+      return await this.step(fn());
     } catch (err) {
-      const e = classifyPgError(err, doing);
-      if (e instanceof PrerequisiteError) throw e;
-      throw new SessionFailure('postgres', e);
+      if (err instanceof Stopped) throw err;
+      throw pgFailure(err, doing);
     }
   }
 
   private setState(state: SessionState): void {
+    this.state = state;
     this.opts.hooks.onState(state);
   }
 
   private async closeAll(): Promise<void> {
+    // A stop during slot creation: cancel it, or Postgres creates the slot after all once the
+    // transactions it waits for end (a closed socket goes unnoticed while the backend waits).
+    const creating = this.creatingSlotPid;
+    const helper = this.helper;
+    if (creating && helper) {
+      await within(helper.query('SELECT pg_cancel_backend($1)', [creating]), 3_000, 'cancelling slot creation').catch((err: unknown) =>
+        this.opts.log.warn({ err: errorMessage(err) }, 'could not cancel slot creation; the slot may appear once the transactions it waits for end'),
+      );
+    }
     const tasks: Promise<unknown>[] = [];
+    if (helper) tasks.push(helper.close());
     if (this.stream) tasks.push(this.stream.stop());
     if (this.sink) tasks.push(this.sink.close());
     const catalog = this.catalogClient;
-    if (catalog) tasks.push(closeWithin(() => catalog.end(), () => pgSocketOwner(catalog)));
+    if (catalog) {
+      // Nothing to finish politely on a connection a stop abandoned mid-step.
+      if (this.stopRequested && this.state === 'connecting') destroyClient(catalog);
+      else tasks.push(closeWithin(() => catalog.end(), () => pgSocketOwner(catalog)));
+    }
     await Promise.allSettled(tasks);
   }
 
@@ -483,14 +650,25 @@ const nameOf = (t: { schema: string; table: string }) => `${t.schema}.${t.table}
  * after the slot, or dropped and re-created), decoding fails on every attempt: the slot is stuck
  * and holds WAL, so this is a prerequisite failure, not something to retry.
  */
-function publicationMissingInHistory(err: unknown, slot: string): PrerequisiteError | undefined {
-  const text = err instanceof Error ? `${err.message} ${String((err.cause as Error | undefined)?.message ?? '')}` : String(err);
-  const m = /publication "([^"]+)" does not exist/.exec(text);
-  if (!m) return undefined;
+function publicationMissingInHistory(err: Error, settings: SessionSettings): PrerequisiteError {
+  const names = `"${settings.publication}" (or "${keylessPublicationName(settings.publication)}")`;
+  const slot = settings.slot;
   return new PrerequisiteError(
-    `slot "${slot}" holds changes made before publication "${m[1]}" existed (it was created after the slot, or dropped and re-created), ` +
+    `${errorMessage(err)}: slot "${slot}" holds changes made before publication ${names} existed (it was created after the slot, or dropped and re-created), ` +
       `and Postgres cannot decode them with it, so the slot cannot advance. Re-sync consumers from the tables, then re-create the slot ` +
       `after the publications: "pgwarren teardown --yes" and "pgwarren setup".`,
     { cause: err },
   );
+}
+
+/** Replication-specific fixes for codes whose general fix would mislead. */
+const REPLICATION_FIXES: Readonly<Record<string, string>> = {
+  '42501': 'the role needs the REPLICATION attribute: ALTER ROLE <role> WITH REPLICATION (and a pg_hba.conf line for replication connections)',
+};
+
+/** A Postgres failure as the supervisor must see it: PrerequisiteError (exit 3) or SessionFailure (retry). */
+function pgFailure(err: unknown, doing: string, minDelayMs = 0, fixes?: Readonly<Record<string, string>>): Error {
+  const e = classifyPgError(err, doing, fixes);
+  if (e instanceof PrerequisiteError) return e;
+  return new SessionFailure('postgres', e, minDelayMs);
 }

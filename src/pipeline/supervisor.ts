@@ -104,7 +104,10 @@ export class Supervisor implements Health {
         log.info({ lsn: formatLsn(outcome.replan.commitLsn), flooded: [...outcome.replan.flooded.keys()] }, 'reading an oversized transaction again with its flood verdict known');
         continue;
       } catch (err) {
+        // The session classified the fault (errors.ts): permanent ones arrive as PrerequisiteError,
+        // never wrapped, but a wrapped one must not be retried forever either.
         if (err instanceof PrerequisiteError) throw err;
+        if (err instanceof SessionFailure && err.cause instanceof PrerequisiteError) throw err.cause;
         if (this.stopping) break;
         const failure = err instanceof SessionFailure ? err : new SessionFailure('pipeline', err);
         if (failure.target === 'rabbitmq') brokerIndex = ((session.brokerUrlIndex() ?? brokerIndex) + 1) % this.settings.amqpUrls.length;

@@ -18,6 +18,10 @@ import type { Logger } from '../ops/logger.js';
 import { redactUrl } from '../config/load.js';
 import { tlsFailure } from '../config/database.js';
 import { closeWithin } from '../ops/close.js';
+import { classify, errorMessage, TimeoutError } from '../errors.js';
+import { exposeHandshakeReplyCodes } from './amqp-handshake.js';
+
+exposeHandshakeReplyCodes();
 
 export interface OutgoingMessage {
   readonly exchange: string;
@@ -47,6 +51,13 @@ export interface AmqpSinkOptions {
   readonly log: Logger;
   readonly onUnroutable?: (msg: { exchange: string; routingKey: string; messageId: string | undefined }) => void;
   readonly onBlockedChange?: (blocked: boolean, reason?: string) => void;
+  /**
+   * Bound on opening one broker: TCP connect, TLS, the AMQP handshake, the channel and the
+   * exchange declarations together. A broker that accepts TCP and never answers is given up on.
+   */
+  readonly openTimeoutMs: number;
+  /** Aborting gives up the open at once (SIGTERM while connecting); whatever opened is closed. */
+  readonly signal?: AbortSignal;
 }
 
 /** Failure classes the session treats differently. */
@@ -88,15 +99,49 @@ export class AmqpSink {
       const index = (firstUrl + i) % urls.length;
       const url = urls[index]!;
       try {
-        return await AmqpSink.openOne(url, index, options);
+        return await AmqpSink.openWithin(url, index, options);
       } catch (err) {
         lastError = err;
         if (err instanceof SinkError && err.severity === 'fatal') throw err;
+        if (options.signal?.aborted) throw err;
         log.warn({ broker: redactUrl(url), err: errorText(err) }, 'broker connection failed');
       }
     }
     if (lastError instanceof SinkError) throw lastError;
     throw new SinkError(`no broker reachable: ${errorText(lastError)}`, 'transient', { cause: lastError });
+  }
+
+  /**
+   * `openOne` under a deadline and the abort signal. Whichever ends it first, the attempt is
+   * abandoned: a connection it still makes is closed (and its socket destroyed) when it arrives,
+   * and amqplib's own socket timeout ends a handshake that never completes.
+   */
+  private static openWithin(url: string, index: number, options: AmqpSinkOptions): Promise<AmqpSink> {
+    const { signal, openTimeoutMs } = options;
+    return new Promise<AmqpSink>((resolve, reject) => {
+      let settled = false;
+      const settle = (fn: () => void) => {
+        if (settled) return false;
+        settled = true;
+        clearTimeout(timer);
+        signal?.removeEventListener('abort', onAbort);
+        fn();
+        return true;
+      };
+      const onAbort = () => settle(() => reject(new SinkError(`opening broker ${redactUrl(url)} abandoned: shutting down`, 'transient')));
+      const timer = setTimeout(
+        () => settle(() => reject(new SinkError(`cannot open broker ${redactUrl(url)}: ${new TimeoutError('connect, AMQP handshake, channel and exchange declarations', openTimeoutMs).message}`, 'transient'))),
+        openTimeoutMs,
+      );
+      if (signal?.aborted) onAbort();
+      else signal?.addEventListener('abort', onAbort, { once: true });
+      AmqpSink.openOne(url, index, options).then(
+        (sink) => {
+          if (!settle(() => resolve(sink))) void sink.close();
+        },
+        (err: unknown) => void settle(() => reject(err)),
+      );
+    });
   }
 
   private static async openOne(url: string, index: number, options: AmqpSinkOptions): Promise<AmqpSink> {
@@ -105,6 +150,9 @@ export class AmqpSink {
       model = await amqp.connect(withDefaults(url), {
         ...tlsSocketOptions(options.tls),
         clientProperties: { connection_name: 'pgwarren' },
+        // amqplib's socket idle timeout, active until the handshake completes: a peer that
+        // accepts TCP and says nothing is dropped (and its socket destroyed) by amqplib itself.
+        timeout: options.openTimeoutMs,
       });
     } catch (err) {
       throw classifyConnectError(err, url);
@@ -113,6 +161,14 @@ export class AmqpSink {
     const early = (err: Error) => options.log.debug({ err: errorText(err) }, 'broker error during open');
     model.on('error', early);
     let channel: ConfirmChannel;
+    // Past the deadline (or on abort) the caller has gone: close what this attempt opened.
+    const abandon = () => void closeModel(model);
+    const abandoned = setTimeout(abandon, options.openTimeoutMs);
+    options.signal?.addEventListener('abort', abandon, { once: true });
+    const settled = () => {
+      clearTimeout(abandoned);
+      options.signal?.removeEventListener('abort', abandon);
+    };
     try {
       channel = await model.createConfirmChannel();
       channel.on('error', early);
@@ -120,18 +176,21 @@ export class AmqpSink {
         try {
           await channel.assertExchange(ex.name, ex.type, { durable: true });
         } catch (err) {
+          const fault = classify(err);
           throw new SinkError(
             `exchange "${ex.name}" cannot be declared as a durable ${ex.type} exchange: ${errorText(err)}. ` +
-              `If it exists with another type or durability, delete it or set PGWARREN_EXCHANGE_TYPE to match.`,
-            /PRECONDITION_FAILED|ACCESS_REFUSED/.test(errorText(err)) ? 'fatal' : 'transient',
+              (fault.kind === 'permanent' ? `Fix: ${fault.fix}.` : 'Retrying.'),
+            fault.kind === 'permanent' ? 'fatal' : 'transient',
             { cause: err },
           );
         }
       }
     } catch (err) {
-      await model.close().catch(() => undefined);
+      settled();
+      await closeModel(model);
       throw err instanceof SinkError ? err : new SinkError(`broker channel failed: ${errorText(err)}`, 'transient', { cause: err });
     }
+    settled();
     const sink = new AmqpSink(model, channel, url, index, options);
     model.off('error', early);
     channel.off('error', early);
@@ -255,20 +314,27 @@ function tlsSocketOptions(tls: AmqpTls | undefined): Record<string, unknown> {
   return out;
 }
 
-function classifyConnectError(err: unknown, url: string): SinkError {
+/** Close a connection whose session never started, bounded like every close. */
+async function closeModel(model: ChannelModel): Promise<void> {
+  const connection = (model as unknown as { connection?: { stream?: { destroy(): void } } }).connection;
+  await closeWithin(() => model.close(), () => connection);
+}
+
+/**
+ * A failed connect, by code (CONTRACT §9): TLS verification failures and the reply codes the
+ * classification table calls permanent (403 ACCESS_REFUSED on login, 530 NOT_ALLOWED for the
+ * virtual host; see amqp-handshake.ts for how they get a code) are fatal; everything else
+ * (refused, reset, timed out, closed during the handshake) is retried.
+ */
+export function classifyConnectError(err: unknown, url: string): SinkError {
   const text = errorText(err);
   const tls = tlsFailure(err, 'PGWARREN_AMQP_CA, PGWARREN_AMQP_CERT and PGWARREN_AMQP_KEY, and that the host name in PGWARREN_AMQP_URL is one the certificate names');
   if (tls) return new SinkError(`broker ${redactUrl(url)}: ${tls}`, 'fatal', { cause: err });
-  if (/ACCESS_REFUSED|403|authentication|PLAIN login refused/i.test(text)) {
-    return new SinkError(`broker ${redactUrl(url)} refused the credentials: ${text}. Check the user and password in PGWARREN_AMQP_URL.`, 'fatal', { cause: err });
-  }
-  if (/NOT_ALLOWED|vhost/i.test(text) && /530/.test(text)) {
-    return new SinkError(`broker ${redactUrl(url)} refused the virtual host: ${text}`, 'fatal', { cause: err });
+  const fault = classify(err);
+  if (fault.kind === 'permanent') {
+    return new SinkError(`broker ${redactUrl(url)}: ${fault.meaning}: ${text}. Fix: ${fault.fix}.`, 'fatal', { cause: err });
   }
   return new SinkError(`cannot connect to broker ${redactUrl(url)}: ${text}`, 'transient', { cause: err });
 }
 
-export function errorText(err: unknown): string {
-  if (err instanceof Error) return err.message || err.name;
-  return String(err);
-}
+export const errorText = errorMessage;

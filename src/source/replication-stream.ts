@@ -21,7 +21,7 @@ import type { Logger } from '../ops/logger.js';
 import type { Decoder } from './decoder.js';
 import { quoteIdent } from './decoder.js';
 import { formatLsn, parseLsn } from './lsn.js';
-import { classifyPgError } from '../errors.js';
+import { classifyPgError, TimeoutError } from '../errors.js';
 import { closeWithin, pgSocketOwner } from '../ops/close.js';
 
 export interface StreamHandlers<P> {
@@ -103,12 +103,21 @@ export class ReplicationStream<P> {
     });
   }
 
-  /** Resolves once Postgres started streaming; rejects if it refused. */
-  start(): Promise<void> {
+  /**
+   * Resolves once Postgres started streaming; rejects if it refused, or when connecting and
+   * START_REPLICATION together take longer than `timeoutMs` (the connection is then destroyed).
+   */
+  start(timeoutMs: number): Promise<void> {
     return new Promise<void>((resolve, reject) => {
       let started = false;
+      const timer = setTimeout(() => {
+        if (started) return;
+        this.end(new TimeoutError(`starting replication from slot "${this.slot}"`, timeoutMs));
+        pgSocketOwner(this.client())?.stream?.destroy();
+      }, timeoutMs);
       this.service.once('start', () => {
         started = true;
+        clearTimeout(timer);
         resolve();
       });
       this.service
@@ -122,9 +131,21 @@ export class ReplicationStream<P> {
           },
         );
       void this.ended.then((reason) => {
+        clearTimeout(timer);
         if (!started) reject(reason);
       });
     });
+  }
+
+  /** The library keeps its pg client in `_client` (not in its type definitions). */
+  private client(): unknown {
+    return (this.service as unknown as { _client?: unknown })._client;
+  }
+
+  /** The walsender's process id (pg_stat_activity.pid) once connected. */
+  backendPid(): number | undefined {
+    const pid = (this.client() as { processID?: unknown } | null | undefined)?.processID;
+    return typeof pid === 'number' && pid > 0 ? pid : undefined;
   }
 
   /** True when every message received so far has been handled (none waits in the library's queue). */
@@ -145,8 +166,7 @@ export class ReplicationStream<P> {
     if (this.stopping) return;
     this.stopping = true;
     this.end(new Error('stopped'));
-    // The library keeps its pg client in `_client` (not in its type definitions).
-    const client = (this.service as unknown as { _client?: unknown })._client;
+    const client = this.client();
     await closeWithin(
       () => this.service.destroy().catch((err: unknown) => this.log.debug({ err: (err as Error).message }, 'closing replication connection')),
       () => pgSocketOwner(client),

@@ -122,15 +122,11 @@ export async function ensureSlot(
   const state = await checkSlot(query, opts);
   if (state.exists) return { created: false, state };
   try {
-    await query('SELECT pg_create_logical_replication_slot($1, $2)', [opts.slot, opts.plugin]);
+    // No timeout: Postgres waits for every transaction running now to end (see Session.createSlot).
+    await query('SELECT pg_create_logical_replication_slot($1, $2)', [opts.slot, opts.plugin], { timeoutMs: 0 });
   } catch (err) {
     if (sqlState(err) === '42710') return { created: false, state: await slotState(query, opts.slot) }; // created concurrently
-    if (sqlState(err) === '58P01' || /could not access file|wal2json/.test(String((err as Error).message))) {
-      throw new PrerequisiteError(
-        `output plugin ${opts.plugin} is not installed on the Postgres server (${(err as Error).message}). Install it (Debian: postgresql-15-wal2json) or use PGWARREN_PLUGIN=pgoutput.`,
-      );
-    }
-    throw classifyPgError(err, `creating replication slot "${opts.slot}"`);
+    throw classifyPgError(err, `creating replication slot "${opts.slot}" with output plugin ${opts.plugin}`);
   }
   return { created: true, state: await slotState(query, opts.slot) };
 }
@@ -278,6 +274,11 @@ export interface PublicationChange {
   readonly withoutIdentity: TableName[];
   /** Every publication the stream names. */
   readonly publications: string[];
+  /**
+   * Set when the publications exist but the role may not change them (42501, e.g. "must be owner
+   * of publication"): nothing was changed; `statements` are what the owner would run.
+   */
+  readonly denied?: { readonly message: string; readonly statements: readonly string[] };
 }
 
 /**
@@ -386,6 +387,19 @@ export async function ensurePublication(
         await query(statements.join(';\n'));
       } catch (err) {
         if (sqlState(err) === '42710') return ensurePublication(query, opts); // created concurrently
+        // Both publications exist, so the stream can run with them as they are: report, not fail.
+        if (sqlState(err) === '42501' && current !== null && keylessCurrent !== null) {
+          return {
+            created: false,
+            added: [],
+            removed: [],
+            recolumned: [],
+            notes,
+            withoutIdentity: plan.withoutIdentity,
+            publications: [opts.publication, keylessName],
+            denied: { message: (err as Error).message, statements },
+          };
+        }
         throw err;
       }
     }

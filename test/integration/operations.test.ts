@@ -327,12 +327,20 @@ test('runs as a role with REPLICATION and SELECT only, once the publication was 
   assert.deepEqual(failures, [], 'no background task (heartbeat, lag monitor, publication sync) failed');
 
   // A table created later matches the selection, but only its owner can add it to the
-  // publication: the role says so and keeps streaming the tables it has.
+  // publication: the role says so, with the fix, and keeps streaming the tables it has.
   await f.db.query('CREATE TABLE later (id int PRIMARY KEY)');
-  const syncFailed = await daemon.waitForLog('publication sync failed', 15_000);
-  assert.match(String(syncFailed.err), /must be owner of publication .*run "pgwarren setup" as the tables. owner/);
+  const denied = await daemon.waitForLog('publication sync lacks a privilege', 15_000);
+  assert.match(String(denied.msg), /must be owner of .*Run "pgwarren setup" as the tables' owner, or as the owner: ALTER PUBLICATION .* ADD TABLE .*later/);
   await f.db.query("INSERT INTO orders VALUES (21, 'still streaming')");
   await queue.waitForCount(22, 20_000);
+  assert.equal((await readyz(daemon)).status, 200);
+
+  // Defect 12.5: a reconnect in this state is a reconnect, never exit 3. Take the replication
+  // connection away; the next session's publication sync meets the same refusal and streams on.
+  await f.db.query("SELECT pg_terminate_backend(pid) FROM pg_stat_replication WHERE application_name = 'pgwarren'");
+  await daemon.waitForLog((l) => /session ended/.test(String(l.msg)), 20_000);
+  await f.db.query("INSERT INTO orders VALUES (22, 'after the reconnect')");
+  await waitUntil(() => ids(queue).has(22), { timeoutMs: 30_000, message: () => `rows ${[...ids(queue)]}; output:\n${daemon.output().slice(-3000)}` });
   assert.equal((await readyz(daemon)).status, 200);
   assert.equal(await daemon.stop(), 0);
 });
