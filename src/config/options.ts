@@ -256,7 +256,7 @@ export const OPTIONS = [
     name: 'max-inflight',
     group: 'performance',
     ...kinds.integer(1),
-    description: 'messages published but not yet confirmed by the broker before reading from the slot pauses',
+    description: 'messages published but not yet confirmed by the broker, and transactions read but not yet acknowledgeable, before reading from the slot pauses',
     default: '10000',
   }),
   option({

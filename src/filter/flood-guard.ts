@@ -15,6 +15,15 @@
  * published, and it is not acknowledged) with the counts known up front: a `TxPlan`. With a plan
  * nothing needs holding, so memory stays bounded whatever the transaction size.
  *
+ * With `divert`, a table's rows leave for the flood exchange the moment it floods, so the first
+ * read of a transaction that is then read again has already published some of them. The rule
+ * that keeps each table's rows in commit order and each of them sent once: once counting, the
+ * guard diverts nothing more (rows are only counted), so what the first read diverted of each
+ * table is a prefix of its rows (the first `d`, possibly none); the plan records `d` and the
+ * second read diverts only the rows after it. (The pipeline sends the first read's open batch
+ * before asking for the second read, and the session keeps `d` only once the broker confirmed
+ * all of it; see README "Floods".)
+ *
  * Per transaction: holding -> (overflow) counting -> commit: replan | flush.
  *                  planned (second read)    -> commit: flush bulk events.
  */
@@ -44,12 +53,11 @@ export interface TxPlan {
   /** `schema.table` -> why it floods; tables not listed do not. */
   readonly flooded: ReadonlyMap<string, FloodReason>;
   /**
-   * With `divert`: `schema.table` -> the 1-based index of the table's first row the first read
-   * diverted (it diverted that row and every later one). The second read diverts only the rows
-   * before it. Only valid once the broker confirmed what the first read diverted: the session
-   * drops it otherwise, and the rows are diverted again (duplicates, never a gap).
+   * With `divert`: `schema.table` -> how many of the table's first rows the first read diverted
+   * (always a prefix: nothing is diverted once the guard counts). The second read diverts only
+   * the rows after them. Valid only once the broker confirmed what the first read diverted.
    */
-  readonly divertedFrom?: ReadonlyMap<string, number>;
+  readonly diverted?: ReadonlyMap<string, number>;
 }
 
 /** Where an event goes now. */
@@ -69,8 +77,8 @@ interface TableState {
   readonly table: string;
   readonly counts: TableCounts;
   flooded: FloodReason | null;
-  /** Index of the first of this table's rows this read diverted (divert only). */
-  divertedFrom: number | null;
+  /** How many of this table's rows this read diverted: its first ones (divert only). */
+  diverted: number;
 }
 
 export class FloodGuard<E> {
@@ -109,7 +117,7 @@ export class FloodGuard<E> {
     const out: E[] = [];
     for (const state of this.tables.values()) {
       const total = state.counts.insert + state.counts.update + state.counts.delete;
-      if (state.flooded === null && total > 0) out.push(...this.flood(state, 'marker', total + 1));
+      if (state.flooded === null && total > 0) out.push(...this.flood(state, 'marker'));
     }
     return out;
   }
@@ -123,7 +131,7 @@ export class FloodGuard<E> {
     const key = `${schema}.${table}`;
     let state = this.tables.get(key);
     if (!state) {
-      state = { schema, table, counts: { insert: 0, update: 0, delete: 0, firstSeq: seq }, flooded: null, divertedFrom: null };
+      state = { schema, table, counts: { insert: 0, update: 0, delete: 0, firstSeq: seq }, flooded: null, diverted: 0 };
       this.tables.set(key, state);
     }
     state.counts[op]++;
@@ -132,16 +140,22 @@ export class FloodGuard<E> {
     if (state.flooded === null) {
       const planned = this.plan?.flooded.get(key);
       if (planned) state.flooded = planned;
-      else if (this.marker) divert = this.flood(state, 'marker', total);
+      else if (this.marker) divert = this.flood(state, 'marker');
       else {
         const threshold = this.opts.thresholdFor(schema, table);
-        if (threshold > 0 && total > threshold) divert = this.flood(state, 'threshold', total);
+        if (threshold > 0 && total > threshold) divert = this.flood(state, 'threshold');
       }
     }
     if (state.flooded !== null) {
-      const sentBefore = this.plan?.divertedFrom?.get(key);
-      if (sentBefore !== undefined && total >= sentBefore && this.opts.action === 'divert') return { now: 'drop', divert };
-      return { now: this.floodDisposition(), divert };
+      // Counting: this read's verdicts are void; a diverted row here would overtake the rows
+      // of its table the counting threw away (they are diverted by the second read).
+      if (this.counting) return { now: 'count', divert };
+      const now = this.floodDisposition();
+      if (now === 'divert') {
+        if (total <= (this.plan?.diverted?.get(key) ?? 0)) return { now: 'drop', divert }; // the first read sent it
+        state.diverted++;
+      }
+      return { now, divert };
     }
     return { now: this.holdOrCount(), divert };
   }
@@ -173,17 +187,17 @@ export class FloodGuard<E> {
   commit(commitLsn: bigint): { publish: E[]; flooded: FloodedTable[]; replan: TxPlan | null } {
     const flooded: FloodedTable[] = [];
     const plan = new Map<string, FloodReason>();
-    const divertedFrom = new Map<string, number>();
+    const diverted = new Map<string, number>();
     for (const [key, s] of this.tables) {
       if (s.flooded) {
         flooded.push({ schema: s.schema, table: s.table, counts: s.counts, reason: s.flooded });
         plan.set(key, s.flooded);
-        if (s.divertedFrom !== null) divertedFrom.set(key, s.divertedFrom);
+        if (s.diverted > 0) diverted.set(key, s.diverted);
       }
     }
     flooded.sort((a, b) => a.counts.firstSeq - b.counts.firstSeq);
     if (this.counting) {
-      const replan: TxPlan = { commitLsn, flooded: plan, ...(divertedFrom.size > 0 ? { divertedFrom } : {}) };
+      const replan: TxPlan = { commitLsn, flooded: plan, ...(diverted.size > 0 ? { diverted } : {}) };
       this.begin(null);
       return { publish: [], flooded, replan };
     }
@@ -207,11 +221,10 @@ export class FloodGuard<E> {
   }
 
   /**
-   * `state` floods now. `next` is the 1-based index of the first of its rows not yet seen or
-   * decided (the row being decided, or the one after the marker). With divert, the held rows
-   * of the table leave with it, so this read diverts from `next - held` on.
+   * `state` floods now. With divert, its held rows leave with it: while holding, those are all
+   * of its rows so far; while counting nothing is held (and nothing is diverted).
    */
-  private flood(state: TableState, reason: FloodReason, next: number): E[] {
+  private flood(state: TableState, reason: FloodReason): E[] {
     state.flooded = reason;
     const key = `${state.schema}.${state.table}`;
     const mine: E[] = [];
@@ -230,7 +243,7 @@ export class FloodGuard<E> {
       this.heldBytes = restBytes;
     }
     if (this.opts.action !== 'divert') return [];
-    state.divertedFrom = next - mine.length;
+    state.diverted += mine.length;
     return mine;
   }
 

@@ -10,19 +10,39 @@
  * - With nothing open at all, a keepalive's position may be taken as safe (an idle slot must not
  *   hold WAL), but only when the caller knows no data is waiting to be handled.
  *
+ * Memory: open transactions are a list in stream order. Of a run of settled transactions behind
+ * an unsettled one only the last end LSN matters (the safe LSN jumps to it once the prefix
+ * settles), so a run is kept as its last entry: no two settled entries are ever adjacent and the
+ * first entry is never settled, hence at most twice as many entries as unsettled transactions
+ * (those with unconfirmed messages, plus the one being read) however many transactions that
+ * publish nothing (other tables, with wal2json) stream past one held confirm.
+ *
  * A nack or a lost connection is not modelled here: the session that owns the checkpoint ends,
  * and the next one starts from the slot's confirmed position with a new checkpoint.
  */
 
 export interface TxEntry {
   readonly commitLsn: bigint;
-  endLsn: bigint | null;
-  outstanding: number;
+  readonly endLsn: bigint | null;
+  readonly outstanding: number;
+}
+
+/** An open transaction: a node of the list in stream order. */
+class Entry implements TxEntry {
+  endLsn: bigint | null = null;
+  outstanding = 0;
+  prev: Entry | null = null;
+  next: Entry | null = null;
+  constructor(readonly commitLsn: bigint) {}
+  settled(): boolean {
+    return this.endLsn !== null && this.outstanding === 0;
+  }
 }
 
 export class Checkpoint {
-  private readonly open: TxEntry[] = [];
-  private head = 0; // index of the oldest unsettled entry in `open`; compacted lazily
+  private first: Entry | null = null;
+  private last: Entry | null = null;
+  private entries = 0;
   private safe: bigint;
   private outstandingTotal = 0;
 
@@ -32,26 +52,33 @@ export class Checkpoint {
   }
 
   begin(commitLsn: bigint): TxEntry {
-    const entry: TxEntry = { commitLsn, endLsn: null, outstanding: 0 };
-    this.open.push(entry);
+    const entry = new Entry(commitLsn);
+    entry.prev = this.last;
+    if (this.last) this.last.next = entry;
+    else this.first = entry;
+    this.last = entry;
+    this.entries++;
     return entry;
   }
 
-  published(entry: TxEntry, count = 1): void {
+  published(tx: TxEntry, count = 1): void {
+    const entry = tx as Entry;
     entry.outstanding += count;
     this.outstandingTotal += count;
   }
 
-  confirmed(entry: TxEntry, count = 1): void {
+  confirmed(tx: TxEntry, count = 1): void {
+    const entry = tx as Entry;
     if (entry.outstanding < count) throw new Error('checkpoint: more confirms than messages for a transaction');
     entry.outstanding -= count;
     this.outstandingTotal -= count;
-    if (entry.outstanding === 0 && entry.endLsn !== null) this.settle();
+    if (entry.settled()) this.settle(entry);
   }
 
-  committed(entry: TxEntry, endLsn: bigint): void {
+  committed(tx: TxEntry, endLsn: bigint): void {
+    const entry = tx as Entry;
     entry.endLsn = endLsn;
-    if (entry.outstanding === 0) this.settle();
+    if (entry.settled()) this.settle(entry);
   }
 
   /**
@@ -59,7 +86,7 @@ export class Checkpoint {
    * transaction is open or unconfirmed; the caller vouches that nothing received is unhandled.
    */
   idle(lsn: bigint): boolean {
-    if (this.open.length - this.head > 0) return false;
+    if (this.entries > 0) return false;
     if (lsn > this.safe) this.safe = lsn;
     return true;
   }
@@ -74,21 +101,40 @@ export class Checkpoint {
     return this.outstandingTotal;
   }
 
-  /** Transactions read but not yet settled (including one still being read). */
+  /**
+   * Entries held for transactions not yet behind the safe LSN (runs of settled ones count once):
+   * what the checkpoint's memory grows with, bounded by the pipeline.
+   */
   openTransactions(): number {
-    return this.open.length - this.head;
+    return this.entries;
   }
 
-  private settle(): void {
-    while (this.head < this.open.length) {
-      const entry = this.open[this.head]!;
-      if (entry.endLsn === null || entry.outstanding > 0) break;
-      if (entry.endLsn > this.safe) this.safe = entry.endLsn;
-      this.head++;
+  /** `entry` just settled: move the safe LSN if it was first, else merge it with settled neighbours. */
+  private settle(entry: Entry): void {
+    if (entry === this.first) {
+      // The entry after a settled one is unsettled (or absent), so this stops within two steps.
+      let head: Entry | null = entry;
+      while (head && head.settled()) {
+        if (head.endLsn! > this.safe) this.safe = head.endLsn!;
+        const next: Entry | null = head.next;
+        this.unlink(head);
+        head = next;
+      }
+      return;
     }
-    if (this.head > 1024 && this.head * 2 > this.open.length) {
-      this.open.splice(0, this.head);
-      this.head = 0;
-    }
+    // Later entries end later: a run is represented by its last entry.
+    if (entry.prev?.settled()) this.unlink(entry.prev);
+    if (entry.next?.settled()) this.unlink(entry);
+  }
+
+  private unlink(entry: Entry): void {
+    if (entry.prev) entry.prev.next = entry.next;
+    else this.first = entry.next;
+    if (entry.next) entry.next.prev = entry.prev;
+    else this.last = entry.prev;
+    // The pipeline may still hold the entry (confirm callbacks): let go of its neighbours.
+    entry.prev = null;
+    entry.next = null;
+    this.entries--;
   }
 }

@@ -5,8 +5,11 @@
  * Transaction states: outside -> (Begin) inside -> (Commit) outside. Changes outside a
  * transaction cannot happen with either plugin; logical messages outside one are ignored.
  *
- * Backpressure: `handle` does not return while the publisher is not writable or too many
- * messages wait for confirms; the replication stream does not read on until it returns.
+ * Backpressure: `handle` does not return while the publisher is not writable, while
+ * `maxInflight` messages wait for confirms, or (at a Begin) while the checkpoint holds
+ * `maxInflight` open transactions; the replication stream does not read on until it returns.
+ * Both bound memory: the checkpoint merges settled transactions, so open ones outnumber those
+ * with unconfirmed messages at most twice, but the bound holds whatever it does.
  *
  * Batched mode (`batch.maxEvents` > 1): consecutive events of one transaction that share every
  * message property but the id (exchange, routing key, schema, table, op) travel as one message
@@ -46,6 +49,7 @@ export interface PipelineDeps {
   readonly router: Router;
   readonly publisher: Publisher;
   readonly checkpoint: Checkpoint;
+  /** Bound on messages awaiting confirms, and on transactions open in the checkpoint. */
   readonly maxInflight: number;
   readonly metrics: Metrics;
   readonly log: Logger;
@@ -63,8 +67,9 @@ export interface PipelineDeps {
 }
 
 /**
- * A transaction outgrew the flood buffer: nothing of it was published. The session must end
- * (after settling what came before) and the next one read it again with this plan.
+ * A transaction outgrew the flood buffer: nothing of it was published but, with `divert`, the
+ * rows of tables that flooded before the overflow (counted in `plan.diverted`). The session must
+ * end (after the broker confirmed what came before) and the next one read it again with this plan.
  */
 export class ReplanRequest extends Error {
   constructor(readonly plan: TxPlan) {
@@ -126,7 +131,8 @@ export class Pipeline {
   private tx: OpenTx | null = null;
   private readonly prepared = new WeakSet<RelationInfo>();
   private failure: Error | null = null;
-  private confirmWaiter: (() => void) | null = null;
+  /** The waiting `handle`, woken by a confirm (or a failure) once `ready` holds. */
+  private confirmWaiter: { readonly ready: () => boolean; readonly wake: () => void } | null = null;
   private readonly guard: FloodGuard<BuiltEvent>;
   private readonly routes = new Map<string, Route>();
   private lastRoute: Route | null = null;
@@ -173,6 +179,7 @@ export class Pipeline {
   private item(item: Decoded): Promise<void> | void {
     switch (item.kind) {
       case 'begin':
+        if (this.tooManyOpen()) return this.waitForTransactions().then(() => this.begin(item.xid, item.commitLsn, item.commitTime));
         return this.begin(item.xid, item.commitLsn, item.commitTime);
       case 'commit':
         return this.commit(item.endLsn);
@@ -205,7 +212,10 @@ export class Pipeline {
     if (!tx) throw new Error('commit outside a transaction');
     const verdict = this.guard.commit(tx.info.commitLsn);
     if (verdict.replan) {
-      this.batch = null; // nothing of this read counts; the next session reads it again
+      // The plan says the rows this read diverted were sent: the open batch of them must be.
+      // (Their transaction is not committed in the checkpoint, so the slot stays before it.)
+      const p = this.flush();
+      if (p) await p;
       throw new ReplanRequest(verdict.replan);
     }
     for (const event of verdict.publish) {
@@ -309,22 +319,49 @@ export class Pipeline {
   }
 
   private mustWait(): boolean {
-    return !this.deps.publisher.writable() || this.deps.checkpoint.outstanding() >= this.deps.maxInflight;
+    return !this.deps.publisher.writable() || this.windowFull();
+  }
+
+  private windowFull(): boolean {
+    return this.deps.checkpoint.outstanding() >= this.deps.maxInflight;
+  }
+
+  /** Outside a transaction only. With none open, nothing is outstanding: it cannot wait forever. */
+  private tooManyOpen(): boolean {
+    return this.deps.checkpoint.openTransactions() >= this.deps.maxInflight;
   }
 
   private async waitToSend(): Promise<void> {
-    const { publisher, checkpoint, maxInflight } = this.deps;
+    const { publisher } = this.deps;
     this.brokerWait = true;
     try {
-      while (!publisher.writable() || checkpoint.outstanding() >= maxInflight) {
+      while (!publisher.writable() || this.windowFull()) {
         const reason = publisher.failureReason() ?? this.failure;
         if (reason) throw reason;
         if (!publisher.writable()) await publisher.whenWritable();
-        else await new Promise<void>((resolve) => (this.confirmWaiter = resolve));
+        else await this.confirms(() => !this.windowFull());
       }
     } finally {
       this.brokerWait = false;
     }
+  }
+
+  private async waitForTransactions(): Promise<void> {
+    this.brokerWait = true;
+    try {
+      while (this.tooManyOpen()) {
+        const reason = this.deps.publisher.failureReason() ?? this.failure;
+        if (reason) throw reason;
+        await this.confirms(() => !this.tooManyOpen());
+      }
+    } finally {
+      this.brokerWait = false;
+    }
+  }
+
+  /** Resolves on the confirm after which `ready` holds, or on a failure. */
+  private confirms(ready: () => boolean): Promise<void> {
+    return new Promise<void>((wake) => (this.confirmWaiter = { ready, wake }));
   }
 
   /** One AMQP message: one event (`count` 1 outside batched mode) or a batch of `count`. */
@@ -414,9 +451,9 @@ export class Pipeline {
 
   private wakeConfirmWaiter(): void {
     const w = this.confirmWaiter;
-    if (w && (this.failure || this.deps.checkpoint.outstanding() < this.deps.maxInflight)) {
+    if (w && (this.failure || w.ready())) {
       this.confirmWaiter = null;
-      w();
+      w.wake();
     }
   }
 

@@ -448,8 +448,15 @@ export class Session {
         await this.drain(checkpoint, pipeline);
         const plan = outcome.reason.plan;
         // What the first read diverted may be skipped only if the broker confirmed all of it.
+        // Otherwise fail: the next session reads the transaction from scratch, and its first
+        // read sends exactly the same messages again (a second read without the prefix would
+        // batch those rows differently under the same messageIds; see README "Batched mode").
         const allConfirmed = checkpoint.outstanding() === 0 && !pipeline.failed() && !this.sink?.failureReason();
-        return { replan: allConfirmed ? plan : { commitLsn: plan.commitLsn, flooded: plan.flooded } };
+        if (!allConfirmed && plan.diverted) {
+          const reason = pipeline.failed() ?? this.sink?.failureReason() ?? new Error('the rows diverted before a flood re-read were not all confirmed by the broker');
+          throw new SessionFailure('rabbitmq', reason);
+        }
+        return { replan: plan };
       }
       if (outcome.kind === 'sink') throw new SessionFailure('rabbitmq', outcome.reason);
       const pipelineFailure = pipeline.failed();

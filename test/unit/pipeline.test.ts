@@ -4,7 +4,8 @@
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { Pipeline, type PipelineDeps } from '../../src/pipeline/pipeline.js';
+import { Pipeline, ReplanRequest, type PipelineDeps } from '../../src/pipeline/pipeline.js';
+import type { TxPlan } from '../../src/filter/flood-guard.js';
 import { Checkpoint } from '../../src/pipeline/checkpoint.js';
 import { EventBuilder } from '../../src/events/envelope.js';
 import { Router } from '../../src/events/router.js';
@@ -29,6 +30,7 @@ const rel = (table: string): RelationInfo => ({
 });
 const orders = rel('orders');
 const items = rel('items');
+const extra = rel('extra');
 
 interface Sent {
   exchange: string;
@@ -67,7 +69,7 @@ class RecordingPublisher implements Publisher {
   }
 }
 
-function pipeline(opts: { batch?: { maxEvents: number; maxBytes: number }; maxInflight?: number; action?: 'summarize' | 'pass' | 'divert'; threshold?: number } = {}) {
+function pipeline(opts: { batch?: { maxEvents: number; maxBytes: number }; maxInflight?: number; action?: 'summarize' | 'pass' | 'divert'; threshold?: number; bufferEvents?: number; plans?: ReadonlyMap<bigint, TxPlan> } = {}) {
   const publisher = new RecordingPublisher();
   const checkpoint = new Checkpoint(0n);
   const deps: PipelineDeps = {
@@ -82,8 +84,8 @@ function pipeline(opts: { batch?: { maxEvents: number; maxBytes: number }; maxIn
     maxInflight: opts.maxInflight ?? 10_000,
     metrics: new Metrics({ processMetrics: false }),
     log: createLogger('silent'),
-    flood: { action: opts.action ?? 'summarize', exchange: 'ex.bulk', thresholdFor: () => opts.threshold ?? 10_000, bufferEvents: 1000 },
-    plans: new Map(),
+    flood: { action: opts.action ?? 'summarize', exchange: 'ex.bulk', thresholdFor: () => opts.threshold ?? 10_000, bufferEvents: opts.bufferEvents ?? 1000 },
+    plans: opts.plans ?? new Map(),
     batch: opts.batch,
   };
   return { p: new Pipeline(deps), publisher, checkpoint };
@@ -178,4 +180,53 @@ test('backpressure: handle waits while the publisher is not writable or the wind
   publisher.sent[0]!.confirm(null);
   await handled;
   assert.equal(publisher.sent.length, 3);
+});
+
+for (const maxEvents of [1, 10]) {
+  test(`divert + a transaction read twice (batch ${maxEvents}): the first read's diverted rows are sent before the replan, the second read sends the rest, in order`, async () => {
+    const plans = new Map<bigint, TxPlan>();
+    const batch = { maxEvents, maxBytes: 1 << 20 };
+    const first = pipeline({ batch, action: 'divert', threshold: 2, bufferEvents: 3, plans });
+    // items floods at its 3rd row (diverted at once), the buffer overflows at extra 2, and
+    // orders floods after that, while the guard only counts.
+    const changes: Array<[RelationInfo, number]> = [[items, 1], [items, 2], [items, 3], [items, 4], [orders, 1], [orders, 2], [extra, 1], [extra, 2], [orders, 3]];
+    const txItems = tx(changes);
+    const replan = await Promise.resolve(first.p.handle(txItems)).then(
+      () => assert.fail('the transaction outgrew the buffer: a replan was expected'),
+      (err: unknown) => err as ReplanRequest,
+    );
+    assert.ok(replan instanceof ReplanRequest);
+    const ids = (sent: Sent[]) => sent.flatMap((m) => [JSON.parse(m.body)].flat().map((e: any) => `${e.table}:${e.new.id}`));
+    assert.deepEqual(ids(first.publisher.sent), ['items:1', 'items:2', 'items:3', 'items:4'], 'the diverted prefix was sent before the replan');
+    assert.ok(first.publisher.sent.every((m) => m.exchange === 'ex.bulk'));
+    // The session drains (every confirm in) and reads the transaction again with the plan.
+    for (const m of first.publisher.sent) m.confirm(null);
+    assert.equal(first.checkpoint.outstanding(), 0);
+    plans.set(replan.plan.commitLsn, replan.plan);
+    const second = pipeline({ batch, action: 'divert', threshold: 2, bufferEvents: 3, plans });
+    await second.p.handle(txItems);
+    const divertedAgain = second.publisher.sent.filter((m) => m.exchange === 'ex.bulk');
+    assert.deepEqual(ids(divertedAgain), ['orders:1', 'orders:2', 'orders:3']);
+    assert.deepEqual(ids(second.publisher.sent.filter((m) => m.exchange === 'ex')), ['extra:1', 'extra:2']);
+  });
+}
+
+test('backpressure: reading waits while too many transactions are open in the checkpoint, not only messages', async () => {
+  // maxInflight 3 bounds messages and open transactions alike. Each message transaction is
+  // followed by one that publishes nothing (another table, as wal2json sends it): the
+  // checkpoint cannot merge those away while the transaction before them is unconfirmed.
+  const { p, publisher, checkpoint } = pipeline({ maxInflight: 3 });
+  await p.handle([...tx([[orders, 1]]), ...tx([])]);
+  const more = [...tx([[orders, 2]]), ...tx([]), ...tx([[orders, 3]])];
+  let done = false;
+  const handled = Promise.resolve(p.handle(more)).then(() => (done = true));
+  await new Promise((r) => setImmediate(r));
+  assert.equal(checkpoint.outstanding(), 2, 'below the message bound');
+  assert.equal(checkpoint.openTransactions(), 3);
+  assert.equal(done, false, 'the next transaction waits for a confirm');
+  assert.equal(p.waitingOnBroker(), true);
+  publisher.sent[0]!.confirm(null);
+  await handled;
+  assert.equal(publisher.sent.length, 3);
+  assert.ok(checkpoint.openTransactions() <= 3);
 });
