@@ -18,7 +18,7 @@
  * accepted and never answered. freeze = nothing forwarded either way, bytes held, then resumed.
  * cut = live connections destroyed. midframe = the next chunk from the server is forwarded only up to
  * a few bytes, then the connection is destroyed (at connecting: every connection's first chunk while
- * the fault lasts). slow = every chunk delayed (300 ms, 512-byte pieces).
+ * the fault lasts). slow = every chunk delayed (100 ms, 512-byte pieces).
  *
  * | state          | side     | modes                                        | expected outcome                                               |
  * |----------------|----------|----------------------------------------------|----------------------------------------------------------------|
@@ -81,7 +81,7 @@ function daemonBaseEnv(): Record<string, string> {
     PGWARREN_SHUTDOWN_TIMEOUT: String(SHUTDOWN_TIMEOUT_S),
     PGWARREN_LOG_LEVEL: 'info',
   };
-  const timeouts: Record<string, string> = { 'connect-timeout': '3', 'query-timeout': '5' };
+  const timeouts: Record<string, string> = { 'connect-timeout': '5', 'query-timeout': '5' };
   for (const [name, value] of Object.entries(timeouts)) {
     const o = findOption(name);
     if (o) env[o.env] = value;
@@ -366,7 +366,9 @@ async function finish(r: Rig, daemons: Daemon[], what: string): Promise<void> {
 type Side = 'postgres' | 'broker';
 type Mode = 'refuse' | 'blackhole' | 'freeze' | 'cut' | 'midframe' | 'slow';
 const proxyOf = (r: Rig, side: Side) => (side === 'postgres' ? r.pg : r.mq);
-const SLOW = { delayMs: 300, chunkBytes: 512 };
+// Slow, not down: each round trip stays well inside the connect timeout (5 s), which covers the
+// whole open sequence (TCP, AMQP handshake, channel, declarations: about ten round trips).
+const SLOW = { delayMs: 100, chunkBytes: 512 };
 
 async function connecting(t: TestContext, side: Side, mode: Exclude<Mode, 'cut'>): Promise<void> {
   const r = await rig(t, `c-${side.slice(0, 2)}-${mode}`);
