@@ -658,10 +658,10 @@ const nameOf = (t: { schema: string; table: string }) => `${t.schema}.${t.table}
  * and holds WAL, so this is a prerequisite failure, not something to retry.
  */
 function publicationMissingInHistory(err: Error, settings: SessionSettings): PrerequisiteError {
-  const names = `"${settings.publication}" (or "${keylessPublicationName(settings.publication)}")`;
   const slot = settings.slot;
   return new PrerequisiteError(
-    `${errorMessage(err)}: slot "${slot}" holds changes made before publication ${names} existed (it was created after the slot, or dropped and re-created), ` +
+    `${errorMessage(err)}: slot "${slot}" holds changes made before publication "${settings.publication}" existed ` +
+      `(or its companion "${keylessPublicationName(settings.publication)}": it was created after the slot, or dropped and re-created), ` +
       `and Postgres cannot decode them with it, so the slot cannot advance. Re-sync consumers from the tables, then re-create the slot ` +
       `after the publications: "pgwarren teardown --yes" and "pgwarren setup".`,
     { cause: err },

@@ -72,12 +72,13 @@ export class StallWatch {
       this.lastPing = now;
       this.opts.ping();
     }
-    if (this.opts.probe && !this.probing && silent >= PROBE_AFTER_INTERVALS * interval && now - this.lastProbe >= interval) this.startProbe(silent);
     this.set(silent > STALL_READY_INTERVALS * interval, silent);
     if (silent > STALL_RECONNECT_INTERVALS * interval && !this.probing) {
       this.timedOut = true;
       this.opts.onTimeout(silent);
+      return;
     }
+    if (this.opts.probe && !this.probing && silent >= PROBE_AFTER_INTERVALS * interval && now - this.lastProbe >= interval) this.startProbe(silent);
   }
 
   private startProbe(silent: number): void {

@@ -21,7 +21,7 @@ import type { Logger } from '../ops/logger.js';
 import type { Decoder } from './decoder.js';
 import { quoteIdent } from './decoder.js';
 import { formatLsn, parseLsn } from './lsn.js';
-import { classifyPgError, TimeoutError } from '../errors.js';
+import { TimeoutError } from '../errors.js';
 import { closeWithin, pgSocketOwner } from '../ops/close.js';
 
 export interface StreamHandlers<P> {
@@ -124,9 +124,10 @@ export class ReplicationStream<P> {
         .subscribe(this.plugin, this.slot, '0/0')
         .then(
           () => this.end(new Error('the server ended the replication stream')),
+          // Unclassified: the session classifies it, knowing which step failed (errors.ts).
           (err: unknown) => {
-            const e = classifyPgError(err, `streaming from slot "${this.slot}"`);
-            this.end(e instanceof Error ? e : new Error(String(e)));
+            const e = err instanceof Error ? err : new Error(String(err));
+            this.end(e);
             if (!started) reject(e);
           },
         );
