@@ -152,7 +152,8 @@ async function pluginCheck(query: QueryFn, add: (r: CheckResult) => void): Promi
   const name = `pgwarren_check_${process.pid}`;
   try {
     await query("SET statement_timeout = '10s'");
-    await query('SELECT pg_create_logical_replication_slot($1, $2, true)', [name, 'wal2json']);
+    // Bounded by the statement_timeout above, which keeps the connection usable when it fires.
+    await query('SELECT pg_create_logical_replication_slot($1, $2, true)', [name, 'wal2json'], { timeoutMs: 0 });
     await query('SELECT pg_drop_replication_slot($1)', [name]);
     add({ name: 'output plugin', ok: true, detail: 'wal2json loads' });
   } catch (err) {

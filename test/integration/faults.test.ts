@@ -9,6 +9,7 @@ import assert from 'node:assert/strict';
 import pg from 'pg';
 import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
+import net from 'node:net';
 import { createTestDatabase, listSlots, slotInfo, withAdmin, type TestDatabase } from '../support/pg.js';
 import { createTestBroker, type TestBroker } from '../support/amqp.js';
 import { startProxy, type Proxy } from '../support/proxy.js';
@@ -57,6 +58,24 @@ async function proxyFor(t: After, url: string): Promise<{ proxy: Proxy; url: str
   t.after(() => proxy.close());
   target.host = `127.0.0.1:${proxy.port}`;
   return { proxy, url: target.toString() };
+}
+
+/**
+ * A peer that accepts TCP and never says a word, nor closes (a stalled proxy is not enough: the
+ * real server behind it gives up on a silent client after its own handshake timeout).
+ */
+async function blackhole(t: After): Promise<number> {
+  const sockets = new Set<net.Socket>();
+  const server = net.createServer((s) => {
+    sockets.add(s);
+    s.on('error', () => undefined).on('close', () => sockets.delete(s));
+  });
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  t.after(async () => {
+    for (const s of sockets) s.destroy();
+    await new Promise<void>((resolve) => server.close(() => resolve()));
+  });
+  return (server.address() as net.AddressInfo).port;
 }
 
 /** SIGTERM, and the exit code if the daemon exited within the contract's bound (null: it had to be killed). */
@@ -131,11 +150,12 @@ for (const side of ['postgres', 'rabbitmq'] as const) {
     const f = await fixture(t, `silent_${side}`, { PGWARREN_STATUS_INTERVAL: '1' });
     const queue = await f.broker.bindQueue('#');
     const { proxy, url } = await proxyFor(t, side === 'postgres' ? f.db.url : testEnv().amqpUrl);
-    proxy.stall(); // new connections are accepted and then hear nothing
     const env = { ...f.env, ...(side === 'postgres' ? { PGWARREN_DATABASE_URL: url } : { PGWARREN_AMQP_URL: url }) };
+    const silent = new URL(side === 'postgres' ? f.db.url : testEnv().amqpUrl);
+    silent.host = `127.0.0.1:${await blackhole(t)}`;
 
     // Blackholed from the start: timed out, retried (before the fix: a hang, no retry at all).
-    const daemon = await start(env);
+    const daemon = await start({ ...f.env, ...(side === 'postgres' ? { PGWARREN_DATABASE_URL: silent.toString() } : { PGWARREN_AMQP_URL: silent.toString() }) });
     const ended = await daemon.waitForLog((l) => /session ended/.test(String(l.msg)), 30_000);
     assert.equal(ended.target, side);
     assert.match(String(ended.err), /timeout|ETIMEDOUT|no answer within/i);
@@ -144,7 +164,6 @@ for (const side of ['postgres', 'rabbitmq'] as const) {
     assert.equal(await sigterm(daemon), 0, `exit 0 within ${SIGTERM_BOUND_MS} ms; output:\n${daemon.output().slice(-3000)}`);
 
     // Silent while streaming, then healthy again: the session is replaced and streams again.
-    proxy.resume();
     const again = await start(env);
     t.after(() => again.stop());
     await again.waitReady(30_000);
@@ -175,9 +194,18 @@ test('first start while slot creation waits for an open transaction: the wait is
   const { rows } = await blocker.query<{ pid: number }>('SELECT pg_backend_pid() AS pid');
 
   const daemon = await start(f.env);
-  const waiting = await daemon.waitForLog((l) => /creating slot .* waits for/.test(String(l.msg)), 30_000);
-  assert.match(String(waiting.msg), new RegExp(`pid ${rows[0]!.pid} \\(user [^,]+, the-blocker, idle in transaction`));
+  // The daemon's catalog connection is blocked by the open transaction.
+  await waitUntil(
+    async () =>
+      (
+        await f.db.query('SELECT 1 FROM pg_stat_activity WHERE datname = $1 AND $2 = ANY (pg_blocking_pids(pid))', [f.db.name, rows[0]!.pid])
+      ).rows.length > 0,
+    { timeoutMs: 30_000, message: 'slot creation waits' },
+  );
+  const waiting = await daemon.waitForLog((l) => /creating slot .* waits for/.test(String(l.msg)), 30_000).catch((err: Error) => err);
   assert.equal(await sigterm(daemon), 0, `exit 0 within ${SIGTERM_BOUND_MS} ms; output:\n${daemon.output().slice(-3000)}`);
+  assert.ok(!(waiting instanceof Error), String(waiting));
+  assert.match(String(waiting.msg), new RegExp(`pid ${rows[0]!.pid} \\(user [^,]+, the-blocker, idle in transaction`));
   assert.ok(!daemon.logs.some((l) => /connected to broker/.test(String(l.msg))), 'it did not go on to connect');
   await blocker.query('ROLLBACK');
   // The creation was cancelled, not left to finish once the transaction ended.
@@ -225,7 +253,8 @@ test('broker cuts faster than any status report: every failing session reports i
 });
 
 test('silence while Postgres decodes a large transaction of unselected tables is not a stall: no reconnect, the slot moves past it', async (t) => {
-  const f = await fixture(t, 'decoding', { PGWARREN_STATUS_INTERVAL: '1', PGWARREN_TABLES: 'public.orders' });
+  // Half-second status interval: 6 intervals of silence (3 s) is shorter than Postgres takes here.
+  const f = await fixture(t, 'decoding', { PGWARREN_STATUS_INTERVAL: '0.5', PGWARREN_TABLES: 'public.orders' });
   await f.db.query('CREATE TABLE bulk (id int, pad text)');
   // Spill the transaction to disk early, as a big one would on a busy server: decoding it at
   // commit then takes long enough for the silence to pass 6 status intervals.
@@ -244,7 +273,7 @@ test('silence while Postgres decodes a large transaction of unselected tables is
      SELECT pg_current_wal_lsn()::text AS lsn FROM (SELECT count(*) FROM ins) c`,
   );
   await f.db.query("INSERT INTO orders VALUES (2, 'after')");
-  await waitUntil(() => ids(queue).has(2), { timeoutMs: 240_000, intervalMs: 500, message: () => `the marker row; output:\n${daemon.output().slice(-3000)}` });
+  await waitUntil(() => ids(queue).has(2), { timeoutMs: 150_000, intervalMs: 500, message: () => `the marker row; output:\n${daemon.output().slice(-3000)}` });
   await waitUntil(async () => parseLsn((await slotInfo(f.db.name, f.slot))!.confirmedFlushLsn!) > parseLsn(rows[0]!.lsn), {
     timeoutMs: 20_000,
     message: 'the slot moved past the big transaction',
