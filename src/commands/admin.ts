@@ -23,6 +23,7 @@ import {
 } from '../source/slot-admin.js';
 import { pgConfig, pgTimeouts } from './settings.js';
 import { REPLICA_IDENTITY } from '../source/relation-catalog.js';
+import { tableName } from '../filter/table-name.js';
 
 export type Print = (line: string) => void;
 
@@ -72,9 +73,9 @@ export async function setupCommand(config: Config, opts: { replicaIdentityFull: 
             : `publication "${config.publication}" exists${pub.added.length || pub.removed.length || pub.recolumned.length ? ` (added ${pub.added.length}, removed ${pub.removed.length}, column lists changed ${pub.recolumned.length})` : ''}`,
         );
         for (const t of pub.withoutIdentity) {
-          print(`warning: ${t.schema}.${t.table} has no primary key or replica identity: only its inserts and truncates are captured (publication "${keylessPublicationName(config.publication)}"), since Postgres refuses UPDATE and DELETE on a table that publishes them; add a primary key, or run setup --replica-identity-full`);
+          print(`warning: ${tableName(t.schema, t.table)} has no primary key or replica identity: only its inserts and truncates are captured (publication "${keylessPublicationName(config.publication)}"), since Postgres refuses UPDATE and DELETE on a table that publishes them; add a primary key, or run setup --replica-identity-full`);
         }
-        for (const t of pub.notes) print(`note: ${t.schema}.${t.table}: excluded columns are left out of events but still sent by Postgres (${t.note})`);
+        for (const t of pub.notes) print(`note: ${tableName(t.schema, t.table)}: excluded columns are left out of events but still sent by Postgres (${t.note})`);
       };
       if (opts.replicaIdentityFull) {
         // Postgres refuses UPDATE/DELETE where a column list does not cover the replica identity:
@@ -83,7 +84,7 @@ export async function setupCommand(config: Config, opts: { replicaIdentityFull: 
         await publish(undefined, false);
         for (const t of await selectedTables(query, tables)) {
           await query(`ALTER TABLE ${quoteIdent(t.schema)}.${quoteIdent(t.table)} REPLICA IDENTITY FULL`);
-          print(`replica identity FULL: ${t.schema}.${t.table}`);
+          print(`replica identity FULL: ${tableName(t.schema, t.table)}`);
         }
       }
       await publish(excludedColumnsLookup(config.rules), true);
@@ -148,10 +149,10 @@ export async function statusReport(config: Config, query: QueryFn): Promise<Stat
        FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
       WHERE c.relkind IN ('r', 'p')`,
   );
-  const facts = new Map(rows.map((r) => [`${r.schema}.${r.table}`, r]));
-  const inPub = new Set([...(pubTables ?? []), ...keylessTables].map((t) => `${t.schema}.${t.table}`));
+  const facts = new Map(rows.map((r) => [tableName(r.schema, r.table), r]));
+  const inPub = new Set([...(pubTables ?? []), ...keylessTables].map((t) => tableName(t.schema, t.table)));
   const tables = selected.map((t): TableStatus => {
-    const f = facts.get(`${t.schema}.${t.table}`)!;
+    const f = facts.get(tableName(t.schema, t.table))!;
     const ident = REPLICA_IDENTITY[f.ident] ?? 'default';
     let warning: string | null = null;
     const guarded = config.operations.includes('update') || config.operations.includes('delete');
@@ -162,7 +163,7 @@ export async function statusReport(config: Config, query: QueryFn): Promise<Stat
     if (ident === 'nothing') warning = `REPLICA IDENTITY NOTHING${unpublishable}`;
     else if (ident === 'default' && !f.has_pk) warning = `no primary key and REPLICA IDENTITY DEFAULT${unpublishable}`;
     else if (ident !== 'full') warning = `REPLICA IDENTITY ${ident.toUpperCase()}: "old" holds only key columns; "changed" is null and unchanged TOASTed values are missing from "new" (setup --replica-identity-full fixes this)`;
-    return { schema: t.schema, table: t.table, replicaIdentity: ident, hasPrimaryKey: f.has_pk, inPublication: inPub.has(`${t.schema}.${t.table}`), warning };
+    return { schema: t.schema, table: t.table, replicaIdentity: ident, hasPrimaryKey: f.has_pk, inPublication: inPub.has(tableName(t.schema, t.table)), warning };
   });
   return {
     slot: {
@@ -175,7 +176,7 @@ export async function statusReport(config: Config, query: QueryFn): Promise<Stat
       lagBytes: slot.lagBytes == null ? null : Number(slot.lagBytes),
       walStatus: slot.walStatus ?? null,
     },
-    publication: { name: config.publication, exists: pubTables !== null, tables: (pubTables ?? []).map((t) => `${t.schema}.${t.table}`) },
+    publication: { name: config.publication, exists: pubTables !== null, tables: (pubTables ?? []).map((t) => tableName(t.schema, t.table)) },
     tables,
   };
 }
@@ -201,7 +202,7 @@ export async function statusCommand(config: Config, opts: { json: boolean }, pri
     print(`tables       ${report.tables.length} selected`);
     for (const t of report.tables) {
       const pub = config.plugin === 'pgoutput' && !t.inPublication ? ' (not in publication)' : '';
-      print(`  ${t.schema}.${t.table}  replica identity ${t.replicaIdentity}${pub}${t.warning ? `\n    warning: ${t.warning}` : ''}`);
+      print(`  ${tableName(t.schema, t.table)}  replica identity ${t.replicaIdentity}${pub}${t.warning ? `\n    warning: ${t.warning}` : ''}`);
     }
     return 0;
   });

@@ -13,6 +13,7 @@ import { within, type QueryFn } from '../source/pg-query.js';
 import { closeWithin } from '../ops/close.js';
 import { withDatabase, type Print } from './admin.js';
 import { errorText } from '../sink/amqp-sink.js';
+import { tableName } from '../filter/table-name.js';
 
 interface CheckResult {
   name: string;
@@ -127,7 +128,7 @@ async function postgresChecks(config: Config, query: QueryFn, add: (r: CheckResu
       const plan = await planTables(query, tables, undefined, ops);
       const keylessName = keylessPublicationName(config.publication);
       const keyless = await publicationTables(query, keylessName);
-      const names = (list: readonly { schema: string; table: string }[]) => list.map((t) => `${t.schema}.${t.table}`);
+      const names = (list: readonly { schema: string; table: string }[]) => list.map((t) => tableName(t.schema, t.table));
       const have = new Set(names(pub));
       const haveKeyless = new Set(names(keyless ?? []));
       const missing = [

@@ -112,7 +112,7 @@ export const OPTIONS = [
     name: 'tables',
     group: 'source',
     ...kinds.globList(),
-    description: 'comma-separated schema.table globs to publish, * and ? wildcards (public.*, *.orders)',
+    description: 'comma-separated schema.table globs to publish, * and ? wildcards (public.*, *.orders); double-quote a name holding a dot or other special character ("my.schema".orders)',
     default: '',
     defaultText: 'all tables outside system schemas',
   }),

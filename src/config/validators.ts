@@ -6,6 +6,7 @@
  */
 import { z } from 'zod';
 import { redactUrl } from './redact.js';
+import { GlobSyntaxError, parseTableGlob, splitGlobList } from '../filter/table-name.js';
 
 /** How the loader treats a value besides parsing it. */
 export type OptionType = 'string' | 'integer' | 'seconds' | 'enum' | 'list' | 'url' | 'urls' | 'path';
@@ -97,16 +98,21 @@ export function subsetOf<const T extends readonly [string, ...string[]]>(values:
   };
 }
 
-/**
- * `schema.table` globs: `*` any run of characters, `?` one character, exactly one dot between the
- * schema and the table pattern (names with dots would need quoting, which globs do not offer).
- */
-export const GLOB = /^[^.\s,]+\.[^.\s,]+$/;
-export const GLOB_EXPECTED = 'a schema.table glob (exactly one dot, * and ? wildcards, like public.* or *.orders)';
-export const glob = z.string().trim().regex(GLOB, isNot(GLOB_EXPECTED));
+/** `schema.table` globs (filter/table-name.ts): the parser's own sentence says what is wrong. */
+export const glob = z
+  .string()
+  .trim()
+  .superRefine((text, ctx) => {
+    try {
+      parseTableGlob(text);
+    } catch (err) {
+      if (!(err instanceof GlobSyntaxError)) throw err;
+      ctx.addIssue({ code: 'custom', message: err.message });
+    }
+  });
 
 export function globList(): Kind<string[]> {
-  return { type: 'list', schema: z.string().transform(splitList).pipe(z.array(glob)) };
+  return { type: 'list', schema: z.string().transform(splitGlobList).pipe(z.array(glob)) };
 }
 
 const PLACEHOLDERS = ['db', 'schema', 'table', 'op'] as const;

@@ -19,6 +19,7 @@ import { formatLsn } from '../source/lsn.js';
 import { stringify } from './json.js';
 import { converterFor, type Converter } from './values.js';
 import type { TypeLookup } from '../source/type-catalog.js';
+import { tableName } from '../filter/table-name.js';
 
 export interface BuiltEvent {
   readonly id: string;
@@ -111,7 +112,9 @@ export class EventBuilder {
     tx: TxInfo,
   ): BuiltEvent {
     const lsn = formatLsn(tx.commitLsn);
-    const id = `${lsn}:bulk:${flood.schema}.${flood.table}`;
+    // tableName quotes a name only when needed: ordinary names read `schema.table`, and two
+    // tables whose dotted names coincide ("a.b".c, a."b.c") get different ids.
+    const id = `${lsn}:bulk:${tableName(flood.schema, flood.table)}`;
     const { insert, update, delete: del, firstSeq } = flood.counts;
     const body =
       `{"id":${JSON.stringify(id)},"op":"bulk","schema":${JSON.stringify(flood.schema)},"table":${JSON.stringify(flood.table)},` +

@@ -3,7 +3,7 @@
  * options; per-table rules (config file) override them for the tables their glob matches. The
  * first matching rule wins. Decisions are cached per table.
  */
-import { compileGlob } from '../filter/selection.js';
+import { globMatches, parseTableGlob, tableKey, type TableGlob, type TableKey } from '../filter/table-name.js';
 import { compileRoutingKey, type RoutingKeyFn } from './routing.js';
 
 export interface RouteRule {
@@ -21,14 +21,14 @@ export interface TableRoute {
 }
 
 export class Router {
-  private readonly cache = new Map<string, TableRoute>();
-  private readonly rules: Array<{ schema: RegExp; table: RegExp; route: TableRoute }>;
+  private readonly cache = new Map<TableKey, TableRoute>();
+  private readonly rules: Array<{ glob: TableGlob; route: TableRoute }>;
   private readonly fallback: TableRoute;
 
   constructor(defaults: { exchange: string; routingKey: string }, rules: readonly RouteRule[] = []) {
     this.fallback = { exchange: defaults.exchange, routingKey: compileRoutingKey(defaults.routingKey), expiration: undefined };
     this.rules = rules.map((r) => ({
-      ...compileGlob(r.match),
+      glob: parseTableGlob(r.match),
       route: {
         exchange: r.exchange ?? defaults.exchange,
         routingKey: compileRoutingKey(r.routingKey ?? defaults.routingKey),
@@ -43,11 +43,11 @@ export class Router {
   }
 
   forTable(schema: string, table: string): TableRoute {
-    const name = `${schema}.${table}`;
-    let route = this.cache.get(name);
+    const key = tableKey(schema, table);
+    let route = this.cache.get(key);
     if (!route) {
-      route = this.rules.find((r) => r.schema.test(schema) && r.table.test(table))?.route ?? this.fallback;
-      this.cache.set(name, route);
+      route = this.rules.find((r) => globMatches(r.glob, schema, table))?.route ?? this.fallback;
+      this.cache.set(key, route);
     }
     return route;
   }

@@ -28,6 +28,7 @@
  *                  planned (second read)    -> commit: flush bulk events.
  */
 import type { Op } from '../types.js';
+import { tableKey, type TableKey } from './table-name.js';
 
 export type FloodAction = 'summarize' | 'drop' | 'divert' | 'pass';
 export type FloodReason = 'threshold' | 'marker';
@@ -50,14 +51,14 @@ export interface FloodedTable {
 /** What a second read of a transaction knows before it starts. */
 export interface TxPlan {
   readonly commitLsn: bigint;
-  /** `schema.table` -> why it floods; tables not listed do not. */
-  readonly flooded: ReadonlyMap<string, FloodReason>;
+  /** Table (`tableKey`) -> why it floods; tables not listed do not. */
+  readonly flooded: ReadonlyMap<TableKey, FloodReason>;
   /**
-   * With `divert`: `schema.table` -> how many of the table's first rows the first read diverted
+   * With `divert`: table (`tableKey`) -> how many of the table's first rows the first read diverted
    * (always a prefix: nothing is diverted once the guard counts). The second read diverts only
    * the rows after them. Valid only once the broker confirmed what the first read diverted.
    */
-  readonly diverted?: ReadonlyMap<string, number>;
+  readonly diverted?: ReadonlyMap<TableKey, number>;
 }
 
 /** Where an event goes now. */
@@ -82,8 +83,8 @@ interface TableState {
 }
 
 export class FloodGuard<E> {
-  private tables = new Map<string, TableState>();
-  private held: Array<{ key: string; event: E; size: number }> = [];
+  private tables = new Map<TableKey, TableState>();
+  private held: Array<{ key: TableKey | null; event: E; size: number }> = [];
   private heldCount = 0;
   private heldBytes = 0;
   private marker = false;
@@ -128,7 +129,7 @@ export class FloodGuard<E> {
    * because the table just flooded. Events for `drop` and `count` need not even be built.
    */
   row(schema: string, table: string, op: Exclude<Op, 'truncate'>, seq: number): { now: Disposition | 'hold' | 'count'; divert: E[] } {
-    const key = `${schema}.${table}`;
+    const key = tableKey(schema, table);
     let state = this.tables.get(key);
     if (!state) {
       state = { schema, table, counts: { insert: 0, update: 0, delete: 0, firstSeq: seq }, flooded: null, diverted: 0 };
@@ -161,11 +162,11 @@ export class FloodGuard<E> {
   }
 
   /**
-   * Hold the event of a change `row` or `truncate` answered `hold` for. `table` is `schema.table`
-   * for a row change, null for a truncate (which must stay even if its table floods later).
+   * Hold the event of a change `row` or `truncate` answered `hold` for. `table` is its table's
+   * `tableKey` for a row change, null for a truncate (which must stay even if its table floods later).
    */
-  keep(event: E, table: string | null, size = 0): void {
-    this.held.push({ key: table ?? '', event, size });
+  keep(event: E, table: TableKey | null, size = 0): void {
+    this.held.push({ key: table, event, size });
     this.heldCount++;
     this.heldBytes += size;
   }
@@ -186,8 +187,8 @@ export class FloodGuard<E> {
    */
   commit(commitLsn: bigint): { publish: E[]; flooded: FloodedTable[]; replan: TxPlan | null } {
     const flooded: FloodedTable[] = [];
-    const plan = new Map<string, FloodReason>();
-    const diverted = new Map<string, number>();
+    const plan = new Map<TableKey, FloodReason>();
+    const diverted = new Map<TableKey, number>();
     for (const [key, s] of this.tables) {
       if (s.flooded) {
         flooded.push({ schema: s.schema, table: s.table, counts: s.counts, reason: s.flooded });
@@ -226,9 +227,9 @@ export class FloodGuard<E> {
    */
   private flood(state: TableState, reason: FloodReason): E[] {
     state.flooded = reason;
-    const key = `${state.schema}.${state.table}`;
+    const key = tableKey(state.schema, state.table);
     const mine: E[] = [];
-    const rest: Array<{ key: string; event: E; size: number }> = [];
+    const rest: Array<{ key: TableKey | null; event: E; size: number }> = [];
     let restBytes = 0;
     for (const h of this.held) {
       if (h.key === key) mine.push(h.event);

@@ -1,12 +1,13 @@
 /**
- * Which tables and operations are published. Globs match `schema.table`: `*` is any run of
- * characters, `?` one character, matched separately on each side of the first dot, so
- * `public.*` and `*.orders` mean what they look like.
+ * Which tables and operations are published. Globs (filter/table-name.ts) match the schema and
+ * the table name separately, so `public.*` and `*.orders` mean what they look like and a name
+ * holding a dot is written quoted (`"a.b".c`).
  *
  * The same selection is pushed into the publication (so Postgres does not send what would be
  * dropped) and applied again here, because a publication made by hand may hold more.
  */
 import { OPS, type Op } from '../types.js';
+import { globMatches, parseTableGlob, tableKey, type TableGlob, type TableKey } from './table-name.js';
 
 export const SYSTEM_SCHEMAS = ['pg_catalog', 'information_schema', 'pg_toast'];
 
@@ -14,42 +15,26 @@ export function isSystemSchema(schema: string): boolean {
   return SYSTEM_SCHEMAS.includes(schema) || schema.startsWith('pg_temp_') || schema.startsWith('pg_toast_temp_');
 }
 
-interface Glob {
-  readonly schema: RegExp;
-  readonly table: RegExp;
-}
-
-function globPart(pattern: string): RegExp {
-  const body = pattern.replace(/[.+^${}()|[\]\\]/g, '\\$&').replace(/\*/g, '.*').replace(/\?/g, '.');
-  return new RegExp(`^${body}$`);
-}
-
-export function compileGlob(glob: string): Glob {
-  const dot = glob.indexOf('.');
-  if (dot < 0) throw new Error(`table glob "${glob}" needs the form schema.table`);
-  return { schema: globPart(glob.slice(0, dot)), table: globPart(glob.slice(dot + 1)) };
-}
-
 export class TableSelection {
-  private readonly include: readonly Glob[];
-  private readonly exclude: readonly Glob[];
-  private readonly cache = new Map<string, boolean>();
+  private readonly include: readonly TableGlob[];
+  private readonly exclude: readonly TableGlob[];
+  private readonly cache = new Map<TableKey, boolean>();
 
   constructor(includeGlobs: readonly string[], excludeGlobs: readonly string[]) {
-    this.include = includeGlobs.map(compileGlob);
-    this.exclude = excludeGlobs.map(compileGlob);
+    this.include = includeGlobs.map(parseTableGlob);
+    this.exclude = excludeGlobs.map(parseTableGlob);
   }
 
   includes(schema: string, table: string): boolean {
-    const name = `${schema}.${table}`;
-    let hit = this.cache.get(name);
+    const key = tableKey(schema, table);
+    let hit = this.cache.get(key);
     if (hit === undefined) {
-      const matches = (g: Glob) => g.schema.test(schema) && g.table.test(table);
+      const matches = (g: TableGlob) => globMatches(g, schema, table);
       hit =
         !isSystemSchema(schema) &&
         (this.include.length === 0 || this.include.some(matches)) &&
         !this.exclude.some(matches);
-      this.cache.set(name, hit);
+      this.cache.set(key, hit);
     }
     return hit;
   }
@@ -75,10 +60,10 @@ export class OperationSelection {
  * `fallback`. Answers are cached per table.
  */
 export function ruleLookup<R extends { match: string }, V>(rules: readonly R[], pick: (r: R) => V | undefined, fallback: V): (schema: string, table: string) => V {
-  const cache = new Map<string, V>();
+  const cache = new Map<TableKey, V>();
   const compiled = rules.map((r) => ({ sel: new TableSelection([r.match], []), rule: r }));
   return (schema, table) => {
-    const key = `${schema}.${table}`;
+    const key = tableKey(schema, table);
     let v = cache.get(key);
     if (v === undefined) {
       const rule = compiled.find((c) => c.sel.includes(schema, table))?.rule;

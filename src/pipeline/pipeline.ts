@@ -38,6 +38,7 @@ import type { TableRoute } from '../events/router.js';
 import type { Change, Decoded, LogicalMessage, Op, RelationInfo, SourceInfo, TxInfo } from '../types.js';
 import { formatLsn } from '../source/lsn.js';
 import { FloodGuard, type FloodAction, type FloodedTable, type TxPlan } from '../filter/flood-guard.js';
+import { tableKey, tableName } from '../filter/table-name.js';
 
 export interface PipelineDeps {
   readonly source: SourceInfo;
@@ -237,8 +238,8 @@ export class Pipeline {
       const rows = f.counts.insert + f.counts.update + f.counts.delete;
       if (flood.action === 'summarize' || flood.action === 'drop') metrics.eventsFiltered.inc({ reason: 'flood' }, rows);
       log.info(
-        { table: `${f.schema}.${f.table}`, xid: tx.info.xid, lsn: tx.lsn, counts: f.counts, reason: f.reason, action: flood.action },
-        `flood: ${rows} changes of ${f.schema}.${f.table} in transaction ${tx.info.xid} (${f.reason}); action ${flood.action}`,
+        { table: tableName(f.schema, f.table), xid: tx.info.xid, lsn: tx.lsn, counts: f.counts, reason: f.reason, action: flood.action },
+        `flood: ${rows} changes of ${tableName(f.schema, f.table)} in transaction ${tx.info.xid} (${f.reason}); action ${flood.action}`,
       );
       if (flood.action === 'summarize') await this.publish(this.deps.builder.buildBulk(f, tx.info), tx, 'normal');
     }
@@ -280,7 +281,7 @@ export class Pipeline {
       });
     }
     const event = this.deps.builder.build(change, tx.info, seq);
-    if (now === 'hold') this.guard.keep(event, change.kind === 'truncate' ? null : `${change.relation.schema}.${change.relation.table}`, event.body.length);
+    if (now === 'hold') this.guard.keep(event, change.kind === 'truncate' ? null : tableKey(change.relation.schema, change.relation.table), event.body.length);
     else return this.publish(event, tx, now === 'divert' ? 'flood' : 'normal');
   }
 
@@ -425,7 +426,7 @@ export class Pipeline {
         op,
         table_,
         routingKey: table_.routingKey({ db: source.db, schema, table, op }),
-        counter: metrics.publishedCounter(`${schema}.${table}`, op),
+        counter: metrics.publishedCounter(tableName(schema, table), op),
       };
       if (this.routes.size >= 4096) this.routes.clear();
       this.routes.set(key, route);

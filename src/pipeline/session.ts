@@ -48,6 +48,7 @@ import { closeWithin, pgSocketOwner } from '../ops/close.js';
 import { LazyPgClient } from '../ops/lazy-client.js';
 import { PeriodicTask } from '../ops/periodic.js';
 import type { Op, Plugin, SourceInfo } from '../types.js';
+import { tableName } from '../filter/table-name.js';
 
 export interface SessionSettings {
   readonly pg: pg.ClientConfig;
@@ -444,8 +445,14 @@ export class Session {
         );
       }
       if (outcome.kind === 'stream' && outcome.reason instanceof ReplanRequest) {
-        // Settle what came before the oversized transaction so the next read starts at it.
+        // Settle what came before the oversized transaction, and what its first read diverted,
+        // so the next read starts at it. Not a shutdown: wait for confirms as streaming does,
+        // for as long as the broker is up (a deadline here could fail every attempt).
+        while (checkpoint.outstanding() > 0 && !this.stopRequested && !pipeline.failed() && !this.sink?.failureReason()) {
+          await new Promise((r) => setTimeout(r, 20));
+        }
         await this.drain(checkpoint, pipeline);
+        if (this.stopRequested) return 'stopped';
         const plan = outcome.reason.plan;
         // What the first read diverted may be skipped only if the broker confirmed all of it.
         // Otherwise fail: the next session reads the transaction from scratch, and its first
@@ -647,7 +654,7 @@ export class Session {
 
 }
 
-const nameOf = (t: { schema: string; table: string }) => `${t.schema}.${t.table}`;
+const nameOf = (t: { schema: string; table: string }) => tableName(t.schema, t.table);
 
 /** Per-table value from the first rule whose glob matches and sets it, else the default. */
 

@@ -13,6 +13,7 @@ import { PrerequisiteError } from '../errors.js';
 import { Session, SessionFailure, type SessionSettings, type SessionState } from './session.js';
 import type { TxPlan } from '../filter/flood-guard.js';
 import { formatLsn } from '../source/lsn.js';
+import { tableNameOfKey } from '../filter/table-name.js';
 
 export interface Health {
   /** A session is streaming, the broker is not blocking publishes and Postgres is not silent. */
@@ -101,7 +102,7 @@ export class Supervisor implements Health {
         // Keep only the newest few plans: older ones belong to transactions already acknowledged.
         this.plans.set(outcome.replan.commitLsn, outcome.replan);
         for (const lsn of [...this.plans.keys()].slice(0, -16)) this.plans.delete(lsn);
-        log.info({ lsn: formatLsn(outcome.replan.commitLsn), flooded: [...outcome.replan.flooded.keys()] }, 'reading an oversized transaction again with its flood verdict known');
+        log.info({ lsn: formatLsn(outcome.replan.commitLsn), flooded: [...outcome.replan.flooded.keys()].map(tableNameOfKey) }, 'reading an oversized transaction again with its flood verdict known');
         continue;
       } catch (err) {
         // The session classified the fault (errors.ts): permanent ones arrive as PrerequisiteError,

@@ -8,6 +8,7 @@
  */
 import type { ReplicaIdentity } from '../types.js';
 import type { QueryFn } from './pg-query.js';
+import { tableKey } from '../filter/table-name.js';
 
 /** pg_class.relreplident (and pgoutput's Relation flag) -> our name for it. */
 export const REPLICA_IDENTITY: Readonly<Record<string, ReplicaIdentity>> = { d: 'default', f: 'full', i: 'index', n: 'nothing' };
@@ -98,14 +99,14 @@ export class RelationCatalog {
   }
 
   cachedByName(schema: string, table: string): TableFacts | undefined {
-    return this.byName.get(`${schema}.${table}`);
+    return this.byName.get(tableKey(schema, table));
   }
 
   private remember(row: FactsRow | undefined): TableFacts | undefined {
     if (!row) return undefined;
     const facts = toFacts(row);
     this.byOid.set(facts.oid, facts);
-    this.byName.set(`${facts.schema}.${facts.table}`, facts);
+    this.byName.set(tableKey(facts.schema, facts.table), facts);
     return facts;
   }
 }

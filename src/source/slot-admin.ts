@@ -7,6 +7,7 @@ import { OperationSelection, type TableSelection } from '../filter/selection.js'
 import type { Plugin } from '../types.js';
 import { quoteIdent } from './decoder.js';
 import type { QueryFn } from './pg-query.js';
+import { tableKey } from '../filter/table-name.js';
 
 export interface SlotState {
   readonly exists: boolean;
@@ -169,7 +170,7 @@ export async function publicationTables(query: QueryFn, publication: string): Pr
 }
 
 const tableRef = (t: TableName) => `${quoteIdent(t.schema)}.${quoteIdent(t.table)}`;
-const keyOf = (t: TableName) => `${t.schema}.${t.table}`;
+const keyOf = (t: TableName) => tableKey(t.schema, t.table);
 
 /** Columns to leave out of a table's events (per-table rules); empty when none. */
 export type ExcludedColumns = (schema: string, table: string) => ReadonlySet<string>;

@@ -18,6 +18,7 @@ import { optionLiteral, quoteIdent, type Decoder } from './decoder.js';
 import { parseLsn } from './lsn.js';
 import { REPLICA_IDENTITY, keyColumnsOf, type RelationCatalog, type TableFacts } from './relation-catalog.js';
 import type { TypeLookup } from './type-catalog.js';
+import { parseTableGlob, tableKey, type GlobPattern } from '../filter/table-name.js';
 
 interface W2jColumn {
   readonly name: string;
@@ -163,7 +164,7 @@ export class Wal2jsonDecoder implements Decoder<W2jAction> {
    * stays the same, so per-relation work downstream is done once.
    */
   private async relation(schema: string, table: string, sent: readonly W2jColumn[]): Promise<RelationInfo> {
-    const signature = `${schema}.${table}|${sent.map((c) => `${c.name}:${asNumber(c.typeoid)}`).join(',')}`;
+    const signature = `${tableKey(schema, table)}\u0000${sent.map((c) => `${c.name}:${asNumber(c.typeoid)}`).join(',')}`;
     const cached = this.relations.get(signature);
     if (cached) return cached;
     const leaf = await this.facts(schema, table, sent);
@@ -195,12 +196,30 @@ function asNumber(v: unknown): number {
 }
 
 /**
- * Table globs as wal2json's add-tables/filter-tables understand them (`*` wildcards, `,`
- * escaped), or null when a glob uses `?`, which wal2json lacks: then filtering stays ours alone.
+ * Table globs as wal2json's add-tables/filter-tables understand them, or null when one of them
+ * cannot be said there: then filtering stays ours alone. wal2json splits its list at unescaped
+ * commas and white space and each entry at its first unescaped dot, drops a backslash before any
+ * character, and knows one wildcard: a whole schema or table part `*`. So a literal name is
+ * written with its special characters escaped (a dot in `"a.b".c` becomes `a\.b.c`), a part that
+ * is just `*` stays `*`, and anything else (`?`, `ord*`) is not pushed down.
  */
 export function wal2jsonTableFilter(globs: readonly string[]): string[] | null {
-  if (globs.some((g) => g.includes('?'))) return null;
-  return globs.map((g) => g.replace(/,/g, '\\,'));
+  const out: string[] = [];
+  for (const text of globs) {
+    const glob = parseTableGlob(text);
+    const schema = wal2jsonPart(glob.schema);
+    const table = wal2jsonPart(glob.table);
+    if (schema === null || table === null) return null;
+    out.push(`${schema}.${table}`);
+  }
+  return out;
+}
+
+function wal2jsonPart(part: GlobPattern): string | null {
+  const [only, ...more] = part.tokens;
+  if (!only || more.length > 0) return null;
+  if ('wildcard' in only) return only.wildcard === '*' ? '*' : null;
+  return only.literal.replace(/[\\,.*'\s]/gu, '\\$&');
 }
 
 function buildRelation(schema: string, table: string, sent: readonly W2jColumn[], facts: TableFacts | undefined): RelationInfo {

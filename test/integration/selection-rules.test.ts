@@ -11,7 +11,7 @@ import { createTestDatabase, type TestDatabase } from '../support/pg.js';
 import { createTestBroker, type TestBroker } from '../support/amqp.js';
 import { start, type Daemon } from '../support/daemon.js';
 import { testEnv, uniqueName } from '../support/env.js';
-import { sleep } from '../support/wait.js';
+import { sleep, waitUntil } from '../support/wait.js';
 
 interface Ctx {
   db: TestDatabase;
@@ -301,3 +301,89 @@ test('a table without replica identity: its inserts are captured, and the applic
   assert.equal(main.bodies()[0].key, null, 'no key to report');
   assert.deepEqual(main.bodies()[3].key, { a: 2 });
 });
+
+// "a.b"."c" and "a"."b.c" share the text a.b.c: selection, pushdown (publication, wal2json's
+// add-tables/filter-tables), flood counts and bulk ids must still tell them apart.
+for (const plugin of ['pgoutput', 'wal2json'] as const) {
+  const skip = plugin === 'wal2json' && !testEnv().wal2json && 'wal2json is not installed';
+  async function dottedTables(c: Ctx): Promise<void> {
+    await c.db.query('CREATE SCHEMA "a.b"');
+    await c.db.query('CREATE SCHEMA a');
+    await c.db.query('CREATE TABLE "a.b".c (id int PRIMARY KEY)');
+    await c.db.query('CREATE TABLE a."b.c" (id int PRIMARY KEY)');
+    await c.db.query('CREATE TABLE a.d (id int PRIMARY KEY)');
+    await c.db.query('CREATE TABLE public.marker (id int PRIMARY KEY)');
+  }
+  const names = (bodies: any[]) => bodies.map((b) => `${JSON.stringify(b.schema)}.${JSON.stringify(b.table)}:${b.op}:${b.new?.id ?? b.counts?.insert}`);
+
+  test(`${plugin}: an exclusion of schema a leaves "a.b".c in, whichever table the catalog lists first`, { skip }, async (t) => {
+    const c = await context(t, `dotx${plugin.slice(0, 3)}`, { PGWARREN_PLUGIN: plugin, PGWARREN_EXCLUDE_TABLES: 'a.*' });
+    await dottedTables(c);
+    const q = await c.broker.bindQueue('#');
+    await run(t, c.env);
+    if (plugin === 'pgoutput') {
+      const pub = await c.db.query('SELECT schemaname AS s, tablename AS t FROM pg_publication_tables WHERE pubname = $1 ORDER BY 1, 2', [c.slot]);
+      assert.deepEqual(pub.rows.map((r) => `${r.s}|${r.t}`), ['a.b|c', 'public|marker']);
+    }
+    await c.db.query('INSERT INTO "a.b".c VALUES (1)');
+    await c.db.query('INSERT INTO a."b.c" VALUES (2)');
+    await c.db.query('INSERT INTO a.d VALUES (3)');
+    await c.db.query('INSERT INTO public.marker VALUES (4)');
+    await waitUntil(() => q.bodies().some((b) => b.table === 'marker'), { timeoutMs: 20_000, message: () => names(q.bodies()).join(' ') });
+    assert.deepEqual(names(q.bodies()), ['"a.b"."c":insert:1', '"public"."marker":insert:4']);
+  });
+
+  test(`${plugin}: quoted globs name "a.b".c and a."b.c" apart; their flood counts and bulk ids stay apart`, { skip }, async (t) => {
+    const c = await context(t, `dotq${plugin.slice(0, 3)}`, {
+      PGWARREN_PLUGIN: plugin,
+      PGWARREN_TABLES: '"a.b".c,a."b.c",a.d,public.marker',
+      PGWARREN_EXCLUDE_TABLES: 'a.d',
+      PGWARREN_FLOOD_THRESHOLD: '3',
+    });
+    await dottedTables(c);
+    const q = await c.broker.bindQueue('#');
+    await run(t, c.env);
+    if (plugin === 'pgoutput') {
+      const pub = await c.db.query('SELECT schemaname AS s, tablename AS t FROM pg_publication_tables WHERE pubname = $1 ORDER BY 1, 2', [c.slot]);
+      assert.deepEqual(pub.rows.map((r) => `${r.s}|${r.t}`), ['a|b.c', 'a.b|c', 'public|marker']);
+    }
+    // Two rows of each: neither table is over the threshold of 3 (together they would be).
+    await c.db.query('BEGIN');
+    await c.db.query('INSERT INTO "a.b".c VALUES (1), (2)');
+    await c.db.query('INSERT INTO a."b.c" VALUES (1), (2)');
+    await c.db.query('INSERT INTO a.d VALUES (1)');
+    await c.db.query('COMMIT');
+    // Four rows of each: two floods, two bulk events with different ids.
+    await c.db.query('BEGIN');
+    await c.db.query('INSERT INTO "a.b".c SELECT g FROM generate_series(3, 6) g');
+    await c.db.query('INSERT INTO a."b.c" SELECT g FROM generate_series(3, 6) g');
+    await c.db.query('COMMIT');
+    await c.db.query('INSERT INTO public.marker VALUES (1)');
+    await waitUntil(() => q.bodies().some((b) => b.table === 'marker'), { timeoutMs: 20_000, message: () => names(q.bodies()).join(' ') });
+    assert.deepEqual(names(q.bodies()), [
+      '"a.b"."c":insert:1',
+      '"a.b"."c":insert:2',
+      '"a"."b.c":insert:1',
+      '"a"."b.c":insert:2',
+      '"a.b"."c":bulk:4',
+      '"a"."b.c":bulk:4',
+      '"public"."marker":insert:1',
+    ]);
+    const bulks = q.bodies().filter((b) => b.op === 'bulk');
+    assert.deepEqual(bulks.map((b) => b.id.replace(/^[^:]*:/, '')), ['bulk:"a.b".c', 'bulk:a."b.c"']);
+  });
+
+  test(`${plugin}: a partial wildcard (public.mark*) selects what it says (wal2json cannot be told it)`, { skip }, async (t) => {
+    const c = await context(t, `dotw${plugin.slice(0, 3)}`, { PGWARREN_PLUGIN: plugin, PGWARREN_TABLES: 'public.mark*,"a.b".c' });
+    await dottedTables(c);
+    await c.db.query('CREATE TABLE public.other (id int PRIMARY KEY)');
+    const q = await c.broker.bindQueue('#');
+    await run(t, c.env);
+    await c.db.query('INSERT INTO public.other VALUES (1)');
+    await c.db.query('INSERT INTO a."b.c" VALUES (1)');
+    await c.db.query('INSERT INTO "a.b".c VALUES (1)');
+    await c.db.query('INSERT INTO public.marker VALUES (1)');
+    await waitUntil(() => q.bodies().some((b) => b.table === 'marker'), { timeoutMs: 20_000, message: () => names(q.bodies()).join(' ') });
+    assert.deepEqual(names(q.bodies()), ['"a.b"."c":insert:1', '"public"."marker":insert:1']);
+  });
+}

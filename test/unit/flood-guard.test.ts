@@ -1,12 +1,13 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { FloodGuard, type FloodAction } from '../../src/filter/flood-guard.js';
+import { tableKey, tableNameOfKey, type TableKey } from '../../src/filter/table-name.js';
 
 type Op = 'insert' | 'update' | 'delete';
 interface Row { table: string; op: Op | 'truncate' }
 
 /** Feeds a transaction through the guard the way the pipeline does; returns what went where. */
-function run(action: FloodAction, rows: Row[], opts: { threshold?: number; buffer?: number; bufferBytes?: number; markerAt?: number; plan?: Map<string, 'threshold' | 'marker'>; diverted?: ReadonlyMap<string, number> } = {}) {
+function run(action: FloodAction, rows: Row[], opts: { threshold?: number; buffer?: number; bufferBytes?: number; markerAt?: number; plan?: Map<TableKey, 'threshold' | 'marker'>; diverted?: ReadonlyMap<TableKey, number> } = {}) {
   const guard = new FloodGuard<string>({ action, thresholdFor: () => opts.threshold ?? 3, bufferEvents: opts.buffer ?? 100, bufferBytes: opts.bufferBytes });
   guard.begin(opts.plan ? { commitLsn: 1n, flooded: opts.plan, diverted: opts.diverted } : null);
   const published: string[] = [];
@@ -16,7 +17,7 @@ function run(action: FloodAction, rows: Row[], opts: { threshold?: number; buffe
     const event = `${r.table}:${seq}`;
     const v = r.op === 'truncate' ? { now: guard.truncate(), divert: [] } : guard.row('s', r.table, r.op, seq);
     diverted.push(...v.divert);
-    if (v.now === 'hold') guard.keep(event, r.op === 'truncate' ? null : `s.${r.table}`, event.length);
+    if (v.now === 'hold') guard.keep(event, r.op === 'truncate' ? null : tableKey('s', r.table), event.length);
     else if (v.now === 'publish') published.push(event);
     else if (v.now === 'divert') diverted.push(event);
   });
@@ -24,7 +25,7 @@ function run(action: FloodAction, rows: Row[], opts: { threshold?: number; buffe
   return { published: [...published, ...result.publish], diverted, flooded: result.flooded, replan: result.replan };
 }
 
-const tableOf = (key: string) => key.slice(key.indexOf('.') + 1);
+const tableOf = (key: TableKey) => tableNameOfKey(key).slice(2);
 const rows = (table: string, n: number, op: Op = 'update'): Row[] => Array.from({ length: n }, () => ({ table, op }));
 
 test('below the threshold everything is published in order at commit', () => {
@@ -81,7 +82,7 @@ test('outgrowing the buffer publishes nothing and asks for a second read with th
   const r = run('summarize', many, { buffer: 4 });
   assert.deepEqual(r.published, []);
   assert.ok(r.replan);
-  assert.deepEqual([...r.replan!.flooded], [['s.d', 'threshold']]);
+  assert.deepEqual([...r.replan!.flooded], [[tableKey('s', 'd'), 'threshold']]);
   // The second read publishes at once (nothing held) and floods only what the plan says.
   const second = run('summarize', many, { buffer: 4, plan: new Map(r.replan!.flooded) });
   assert.equal(second.replan, null);

@@ -17,9 +17,9 @@ import type { OutgoingMessage } from '../../src/sink/amqp-sink.js';
 import type { Decoded, RelationInfo, SourceInfo } from '../../src/types.js';
 
 const source: SourceInfo = { name: 'pgwarren', db: 'app', slot: 's', plugin: 'pgoutput' };
-const rel = (table: string): RelationInfo => ({
+const rel = (table: string, schema = 'public'): RelationInfo => ({
   oid: table.length,
-  schema: 'public',
+  schema,
   table,
   replicaIdentity: 'default',
   columns: [
@@ -229,4 +229,22 @@ test('backpressure: reading waits while too many transactions are open in the ch
   await handled;
   assert.equal(publisher.sent.length, 3);
   assert.ok(checkpoint.openTransactions() <= 3);
+});
+
+test('tables whose dotted names coincide ("a.b".c, a."b.c") are counted, labelled and summarized apart', async () => {
+  const dotted = rel('c', 'a.b');
+  const other = rel('b.c', 'a');
+  const { p, publisher } = pipeline({ threshold: 3 });
+  // Two rows each: neither is over the threshold of 3 (together they would be).
+  await p.handle(tx([[dotted, 1], [other, 2], [dotted, 3], [other, 4]]));
+  const ids = publisher.sent.map((m) => JSON.parse(m.body)).map((e) => `${e.schema}|${e.table}:${e.new?.id ?? e.op}`);
+  assert.deepEqual(ids, ['a.b|c:1', 'a|b.c:2', 'a.b|c:3', 'a|b.c:4'], 'no flood: each table has 2 changes');
+  // Both over the threshold: two bulk events with different ids.
+  const { p: p2, publisher: pub2 } = pipeline({ threshold: 1 });
+  await p2.handle(tx([[dotted, 1], [other, 2], [dotted, 3], [other, 4]]));
+  const bulks = pub2.sent.map((m) => JSON.parse(m.body));
+  assert.deepEqual(bulks.map((b) => [b.op, b.schema, b.table, b.counts.insert]), [['bulk', 'a.b', 'c', 2], ['bulk', 'a', 'b.c', 2]]);
+  assert.notEqual(bulks[0].id, bulks[1].id, 'distinct bulk ids');
+  assert.match(bulks[0].id, /:bulk:"a\.b"\.c$/);
+  assert.match(bulks[1].id, /:bulk:a\."b\.c"$/);
 });
