@@ -22,7 +22,7 @@
  * table is a prefix of its rows (the first `d`, possibly none); the plan records `d` and the
  * second read diverts only the rows after it. (The pipeline sends the first read's open batch
  * before asking for the second read, and the session keeps `d` only once the broker confirmed
- * all of it; see README "Floods".)
+ * all of it; see README "Flood guard".)
  *
  * Per transaction: holding -> (overflow) counting -> commit: replan | flush.
  *                  planned (second read)    -> commit: flush bulk events.

@@ -8,7 +8,7 @@
  * `tableName`, which double-quotes a name only when it needs it, so ordinary names read as
  * before and every table's text is distinct and is a glob matching just that table.
  *
- * Glob syntax (README "Configuration"): a schema pattern, a dot, a table pattern. In a pattern,
+ * Glob syntax (README "Table globs"): a schema pattern, a dot, a table pattern. In a pattern,
  * `*` is any run of characters and `?` one character; a double-quoted part is literal, with `""`
  * for a quote inside it, as Postgres quotes identifiers: `"a.b".c`, `a."b.c"`, `public."x*"`.
  * Unquoted text may not hold a dot, a quote, a comma or white space. Matching is on the names as
@@ -21,7 +21,6 @@ export type TableKey = string & { readonly __tableKey: true };
 export function tableKey(schema: string, table: string): TableKey {
   return `${schema}\u0000${table}` as TableKey;
 }
-
 
 /** Characters that make a name need quoting to be read back as itself in a glob. */
 const NEEDS_QUOTES = /[."*?,\s]/;
