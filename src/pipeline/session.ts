@@ -140,8 +140,10 @@ class Stopped extends Error {
 
 /** How long the final position report of a failed session may take. */
 const FINAL_REPORT_MS = 2_000;
-/** How often slot creation says what it still waits for. */
+/** How often slot creation is checked on and says what it still waits for. */
 const SLOT_WAIT_LOG_MS = 5_000;
+/** Failed checks in a row after which a slot creation is given up as unreachable (see createSlot). */
+const SLOT_WAIT_FAILURES = 3;
 
 export interface SessionHooks {
   onState(state: SessionState): void;
@@ -557,34 +559,65 @@ export class Session {
     const helper = (this.helper = new LazyPgClient(this.settings.pg, 'pgwarren-slot-wait', this.settings.timeouts));
     this.creatingSlotPid = pid;
     let lastBlockers = '';
+    // The creation's own connection cannot be bounded (the wait is Postgres'), so the watch on the
+    // second connection also decides when to give up on it: when the backend creating the slot is
+    // gone (its connection died: it never answers now), or when Postgres has not answered the watch
+    // SLOT_WAIT_FAILURES times in a row (a silent network). Either ends the session as transient; the
+    // next one finds the slot made, or makes it.
+    let giveUp!: (reason: Error) => void;
+    const gaveUp = new Promise<never>((_, reject) => (giveUp = reject));
+    gaveUp.catch(() => undefined);
+    let failures = 0;
+    let probing = false;
+    const slot = this.settings.slot;
+    const probe = async (backend: number): Promise<void> => {
+      try {
+        const alive = await helper.query('SELECT EXISTS (SELECT 1 FROM pg_stat_activity WHERE pid = $1) AS alive', [backend]);
+        failures = 0;
+        if ((alive.rows[0] as { alive?: boolean } | undefined)?.alive === false) {
+          giveUp(new Error(`the connection creating slot "${slot}" is gone (backend ${backend} ended without answering)`));
+          return;
+        }
+        const { rows } = await helper.query(
+          `SELECT a.pid, a.usename AS user, a.application_name AS application, a.state,
+                  extract(epoch FROM now() - a.xact_start)::int AS open_seconds
+             FROM pg_stat_activity a WHERE a.pid = ANY (pg_blocking_pids($1)) ORDER BY a.xact_start`,
+          [backend],
+        );
+        const blockers = rows as { pid: number; user: string | null; application: string | null; state: string | null; open_seconds: number | null }[];
+        const key = blockers.map((b) => b.pid).join(',');
+        if (blockers.length === 0 || key === lastBlockers) return;
+        lastBlockers = key;
+        const list = blockers
+          .map((b) => `pid ${b.pid}${b.user ? ` (user ${b.user}${b.application ? `, ${b.application}` : ''}, ${b.state ?? 'unknown state'}${b.open_seconds != null ? `, open for ${b.open_seconds} s` : ''})` : ''}`)
+          .join('; ');
+        log.warn(
+          { slot, waitingFor: blockers },
+          `creating slot "${slot}" waits for ${blockers.length} transaction(s) open elsewhere to end: ${list}. ` +
+            `Postgres starts a new slot only once every transaction running at that moment has finished`,
+        );
+      } catch (err) {
+        failures++;
+        log.debug({ err: errorMessage(err), failures }, 'could not tell what slot creation waits for');
+        if (failures >= SLOT_WAIT_FAILURES) {
+          giveUp(new Error(`Postgres did not answer ${failures} checks in a row while slot "${slot}" was being created (${errorMessage(err)})`));
+        }
+      }
+    };
     const watch = pid
       ? setInterval(() => {
-          void helper
-            .query(
-              `SELECT a.pid, a.usename AS user, a.application_name AS application, a.state,
-                      extract(epoch FROM now() - a.xact_start)::int AS open_seconds
-                 FROM pg_stat_activity a WHERE a.pid = ANY (pg_blocking_pids($1)) ORDER BY a.xact_start`,
-              [pid],
-            )
-            .then(({ rows }) => {
-              const blockers = rows as { pid: number; user: string | null; application: string | null; state: string | null; open_seconds: number | null }[];
-              const key = blockers.map((b) => b.pid).join(',');
-              if (blockers.length === 0 || key === lastBlockers) return;
-              lastBlockers = key;
-              const list = blockers
-                .map((b) => `pid ${b.pid}${b.user ? ` (user ${b.user}${b.application ? `, ${b.application}` : ''}, ${b.state ?? 'unknown state'}${b.open_seconds != null ? `, open for ${b.open_seconds} s` : ''})` : ''}`)
-                .join('; ');
-              log.warn(
-                { slot: this.settings.slot, waitingFor: blockers },
-                `creating slot "${this.settings.slot}" waits for ${blockers.length} transaction(s) open elsewhere to end: ${list}. ` +
-                  `Postgres starts a new slot only once every transaction running at that moment has finished`,
-              );
-            })
-            .catch((err: unknown) => log.debug({ err: errorMessage(err) }, 'could not tell what slot creation waits for'));
+          if (probing) return;
+          probing = true;
+          void probe(pid).finally(() => (probing = false));
         }, SLOT_WAIT_LOG_MS)
       : null;
     try {
-      return await this.step(this.pg(() => ensureSlot(query, slotOpts), 'creating the slot'));
+      return await Promise.race([
+        this.step(this.pg(() => ensureSlot(query, slotOpts), 'creating the slot')),
+        gaveUp.catch((reason: Error) => {
+          throw new SessionFailure('postgres', reason);
+        }),
+      ]);
     } finally {
       if (watch) clearInterval(watch);
       if (!this.stopRequested) {
