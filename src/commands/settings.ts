@@ -45,5 +45,7 @@ export function sessionSettings(config: Config): SessionSettings {
     shutdownTimeoutSeconds: config.shutdownTimeout,
     statusIntervalSeconds: config.statusInterval,
     publicationSyncSeconds: config.publicationSyncInterval,
+    snapshot: config.snapshot,
+    snapshotChunkSize: config.snapshotChunkSize,
   };
 }

@@ -22,7 +22,7 @@ import type { TypeLookup } from '../source/type-catalog.js';
 
 export interface BuiltEvent {
   readonly id: string;
-  readonly op: Op | 'bulk';
+  readonly op: Op | 'bulk' | 'read';
   readonly schema: string;
   readonly table: string;
   readonly body: string;
@@ -118,6 +118,20 @@ export class EventBuilder {
       `"counts":{"insert":${insert},"update":${update},"delete":${del}},"reason":"${flood.reason}",` +
       `"tx":{"xid":${tx.xid},"lsn":"${lsn}","commit_time":"${tx.commitTime}","seq":${firstSeq}},"source":${this.sourceJson}}`;
     return { id, op: 'bulk', schema: flood.schema, table: flood.table, body };
+  }
+
+  /**
+   * A snapshot's `read` event (CONTRACT §10): the row as `new`, its key, no old values, and which
+   * snapshot and chunk it belongs to. `row` holds Postgres' text of each column, like a change's.
+   */
+  buildRead(rel: RelationInfo, row: RawTuple, id: string, snapshot: { id: string; chunk: number; last: boolean }): BuiltEvent {
+    const plan = this.plan(rel);
+    const parts = rowParts({ kind: 'change', op: 'insert', relation: rel, old: null, oldKind: 'none', new: row }, plan);
+    const body =
+      `{"id":${JSON.stringify(id)},"op":"read","schema":${JSON.stringify(rel.schema)},"table":${JSON.stringify(rel.table)},` +
+      `"key":${parts.key},"old":null,"new":${parts.new},"changed":null,"unchanged_toast":[],` +
+      `"snapshot":{"id":${JSON.stringify(snapshot.id)},"chunk":${snapshot.chunk},"last":${snapshot.last}},"tx":null,"source":${this.sourceJson}}`;
+    return { id, op: 'read', schema: rel.schema, table: rel.table, body };
   }
 
   private plan(rel: RelationInfo): RelationPlan {

@@ -35,6 +35,7 @@ import type { TableRoute } from '../events/router.js';
 import type { Change, Decoded, LogicalMessage, Op, RelationInfo, SourceInfo, TxInfo } from '../types.js';
 import { formatLsn } from '../source/lsn.js';
 import { FloodGuard, type FloodAction, type FloodedTable, type TxPlan } from '../filter/flood-guard.js';
+import type { ReadBatch, SnapshotTap } from '../snapshot/tap.js';
 
 export interface PipelineDeps {
   readonly source: SourceInfo;
@@ -60,6 +61,8 @@ export interface PipelineDeps {
   readonly plans: ReadonlyMap<bigint, TxPlan>;
   /** Batched mode; absent or maxEvents 1: one event per message. */
   readonly batch?: { readonly maxEvents: number; readonly maxBytes: number };
+  /** Snapshots (src/snapshot/): watermarks and the changes that fall between them. */
+  readonly snapshots?: SnapshotTap;
 }
 
 /**
@@ -177,6 +180,8 @@ export class Pipeline {
       case 'commit':
         return this.commit(item.endLsn);
       case 'message':
+        // Snapshot watermarks are non-transactional: they arrive between transactions.
+        if (!this.tx && this.deps.snapshots?.isWatermark(item)) return this.deps.snapshots.watermark(item, (b) => this.publishReads(b));
         if (this.tx && isFloodMarker(item)) return this.divert(this.guard.markMarker(), this.tx);
         return;
       case 'change':
@@ -256,6 +261,7 @@ export class Pipeline {
       metrics.eventsFiltered.inc({ reason: 'operation' });
       return;
     }
+    this.deps.snapshots?.changed(change, tx.info.xid);
     const verdict = change.kind === 'truncate' ? { now: this.guard.truncate(), divert: [] } : this.guard.row(schema, table, change.op, seq);
     if (verdict.divert.length > 0) return this.divert(verdict.divert, tx).then(() => this.place(change, tx, seq, verdict.now));
     return this.place(change, tx, seq, verdict.now);
@@ -306,6 +312,65 @@ export class Pipeline {
     if (this.mustWait()) return this.waitToSend().then(() => this.flush());
     this.batch = null;
     this.send(b.tx, b.exchange, b.route, b.firstId, '[' + b.bodies.join(',') + ']', b.bodies.length);
+  }
+
+  /**
+   * A snapshot chunk's `read` events (src/snapshot/tap.ts), published where its high watermark
+   * stands in the stream: outside any transaction, never batched, never a flood. They count in
+   * the checkpoint as one entry that moves nothing, so later transactions are acknowledged only
+   * once the chunk is confirmed, and the inflight window bounds them like any message.
+   */
+  private async publishReads(batch: ReadBatch): Promise<void> {
+    const { checkpoint, publisher, router, source, metrics } = this.deps;
+    const table_ = router.forTable(batch.schema, batch.table);
+    const exchange = batch.exchange ?? table_.exchange;
+    const routingKey = (batch.routingKey ?? table_.routingKey)({ db: source.db, schema: batch.schema, table: batch.table, op: 'read' });
+    const counter = metrics.publishedCounter(`${batch.schema}.${batch.table}`, 'read');
+    const headers = { 'pgwarren-schema': batch.schema, 'pgwarren-table': batch.table, 'pgwarren-op': 'read' };
+    const entry = checkpoint.begin(checkpoint.safeLsn());
+    let left = batch.events.length;
+    let settled = false;
+    const confirm = (err: Error | null) => {
+      if (settled) return;
+      if (err) {
+        settled = true;
+        this.failure ??= err;
+        batch.onConfirmed(err);
+      } else {
+        checkpoint.confirmed(entry);
+        counter.inc();
+        if (--left === 0) {
+          settled = true;
+          batch.onConfirmed(null);
+        }
+      }
+      this.wakeConfirmWaiter();
+    };
+    const timestamp = Math.floor(Date.now() / 1000);
+    for (const event of batch.events) {
+      if (this.mustWait()) await this.waitToSend();
+      checkpoint.published(entry);
+      publisher.publish(
+        {
+          exchange,
+          routingKey,
+          content: Buffer.from(event.body, 'utf8'),
+          properties: {
+            messageId: event.id,
+            contentType: 'application/json',
+            persistent: true,
+            timestamp,
+            type: 'read',
+            appId: 'pgwarren',
+            mandatory: true,
+            expiration: table_.expiration,
+            headers,
+          },
+        },
+        confirm,
+      );
+    }
+    checkpoint.committed(entry, 0n);
   }
 
   private mustWait(): boolean {

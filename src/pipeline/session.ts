@@ -39,6 +39,7 @@ import { LogThrottle } from '../ops/throttle.js';
 import { closeWithin, pgSocketOwner } from '../ops/close.js';
 import { PeriodicTask } from '../ops/periodic.js';
 import type { Op, Plugin, SourceInfo } from '../types.js';
+import { SnapshotSession } from '../snapshot/session.js';
 
 export interface SessionSettings {
   readonly pg: pg.ClientConfig;
@@ -69,6 +70,9 @@ export interface SessionSettings {
   readonly statusIntervalSeconds: number;
   /** How often new tables matching the selection are added to the publication; 0 = only at start. */
   readonly publicationSyncSeconds: number;
+  /** Snapshots (src/snapshot/): an initial one when the slot is created, and the chunk size of that one. */
+  readonly snapshot: 'initial' | 'never';
+  readonly snapshotChunkSize: number;
 }
 
 export type SessionState = 'connecting' | 'streaming' | 'draining' | 'ended';
@@ -217,6 +221,7 @@ export class Session {
             `Changes made while no slot existed (a failover to a standby, a dropped slot) are in no slot: re-sync consumers that need them`,
         );
       } else if (slot.created) log.info({ plugin: settings.plugin, from: slot.state.confirmedFlushLsn }, 'created replication slot');
+      if (slot.created && settings.snapshot === 'initial') await SnapshotSession.requestInitial(query, settings, log);
     }
 
     // 2. Broker.
@@ -264,6 +269,7 @@ export class Session {
     const checkpoint = new Checkpoint(slotState.confirmedFlushLsn ? parseLsn(slotState.confirmedFlushLsn) : 0n);
     opts.metrics.inflightSource = () => checkpoint.outstanding();
     this.lastReported = checkpoint.safeLsn();
+    const snapshots = new SnapshotSession({ settings, builder, types, sink, metrics: opts.metrics, log });
     const pipeline = new Pipeline({
       source,
       tables,
@@ -285,6 +291,7 @@ export class Session {
         thresholdFor: ruleLookup(settings.rules, (r) => r.floodThreshold, settings.floodThreshold),
       },
       plans: opts.plans,
+      snapshots: snapshots.tap,
     });
 
     let stallTimeout = (_silentMs: number): void => undefined;
@@ -328,6 +335,7 @@ export class Session {
       throw new SessionFailure('postgres', e, inUse ? 1000 : 0);
     }
     this.setState('streaming');
+    snapshots.start();
     log.info(
       { plugin: settings.plugin, from: formatLsn(checkpoint.safeLsn()), broker: redactUrl(sink.url), published: opts.metrics.publishedCount },
       'streaming',
@@ -398,6 +406,7 @@ export class Session {
       clearInterval(ticker);
       syncer?.stop();
       watch.end();
+      await snapshots.stop();
     }
   }
 

@@ -1,0 +1,250 @@
+/**
+ * The stream side of a snapshot chunk: the watermark window (the DBLog technique).
+ *
+ * For each chunk the reader (reader.ts) emits a low watermark into the WAL, SELECTs the chunk,
+ * then emits a high watermark. Both are non-transactional logical messages with the prefix
+ * `pgwarren.snapshot`: such a message is decoded at its own WAL position, between the transactions
+ * committed before it and those committed after, so it marks a point in the stream's commit order
+ * without waiting for (or being held up by) any transaction. A transactional message would appear
+ * only at its own transaction's commit, which adds a commit per watermark and nothing else.
+ *
+ * State of the chunk being read:
+ *   waiting-low -> (low watermark read from the stream) open -> (high watermark) published
+ *   open: every change of the table the stream delivers removes its keys (old and new) from the
+ *         chunk; a truncate removes every row
+ *   high: the rows left are published as `read` events, right there in the stream's order, so
+ *         every change delivered after them is newer than what they carry
+ *
+ * Why that is consistent: the SELECT runs after the low watermark was written, so it sees every
+ * transaction committed before the low watermark, and any transaction it sees that committed after
+ * the low watermark is in the window. A row whose key the window did not touch therefore has the
+ * same value in the SELECT as at the high watermark. A row the window touched is dropped: its
+ * change event (delivered in the window) carries a state at least as new.
+ *
+ * One gap in that argument, closed here: a transaction can write its commit record before the low
+ * watermark and still be invisible to the SELECT's snapshot (between its commit record and the
+ * moment it leaves the process array; with synchronous replication, for as long as the standby
+ * takes). The reader reports the transactions in progress in its snapshot (`xip`); if one of them
+ * changed this table before the low watermark, the chunk is read again (outcome 'redo').
+ * A change whose key cannot be worked out (a TOASTed key column not sent) also makes it redo.
+ */
+import { randomBytes } from 'node:crypto';
+import { UNCHANGED_TOAST, type Change, type LogicalMessage, type RawTuple, type RelationInfo } from '../types.js';
+import type { BuiltEvent } from '../events/envelope.js';
+import type { RoutingKeyFn } from '../events/routing.js';
+
+export const WATERMARK_PREFIX = 'pgwarren.snapshot';
+
+/** What the reader SELECTed for a chunk. */
+export interface ChunkRead {
+  /** The chunk's rows in key order, values as Postgres' text, aligned with the chunk's relation. */
+  readonly rows: readonly RawTuple[];
+  /** 32-bit xids of the transactions in progress in the SELECT's snapshot. */
+  readonly xip: ReadonlySet<number>;
+}
+
+/** Read events of a chunk, for the pipeline to publish (Pipeline.publishReads). */
+export interface ReadBatch {
+  readonly schema: string;
+  readonly table: string;
+  /** Overrides of the table's route for this snapshot; undefined = the table's own. */
+  readonly exchange: string | undefined;
+  readonly routingKey: RoutingKeyFn | undefined;
+  readonly events: readonly BuiltEvent[];
+  /** Called once: null when the broker confirmed every event, else the failure. */
+  readonly onConfirmed: (err: Error | null) => void;
+}
+
+export type ChunkOutcome = { readonly kind: 'published'; readonly count: number } | { readonly kind: 'redo'; readonly reason: string };
+
+export interface ChunkSpec {
+  readonly relation: RelationInfo;
+  /** Column-name lists that identify a row: the key, and the replica identity index when it differs. */
+  readonly identities: readonly (readonly string[])[];
+  readonly exchange: string | undefined;
+  readonly routingKey: RoutingKeyFn | undefined;
+  /** Builds the events of the rows left at the high watermark. */
+  readonly toEvents: (rows: readonly RawTuple[]) => BuiltEvent[];
+}
+
+export interface PendingChunk {
+  readonly nonce: string;
+  readonly low: string;
+  readonly high: string;
+  /** Settles once the high watermark was handled and, if anything was published, confirmed. */
+  readonly done: Promise<ChunkOutcome>;
+}
+
+interface Active {
+  readonly spec: ChunkSpec;
+  readonly name: string;
+  readonly nonce: string;
+  state: 'waiting-low' | 'open';
+  removed: Set<string>;
+  truncated: boolean;
+  taint: string | null;
+  beforeLow: Set<number> | null;
+  read: ChunkRead | null;
+  resolve(outcome: ChunkOutcome): void;
+  reject(err: Error): void;
+}
+
+const RECENT_XIDS = 4096;
+
+export class SnapshotTap {
+  private active: Active | null = null;
+  /** xids of recent transactions that changed the table being snapshotted, oldest first. */
+  private recent: number[] = [];
+  private recentTable = '';
+  private readonly session = randomBytes(4).toString('hex');
+  private counter = 0;
+  /** Column indexes of name lists, per relation object the stream or the reader uses. */
+  private readonly indexCache = new WeakMap<RelationInfo, Map<string, number[] | null>>();
+
+  /** Open a chunk; the reader then emits `low`, SELECTs, calls `setRead`, emits `high`. */
+  begin(spec: ChunkSpec): PendingChunk {
+    if (this.active) throw new Error('snapshot tap: a chunk is already open');
+    const nonce = `${this.session}-${++this.counter}`;
+    const name = `${spec.relation.schema}.${spec.relation.table}`;
+    if (name !== this.recentTable) {
+      this.recent = [];
+      this.recentTable = name;
+    }
+    let resolve!: (o: ChunkOutcome) => void;
+    let reject!: (e: Error) => void;
+    const done = new Promise<ChunkOutcome>((res, rej) => {
+      resolve = res;
+      reject = rej;
+    });
+    this.active = {
+      spec,
+      name,
+      nonce,
+      state: 'waiting-low',
+      removed: new Set(),
+      truncated: false,
+      taint: null,
+      beforeLow: null,
+      read: null,
+      resolve: (o) => {
+        this.active = null;
+        resolve(o);
+      },
+      reject: (e) => {
+        this.active = null;
+        reject(e);
+      },
+    };
+    return { nonce, low: `low ${nonce}`, high: `high ${nonce}`, done };
+  }
+
+  setRead(read: ChunkRead): void {
+    if (this.active) this.active.read = read;
+  }
+
+  /** The reader gave up on the open chunk (its query failed, the session ends). */
+  abort(err: Error): void {
+    this.active?.reject(err);
+  }
+
+  isWatermark(msg: LogicalMessage): boolean {
+    return !msg.transactional && msg.prefix === WATERMARK_PREFIX;
+  }
+
+  /**
+   * A watermark read from the stream. Unknown ones (a previous session's, read again after a
+   * restart) are ignored. At the high watermark, returns the publishing of the chunk's rows.
+   */
+  watermark(msg: LogicalMessage, publish: (batch: ReadBatch) => Promise<void> | void): Promise<void> | void {
+    const c = this.active;
+    const text = msg.content.toString('utf8');
+    if (!c) return;
+    if (text === `low ${c.nonce}`) {
+      c.state = 'open';
+      c.beforeLow = new Set(this.recent);
+      return;
+    }
+    if (text !== `high ${c.nonce}`) return;
+    if (c.state !== 'open') return c.resolve({ kind: 'redo', reason: 'the high watermark arrived before the low one' });
+    const read = c.read;
+    if (!read) return c.resolve({ kind: 'redo', reason: 'the chunk was not read before its high watermark' });
+    if (c.taint) return c.resolve({ kind: 'redo', reason: c.taint });
+    for (const xid of read.xip) {
+      if (c.beforeLow!.has(xid)) return c.resolve({ kind: 'redo', reason: `transaction ${xid} committed before the low watermark but was not yet visible to the chunk's read` });
+    }
+    const rows = c.truncated ? [] : read.rows.filter((row) => !this.touched(c, row));
+    if (rows.length === 0) return c.resolve({ kind: 'published', count: 0 });
+    const events = c.spec.toEvents(rows);
+    return publish({
+      schema: c.spec.relation.schema,
+      table: c.spec.relation.table,
+      exchange: c.spec.exchange,
+      routingKey: c.spec.routingKey,
+      events,
+      onConfirmed: (err) => (err ? c.reject(err) : c.resolve({ kind: 'published', count: events.length })),
+    });
+  }
+
+  /** A row change (or truncate) of an included table, as the stream delivers it, in transaction `xid`. */
+  changed(change: Change, xid: number): void {
+    const c = this.active;
+    const rel = change.relation;
+    if (`${rel.schema}.${rel.table}` !== this.recentTable) return;
+    this.recent.push(xid);
+    if (this.recent.length > RECENT_XIDS) this.recent.splice(0, this.recent.length - RECENT_XIDS);
+    if (!c || c.state !== 'open' || c.name !== this.recentTable) return;
+    if (change.kind === 'truncate') {
+      c.truncated = true;
+      return;
+    }
+    for (const tuple of [change.old, change.new]) {
+      if (!tuple) continue;
+      let known = false;
+      for (let m = 0; m < c.spec.identities.length; m++) {
+        const text = this.keyText(rel, c.spec.identities[m]!, tuple);
+        if (text === null) continue;
+        c.removed.add(`${m}\u0000${text}`);
+        known = true;
+      }
+      if (!known && !(tuple === change.old && change.op === 'update')) {
+        c.taint = `a change of ${c.name} carried no complete key`;
+      }
+    }
+    // An update that sent no old tuple kept its key: the new tuple's key is the row's.
+  }
+
+  private touched(c: Active, row: RawTuple): boolean {
+    if (c.removed.size === 0) return false;
+    for (let m = 0; m < c.spec.identities.length; m++) {
+      const text = this.keyText(c.spec.relation, c.spec.identities[m]!, row);
+      if (text !== null && c.removed.has(`${m}\u0000${text}`)) return true;
+    }
+    return false;
+  }
+
+  /** The identity's values in `tuple` as one string, or null when one is not there. */
+  private keyText(rel: RelationInfo, columns: readonly string[], tuple: RawTuple): string | null {
+    const idx = this.indexes(rel, columns);
+    if (!idx) return null;
+    let out = '';
+    for (const i of idx) {
+      const v = tuple[i];
+      if (v === undefined || v === UNCHANGED_TOAST) return null;
+      out += v === null ? '\u0001' : `${v.length}:${v}`;
+    }
+    return out;
+  }
+
+  private indexes(rel: RelationInfo, columns: readonly string[]): number[] | null {
+    let byList = this.indexCache.get(rel);
+    if (!byList) this.indexCache.set(rel, (byList = new Map()));
+    const key = columns.join('\u0000');
+    let idx = byList.get(key);
+    if (idx === undefined) {
+      const found = columns.map((n) => rel.columns.findIndex((c) => c.name === n));
+      idx = found.every((i) => i >= 0) ? found : null;
+      byList.set(key, idx);
+    }
+    return idx;
+  }
+}
