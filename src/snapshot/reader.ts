@@ -395,9 +395,8 @@ export class SnapshotRunner {
     const { rows } = await query<{ n: string | null }>(
       `SELECT CASE WHEN bool_or(c.reltuples >= 0) THEN sum(greatest(c.reltuples, 0))::int8::text END AS n
          FROM unnest($1::text[]) AS t(name)
-        CROSS JOIN LATERAL pg_partition_tree(t.name::regclass) AS p
-         JOIN pg_class c ON c.oid = p.relid
-        WHERE p.isleaf`,
+         JOIN pg_class c ON c.oid IN (SELECT relid FROM pg_partition_tree(t.name::regclass) WHERE isleaf)
+                         OR (c.oid = t.name::regclass AND c.relkind = 'r')`,
       [tables.map((t) => { const { schema, table } = splitName(t); return `${quoteIdent(schema)}.${quoteIdent(table)}`; })],
     ).catch(() => ({ rows: [] as { n: string | null }[] }));
     const n = rows[0]?.n;
