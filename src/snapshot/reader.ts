@@ -67,6 +67,7 @@ const RAW_TEXT = { getTypeParser: () => (v: string) => v } as unknown as pg.Cust
 export class SnapshotRunner {
   private stopped = false;
   private client: pg.Client | null = null;
+  private progress: pg.Client | null = null;
   private wake: (() => void) | null = null;
   private loop: Promise<void> | null = null;
   private warnedMissing = false;
@@ -81,8 +82,7 @@ export class SnapshotRunner {
     this.stopped = true;
     this.opts.tap.abort(new Error('session ended'));
     this.wake?.();
-    const c = this.client;
-    if (c) await closeWithin(() => c.end(), () => pgSocketOwner(c));
+    await this.dropConnection();
     await this.loop;
   }
 
@@ -156,10 +156,26 @@ export class SnapshotRunner {
     return queryFn(this.client);
   }
 
+  private async progressQuery(): Promise<QueryFn> {
+    if (!this.progress) {
+      const c = new pg.Client({ ...this.opts.pg, application_name: 'pgwarren-snapshot-progress', connectionTimeoutMillis: 10_000, options: `-c statement_timeout=${this.opts.statementTimeoutMs ?? 300_000}` });
+      c.on('error', (err) => this.opts.log.debug({ err: err.message }, 'snapshot progress connection error'));
+      this.progress = c;
+      try {
+        await c.connect();
+      } catch (err) {
+        this.progress = null;
+        throw err;
+      }
+    }
+    return queryFn(this.progress);
+  }
+
   private async dropConnection(): Promise<void> {
-    const c = this.client;
+    const clients = [this.client, this.progress];
     this.client = null;
-    if (c) await closeWithin(() => c.end(), () => pgSocketOwner(c));
+    this.progress = null;
+    await Promise.all(clients.map((c) => c && closeWithin(() => c.end(), () => pgSocketOwner(c))));
   }
 
   private async runSnapshot(query: QueryFn, snap: SnapshotRow): Promise<void> {
@@ -198,28 +214,49 @@ export class SnapshotRunner {
         }
       }
       const limit = Math.max(1, Math.min(snap.chunkSize, snap.rate ?? Infinity));
+      // Progress is recorded in chunk order once a chunk is confirmed, on a connection of its own,
+      // while the next chunk is already read (this one may be inside a chunk's transaction). At
+      // most one chunk waits to be recorded when the next one starts.
+      const recording: Promise<boolean>[] = [];
+      let last: Promise<boolean> = Promise.resolve(true);
+      const record = (confirmed: Promise<void>, p: { cursor: string[] | null; chunk: number; published: number; final: boolean }) => {
+        const before = last;
+        last = (async () => {
+          if (!(await before)) return false;
+          await confirmed;
+          const ok = await recordChunk(await this.progressQuery(), snap.id, { tableIndex: t, cursor: p.cursor, chunk: p.chunk, rows: p.published, final: p.final });
+          if (ok) {
+            rows += p.published;
+            chunks++;
+            metrics.progress(snap.id, { rows, chunks, startedMs, estimate });
+          }
+          return ok;
+        })();
+        last.catch(() => undefined); // awaited below; a session ending first must not leave it unhandled
+        recording.push(last);
+      };
+      const cancelled = () => {
+        log.info({ snapshot: snap.id }, `snapshot ${snap.id} cancelled`);
+        metrics.finished(snap.id);
+      };
       for (;;) {
         if (this.stopped) return;
+        while (recording.length > 1) if (!(await recording.shift())) return cancelled();
         const began = Date.now();
         // An empty table: one empty chunk moves the snapshot to the next table.
         const result = upper
           ? await this.chunk(query, snap, t, plan, cursor, upper, chunk, limit, routingKey)
-          : ({ kind: 'ok', published: 0, read: 0, cursor: null, final: true } as const);
+          : ({ kind: 'ok', published: 0, read: 0, cursor: null, final: true, confirmed: Promise.resolve() } as const);
         if (result === 'failed') return;
         if (result.kind === 'redo') {
           log.debug({ snapshot: snap.id, table: name, chunk, reason: result.reason }, 'snapshot chunk read again');
           continue;
         }
-        rows += result.published;
-        chunks++;
-        const final = result.final;
-        if (!(await recordChunk(query, snap.id, { tableIndex: t, cursor: result.cursor, chunk: chunk + 1, rows: result.published, final }))) {
-          log.info({ snapshot: snap.id }, `snapshot ${snap.id} cancelled`);
-          metrics.finished(snap.id);
-          return;
+        record(result.confirmed, { cursor: result.cursor, chunk: chunk + 1, published: result.published, final: result.final });
+        if (result.final) {
+          if (!(await last)) return cancelled();
+          break;
         }
-        metrics.progress(snap.id, { rows, chunks, startedMs, estimate });
-        if (final) break;
         cursor = result.cursor;
         chunk++;
         if (snap.rate) {
@@ -235,8 +272,8 @@ export class SnapshotRunner {
   }
 
   /**
-   * One chunk: low watermark, SELECT (in key order, after `cursor`), high watermark, then wait
-   * until the stream reached the high watermark and the broker confirmed what it published.
+   * One chunk: low watermark, SELECT (in key order, after `cursor`, up to `upper`), high
+   * watermark, then wait until the stream reached the high watermark and published the rows.
    */
   private async chunk(
     query: QueryFn,
@@ -248,7 +285,9 @@ export class SnapshotRunner {
     chunk: number,
     limit: number,
     routingKey: ReturnType<typeof compileRoutingKey> | undefined,
-  ): Promise<{ kind: 'redo'; reason: string } | { kind: 'ok'; published: number; read: number; cursor: string[] | null; final: boolean } | 'failed'> {
+  ): Promise<
+    { kind: 'redo'; reason: string } | { kind: 'ok'; published: number; read: number; cursor: string[] | null; final: boolean; confirmed: Promise<void> } | 'failed'
+  > {
     const { tap, builder, log, metrics } = this.opts;
     let final = false;
     const pending = tap.begin({
@@ -268,14 +307,14 @@ export class SnapshotRunner {
     pending.done.catch(() => undefined);
     let rows: RawTuple[];
     try {
-      await this.emit(query, pending.low);
+      await this.emit(query, pending.low, false);
       const read = await this.select(snap, plan, cursor, upper, limit);
       rows = read.rows.slice(0, limit);
       // Done when nothing follows, or this chunk reached the bound (so the last row carries `last`).
       const tail = rows[rows.length - 1];
       final = read.rows.length <= limit || (tail !== undefined && plan.keyIndexes.every((k, i) => tail[k] === upper[i]));
       tap.setRead({ rows, xip: read.xip });
-      await this.emit(query, pending.high);
+      await this.emit(query, pending.high, true);
     } catch (err) {
       tap.abort(err as Error);
       const code = sqlState(err);
@@ -295,6 +334,7 @@ export class SnapshotRunner {
     return {
       kind: 'ok',
       published: outcome.count,
+      confirmed: outcome.confirmed,
       read: rows.length,
       cursor: last ? plan.keyIndexes.map((i) => last[i] as string) : cursor ? [...cursor] : null,
       final,
@@ -307,8 +347,9 @@ export class SnapshotRunner {
    * wal_writer_delay). Taking an xid gives the statement a commit record, whose flush carries the
    * message with it.
    */
-  private async emit(query: QueryFn, content: string): Promise<void> {
-    await query('SELECT pg_logical_emit_message(false, $1, $2), pg_current_xact_id()', [WATERMARK_PREFIX, content]);
+  private async emit(query: QueryFn, content: string, flush: boolean): Promise<void> {
+    // The low watermark needs no flush: the stream only has to meet it before the high one.
+    await query(`SELECT pg_logical_emit_message(false, $1, $2)${flush ? ', pg_current_xact_id()' : ''}`, [WATERMARK_PREFIX, content]);
   }
 
   /** The table's greatest key now, as text; null when it is empty (or --where is not applied: all rows count). */

@@ -55,7 +55,14 @@ export interface ReadBatch {
   readonly onConfirmed: (err: Error | null) => void;
 }
 
-export type ChunkOutcome = { readonly kind: 'published'; readonly count: number } | { readonly kind: 'redo'; readonly reason: string };
+/**
+ * 'published': the chunk's events were handed to the pipeline at the high watermark; `confirmed`
+ * settles when the broker confirmed them all (the reader records progress only then, while it
+ * already reads the next chunk). 'redo': nothing was published; read the chunk again.
+ */
+export type ChunkOutcome =
+  | { readonly kind: 'published'; readonly count: number; readonly confirmed: Promise<void> }
+  | { readonly kind: 'redo'; readonly reason: string };
 
 export interface ChunkSpec {
   readonly relation: RelationInfo;
@@ -71,7 +78,7 @@ export interface PendingChunk {
   readonly nonce: string;
   readonly low: string;
   readonly high: string;
-  /** Settles once the high watermark was handled and, if anything was published, confirmed. */
+  /** Settles once the high watermark was handled (the chunk's events handed to the pipeline). */
   readonly done: Promise<ChunkOutcome>;
 }
 
@@ -173,16 +180,27 @@ export class SnapshotTap {
       if (c.beforeLow!.has(xid)) return c.resolve({ kind: 'redo', reason: `transaction ${xid} committed before the low watermark but was not yet visible to the chunk's read` });
     }
     const rows = c.truncated ? [] : read.rows.filter((row) => !this.touched(c, row));
-    if (rows.length === 0) return c.resolve({ kind: 'published', count: 0 });
+    if (rows.length === 0) return c.resolve({ kind: 'published', count: 0, confirmed: Promise.resolve() });
     const events = c.spec.toEvents(rows);
-    return publish({
+    const count = events.length;
+    let settle!: (err: Error | null) => void;
+    const confirmed = new Promise<void>((resolve, reject) => (settle = (err) => (err ? reject(err) : resolve())));
+    confirmed.catch(() => undefined); // the reader awaits it; a session ending first must not leave it unhandled
+    const handed = publish({
       schema: c.spec.relation.schema,
       table: c.spec.relation.table,
       exchange: c.spec.exchange,
       routingKey: c.spec.routingKey,
       events,
-      onConfirmed: (err) => (err ? c.reject(err) : c.resolve({ kind: 'published', count: events.length })),
+      onConfirmed: (err) => settle(err),
     });
+    return Promise.resolve(handed).then(
+      () => c.resolve({ kind: 'published', count, confirmed }),
+      (err: unknown) => {
+        c.reject(err as Error);
+        throw err;
+      },
+    );
   }
 
   /** A row change (or truncate) of an included table, as the stream delivers it, in transaction `xid`. */

@@ -59,6 +59,10 @@ function chunk(tap: SnapshotTap, relation = items, identities: string[][] = [['i
     high: async () => {
       await tap.watermark(msg(pending.high), publish);
       await new Promise((r) => setImmediate(r));
+      if (outcome?.kind === 'published') {
+        await outcome.confirmed;
+        return { kind: outcome.kind, count: outcome.count };
+      }
       return outcome;
     },
     ids: () => published.flatMap((b) => b.events.map((e) => Number(e.id))),
