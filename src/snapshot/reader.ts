@@ -184,7 +184,20 @@ export class SnapshotRunner {
     if (!(await markRunning(query, snap.id, estimate))) return;
     if (snap.state === 'pending') log.info({ snapshot: snap.id, tables: snap.tables }, `snapshot ${snap.id} started: ${snap.tables.join(', ')}`);
     else log.info({ snapshot: snap.id, table: snap.tables[snap.tableIndex], chunk: snap.chunk }, `snapshot ${snap.id} resumed`);
-    if (snap.exchange && this.opts.declareExchange) await this.opts.declareExchange(snap.exchange);
+    if (snap.exchange && this.opts.declareExchange) {
+      try {
+        await this.opts.declareExchange(snap.exchange);
+      } catch (err) {
+        // 406: it exists with another type; 403: the broker user may not declare it. Retrying cannot help.
+        const code = (err as { code?: unknown }).code;
+        if (code !== 406 && code !== 403) throw err;
+        const message = `exchange "${snap.exchange}" cannot be declared: ${(err as Error).message}`;
+        await finishSnapshot(query, snap.id, 'failed', message);
+        log.error({ snapshot: snap.id, err: message }, `snapshot ${snap.id} failed: ${message}`);
+        metrics.finished(snap.id);
+        return;
+      }
+    }
     let rows = snap.rows;
     let chunks = snap.chunks;
     const startedMs = snap.startedAt ? Date.parse(snap.startedAt) : Date.now();

@@ -16,6 +16,7 @@ import { createTestBroker, type Collector, type TestBroker } from '../support/am
 import { runCli, setupAsOwner, start, type Daemon } from '../support/daemon.js';
 import { testEnv, uniqueName } from '../support/env.js';
 import { sleep, waitUntil } from '../support/wait.js';
+import { startProxy } from '../support/proxy.js';
 
 const wal2jsonMissing = !testEnv().wal2json;
 
@@ -296,6 +297,32 @@ test('kill -9 in the middle of a snapshot: the restarted daemon resumes from the
   assert.ok(resumedAt !== undefined && resumedAt <= mid.rows + 1, `resumed at ${resumedAt}, after the last confirmed chunk (${mid.rows} rows)`);
   assert.ok(all.length - N < 500, `at most the chunks in flight were repeated (${all.length - N})`);
   assert.ok(again.logs.some((l) => l.msg === `snapshot ${id} resumed`));
+});
+
+test('a broker outage in the middle of a snapshot: it resumes in the next session and publishes every row', async (t) => {
+  const target = new URL(testEnv().amqpUrl);
+  const proxy = await startProxy({ host: target.hostname, port: Number(target.port || 5672) });
+  t.after(() => proxy.close());
+  target.host = `127.0.0.1:${proxy.port}`;
+  const N = 3000;
+  const s = await setup(t, 'snapbroker', `CREATE TABLE big (id int PRIMARY KEY, v text); INSERT INTO big SELECT g, 'v' || g FROM generate_series(1, ${N}) g`, {
+    PGWARREN_AMQP_URL: target.toString(),
+  });
+  await drained(s, 0);
+  const id = await snapshot(s, ['public.big', '--chunk-size', '100', '--rate', '1000']);
+  await waitUntil(async () => (await snapshotState(s.db, id)).chunks >= 5, { timeoutMs: 60_000, message: 'the snapshot did not progress' });
+  proxy.refuse();
+  proxy.cut();
+  await s.daemon.waitForLog('session ended', 20_000);
+  await sleep(1500);
+  proxy.accept();
+  await waitDone(s, id);
+  await drained(s, 1);
+  const seen = new Set(reads(s.queue, 'big').map((b) => b.key.id));
+  const missing = [];
+  for (let i = 1; i <= N; i++) if (!seen.has(i)) missing.push(i);
+  assert.deepEqual(missing, [], 'every row was published at least once');
+  assert.ok(s.daemon.logs.some((l) => l.msg === `snapshot ${id} resumed`), 'the next session resumed it');
 });
 
 test('--wait follows a snapshot to its end, --list and status show progress, --cancel stops one; /metrics shows it while it runs', async (t) => {
