@@ -25,7 +25,7 @@ import { compileRoutingKey } from '../events/routing.js';
 import { sqlState } from '../errors.js';
 import { closeWithin, pgSocketOwner } from '../ops/close.js';
 import type { RawTuple, RelationInfo } from '../types.js';
-import { WATERMARK_PREFIX, type SnapshotTap } from './tap.js';
+import { WATERMARK_PREFIX, type ChunkOutcome, type SnapshotTap } from './tap.js';
 import { finishSnapshot, markRunning, nextSnapshot, recordChunk, setUpper, type SnapshotRow } from './store.js';
 import { splitName } from './tables.js';
 import type { SnapshotMetrics } from './metrics.js';
@@ -57,6 +57,19 @@ interface TablePlan {
   readonly keyTypes: readonly string[];
   readonly from: string;
 }
+
+/** A chunk read and its watermarks emitted, waiting for the stream to reach its high watermark. */
+interface Flight {
+  readonly chunk: number;
+  readonly cursorBefore: string[] | null;
+  readonly cursorAfter: string[] | null;
+  readonly read: number;
+  readonly final: boolean;
+  readonly done: Promise<ChunkOutcome>;
+}
+
+/** Chunks read ahead of the stream (memory: this many chunks of rows). */
+const READ_AHEAD = 4;
 
 /** A snapshot cannot go on (the table vanished or lost its key, the --where is invalid). */
 class SnapshotFailed extends Error {}
@@ -252,29 +265,51 @@ export class SnapshotRunner {
         log.info({ snapshot: snap.id }, `snapshot ${snap.id} cancelled`);
         metrics.finished(snap.id);
       };
+      if (!upper) {
+        // An empty table: one empty chunk moves the snapshot to the next table.
+        record(Promise.resolve(), { cursor: null, chunk: chunk + 1, published: 0, final: true });
+        if (!(await last)) return cancelled();
+        continue;
+      }
+      // Up to READ_AHEAD chunks are read before the stream reaches the first one's high
+      // watermark, so the stream's lag is paid once, not once per chunk.
+      const flights: Flight[] = [];
+      let allRead = false;
       for (;;) {
         if (this.stopped) return;
         while (recording.length > 1) if (!(await recording.shift())) return cancelled();
-        const began = Date.now();
-        // An empty table: one empty chunk moves the snapshot to the next table.
-        const result = upper
-          ? await this.chunk(query, snap, t, plan, cursor, upper, chunk, limit, routingKey)
-          : ({ kind: 'ok', published: 0, read: 0, cursor: null, final: true, confirmed: Promise.resolve() } as const);
-        if (result === 'failed') return;
-        if (result.kind === 'redo') {
-          log.debug({ snapshot: snap.id, table: name, chunk, reason: result.reason }, 'snapshot chunk read again');
+        if (!allRead && flights.length < READ_AHEAD) {
+          const began = Date.now();
+          const f = await this.startChunk(query, snap, t, plan, cursor, upper, chunk, limit, routingKey);
+          if (f === 'failed') return;
+          flights.push(f);
+          cursor = f.cursorAfter;
+          chunk++;
+          allRead = f.final;
+          if (snap.rate) {
+            const wait = (f.read * 1000) / snap.rate - (Date.now() - began);
+            if (wait > 0) await sleep(wait);
+          }
           continue;
         }
-        record(result.confirmed, { cursor: result.cursor, chunk: chunk + 1, published: result.published, final: result.final });
-        if (result.final) {
+        const head = flights.shift();
+        if (!head) break;
+        const outcome = await head.done;
+        if (outcome.kind === 'redo') {
+          // The chunks after it are read again too (the tap resolved them so): start over at it.
+          log.debug({ snapshot: snap.id, table: name, chunk: head.chunk, reason: outcome.reason }, 'snapshot chunk read again');
+          for (const f of flights) await f.done.catch(() => undefined);
+          flights.length = 0;
+          this.opts.tap.restart();
+          cursor = head.cursorBefore;
+          chunk = head.chunk;
+          allRead = false;
+          continue;
+        }
+        record(outcome.confirmed, { cursor: head.cursorAfter, chunk: head.chunk + 1, published: outcome.count, final: head.final });
+        if (head.final) {
           if (!(await last)) return cancelled();
           break;
-        }
-        cursor = result.cursor;
-        chunk++;
-        if (snap.rate) {
-          const wait = (result.read * 1000) / snap.rate - (Date.now() - began);
-          if (wait > 0) await sleep(wait);
         }
       }
     }
@@ -285,10 +320,10 @@ export class SnapshotRunner {
   }
 
   /**
-   * One chunk: low watermark, SELECT (in key order, after `cursor`, up to `upper`), high
-   * watermark, then wait until the stream reached the high watermark and published the rows.
+   * Start one chunk: low watermark, SELECT (in key order, after `cursor`, up to `upper`), high
+   * watermark. Its outcome comes when the stream reaches the high watermark.
    */
-  private async chunk(
+  private async startChunk(
     query: QueryFn,
     snap: SnapshotRow,
     tableIndex: number,
@@ -298,9 +333,7 @@ export class SnapshotRunner {
     chunk: number,
     limit: number,
     routingKey: ReturnType<typeof compileRoutingKey> | undefined,
-  ): Promise<
-    { kind: 'redo'; reason: string } | { kind: 'ok'; published: number; read: number; cursor: string[] | null; final: boolean; confirmed: Promise<void> } | 'failed'
-  > {
+  ): Promise<Flight | 'failed'> {
     const { tap, builder, log, metrics } = this.opts;
     let final = false;
     const pending = tap.begin({
@@ -316,7 +349,7 @@ export class SnapshotRunner {
         return out;
       },
     });
-    // Until the outcome is awaited below, a rejection (session ending) must not go unhandled.
+    // Until the outcome is awaited, a rejection (session ending) must not go unhandled.
     pending.done.catch(() => undefined);
     let rows: RawTuple[];
     try {
@@ -326,7 +359,7 @@ export class SnapshotRunner {
       // Done when nothing follows, or this chunk reached the bound (so the last row carries `last`).
       const tail = rows[rows.length - 1];
       final = read.rows.length <= limit || (tail !== undefined && plan.keyIndexes.every((k, i) => tail[k] === upper[i]));
-      tap.setRead({ rows, xip: read.xip });
+      pending.setRead({ rows, xip: read.xip });
       await this.emit(query, pending.high, true);
     } catch (err) {
       tap.abort(err as Error);
@@ -341,16 +374,14 @@ export class SnapshotRunner {
       }
       throw err;
     }
-    const outcome = await pending.done;
-    if (outcome.kind === 'redo') return outcome;
-    const last = rows[rows.length - 1];
+    const tail = rows[rows.length - 1];
     return {
-      kind: 'ok',
-      published: outcome.count,
-      confirmed: outcome.confirmed,
+      chunk,
+      cursorBefore: cursor ? [...cursor] : null,
+      cursorAfter: tail ? plan.keyIndexes.map((i) => tail[i] as string) : cursor ? [...cursor] : null,
       read: rows.length,
-      cursor: last ? plan.keyIndexes.map((i) => last[i] as string) : cursor ? [...cursor] : null,
       final,
+      done: pending.done,
     };
   }
 

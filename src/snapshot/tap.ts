@@ -78,6 +78,8 @@ export interface PendingChunk {
   readonly nonce: string;
   readonly low: string;
   readonly high: string;
+  /** What the SELECT returned, before the high watermark is emitted. */
+  setRead(read: ChunkRead): void;
   /** Settles once the high watermark was handled (the chunk's events handed to the pipeline). */
   readonly done: Promise<ChunkOutcome>;
 }
@@ -99,7 +101,13 @@ interface Active {
 const RECENT_XIDS = 4096;
 
 export class SnapshotTap {
-  private active: Active | null = null;
+  /** Chunks whose high watermark the stream has not reached, in the order they were emitted. */
+  private chunks: Active[] = [];
+  /**
+   * A chunk had to be read again and the reader has not yet started over (`restart`): chunks it
+   * begins meanwhile start after the range to be read again, so they are read again as well.
+   */
+  private redoPending = false;
   /** xids of recent transactions that changed the table being snapshotted, oldest first. */
   private recent: number[] = [];
   private recentTable = '';
@@ -108,12 +116,15 @@ export class SnapshotTap {
   /** Column indexes of name lists, per relation object the stream or the reader uses. */
   private readonly indexCache = new WeakMap<RelationInfo, Map<string, number[] | null>>();
 
-  /** Open a chunk; the reader then emits `low`, SELECTs, calls `setRead`, emits `high`. */
+  /**
+   * Open a chunk; the reader then emits `low`, SELECTs, calls `setRead`, emits `high`. Several
+   * chunks of one table may be open at once (the reader reads ahead while the stream catches
+   * up): their windows follow each other in the WAL, and each is judged on its own.
+   */
   begin(spec: ChunkSpec): PendingChunk {
-    if (this.active) throw new Error('snapshot tap: a chunk is already open');
     const nonce = `${this.session}-${++this.counter}`;
     const name = `${spec.relation.schema}.${spec.relation.table}`;
-    if (name !== this.recentTable) {
+    if (name !== this.recentTable && this.chunks.length === 0) {
       this.recent = [];
       this.recentTable = name;
     }
@@ -123,7 +134,7 @@ export class SnapshotTap {
       resolve = res;
       reject = rej;
     });
-    this.active = {
+    const c: Active = {
       spec,
       name,
       nonce,
@@ -134,24 +145,36 @@ export class SnapshotTap {
       beforeLow: null,
       read: null,
       resolve: (o) => {
-        this.active = null;
+        this.chunks = this.chunks.filter((x) => x !== c);
         resolve(o);
       },
       reject: (e) => {
-        this.active = null;
+        this.chunks = this.chunks.filter((x) => x !== c);
         reject(e);
       },
     };
-    return { nonce, low: `low ${nonce}`, high: `high ${nonce}`, done };
+    if (this.redoPending) c.resolve({ kind: 'redo', reason: 'an earlier chunk is read again' });
+    else this.chunks.push(c);
+    return { nonce, low: `low ${nonce}`, high: `high ${nonce}`, done, setRead: (read) => (c.read = read) };
   }
 
-  setRead(read: ChunkRead): void {
-    if (this.active) this.active.read = read;
-  }
-
-  /** The reader gave up on the open chunk (its query failed, the session ends). */
+  /** The reader gave up on its open chunks (a query failed, the session ends). */
   abort(err: Error): void {
-    this.active?.reject(err);
+    this.redoPending = false;
+    for (const c of [...this.chunks]) c.reject(err);
+  }
+
+  /** The reader starts over at the chunk that was read again. */
+  restart(): void {
+    this.redoPending = false;
+  }
+
+  /** `c` must be read again: so must every chunk after it, whose range starts where it ends. */
+  private redo(c: Active, reason: string): void {
+    this.redoPending = true;
+    const later = this.chunks.slice(this.chunks.indexOf(c) + 1);
+    c.resolve({ kind: 'redo', reason });
+    for (const x of later) x.resolve({ kind: 'redo', reason: `an earlier chunk is read again (${reason})` });
   }
 
   isWatermark(msg: LogicalMessage): boolean {
@@ -163,21 +186,26 @@ export class SnapshotTap {
    * restart) are ignored. At the high watermark, returns the publishing of the chunk's rows.
    */
   watermark(msg: LogicalMessage, publish: (batch: ReadBatch) => Promise<void> | void): Promise<void> | void {
-    const c = this.active;
     const text = msg.content.toString('utf8');
+    const space = text.indexOf(' ');
+    const kind = text.slice(0, space);
+    const c = this.chunks.find((x) => x.nonce === text.slice(space + 1));
     if (!c) return;
-    if (text === `low ${c.nonce}`) {
+    if (kind === 'low') {
       c.state = 'open';
       c.beforeLow = new Set(this.recent);
       return;
     }
-    if (text !== `high ${c.nonce}`) return;
-    if (c.state !== 'open') return c.resolve({ kind: 'redo', reason: 'the high watermark arrived before the low one' });
+    if (kind !== 'high') return;
+    // Chunks before it whose high watermark never came (cannot happen in one stream): read again.
+    const head = this.chunks[0]!;
+    if (head !== c) return this.redo(head, 'a high watermark was missed');
+    if (c.state !== 'open') return this.redo(c, 'the high watermark arrived before the low one');
     const read = c.read;
-    if (!read) return c.resolve({ kind: 'redo', reason: 'the chunk was not read before its high watermark' });
-    if (c.taint) return c.resolve({ kind: 'redo', reason: c.taint });
+    if (!read) return this.redo(c, 'the chunk was not read before its high watermark');
+    if (c.taint) return this.redo(c, c.taint);
     for (const xid of read.xip) {
-      if (c.beforeLow!.has(xid)) return c.resolve({ kind: 'redo', reason: `transaction ${xid} committed before the low watermark but was not yet visible to the chunk's read` });
+      if (c.beforeLow!.has(xid)) return this.redo(c, `transaction ${xid} committed before the low watermark but was not yet visible to the chunk's read`);
     }
     const rows = c.truncated ? [] : read.rows.filter((row) => !this.touched(c, row));
     if (rows.length === 0) return c.resolve({ kind: 'published', count: 0, confirmed: Promise.resolve() });
@@ -205,12 +233,15 @@ export class SnapshotTap {
 
   /** A row change (or truncate) of an included table, as the stream delivers it, in transaction `xid`. */
   changed(change: Change, xid: number): void {
-    const c = this.active;
     const rel = change.relation;
     if (`${rel.schema}.${rel.table}` !== this.recentTable) return;
     this.recent.push(xid);
     if (this.recent.length > RECENT_XIDS) this.recent.splice(0, this.recent.length - RECENT_XIDS);
-    if (!c || c.state !== 'open' || c.name !== this.recentTable) return;
+    for (const c of this.chunks) if (c.state === 'open' && c.name === this.recentTable) this.remove(c, change);
+  }
+
+  private remove(c: Active, change: Change): void {
+    const rel = change.relation;
     if (change.kind === 'truncate') {
       c.truncated = true;
       return;

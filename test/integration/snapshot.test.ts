@@ -47,7 +47,7 @@ async function setup(t: After, prefix: string, schema: string, env: Record<strin
     PGWARREN_SLOT: slot,
     PGWARREN_PUBLICATION: slot,
     PGWARREN_EXCHANGE: broker.exchange,
-    PGWARREN_LOG_LEVEL: 'info',
+    PGWARREN_LOG_LEVEL: 'debug',
     ...env,
   };
   const daemonEnv = await setupAsOwner(db, settings);
@@ -174,6 +174,8 @@ for (const plugin of ['pgoutput', 'wal2json'] as const) {
     const r = reads(s.queue, 'items');
     assert.ok(r.length > N / 2, `read events: ${r.length}`);
     assert.ok(ops > 200, `the writers wrote during the snapshot (${ops})`);
+    const redone = s.daemon.logs.filter((l) => l.msg === 'snapshot chunk read again');
+    t.diagnostic(`${ops} concurrent writes, ${r.length} read events, ${redone.length} chunks read again: ${[...new Set(redone.map((l) => String(l.reason).replace(/\d+/g, 'N')))].join('; ')}`);
     assert.equal(r.filter((b) => b.snapshot.last).length, 1, 'one event has last: true');
     assert.equal(r.at(-1).snapshot.last, true, 'the final read event has last: true');
     assert.equal(new Set(r.map((b) => b.id)).size, r.length, 'read ids are unique within the snapshot');

@@ -74,7 +74,7 @@ test('rows whose key changed between the watermarks are left out; the rest are p
   const c = chunk(tap);
   tap.changed(upd(1), 100); // before the low watermark: the SELECT sees it, the row stays
   c.low();
-  tap.setRead({ rows: [row(1), row(2), row(3), row(4), row(5)], xip: new Set() });
+  c.pending.setRead({ rows: [row(1), row(2), row(3), row(4), row(5)], xip: new Set() });
   tap.changed(upd(2), 101);
   tap.changed(del(3), 102);
   tap.changed(upd(4, 40), 103); // key change: the old key's row is gone
@@ -87,7 +87,7 @@ test('a truncate between the watermarks leaves nothing to publish', async () => 
   const tap = new SnapshotTap();
   const c = chunk(tap);
   c.low();
-  tap.setRead({ rows: [row(1), row(2)], xip: new Set() });
+  c.pending.setRead({ rows: [row(1), row(2)], xip: new Set() });
   tap.changed({ kind: 'truncate', relation: streamed, cascade: false, restartIdentity: false }, 5);
   assert.deepEqual(await c.high(), { kind: 'published', count: 0 });
   assert.deepEqual(c.published, []);
@@ -98,7 +98,7 @@ test('a transaction that changed the table before the low watermark but was invi
   const c = chunk(tap);
   tap.changed(upd(7), 900);
   c.low();
-  tap.setRead({ rows: [row(1), row(7)], xip: new Set([900]) });
+  c.pending.setRead({ rows: [row(1), row(7)], xip: new Set([900]) });
   const outcome = await c.high();
   assert.equal(outcome?.kind, 'redo');
   assert.deepEqual(c.published, []);
@@ -106,7 +106,7 @@ test('a transaction that changed the table before the low watermark but was invi
   const tap2 = new SnapshotTap();
   const c2 = chunk(tap2);
   c2.low();
-  tap2.setRead({ rows: [row(1)], xip: new Set([901]) });
+  c2.pending.setRead({ rows: [row(1)], xip: new Set([901]) });
   assert.deepEqual(await c2.high(), { kind: 'published', count: 1 });
 });
 
@@ -114,7 +114,7 @@ test('a change without a complete key makes the chunk read again', async () => {
   const tap = new SnapshotTap();
   const c = chunk(tap);
   c.low();
-  tap.setRead({ rows: [row(1)], xip: new Set() });
+  c.pending.setRead({ rows: [row(1)], xip: new Set() });
   tap.changed({ kind: 'change', op: 'insert', relation: streamed, old: null, oldKind: 'none', new: [UNCHANGED_TOAST, 'x', 'y'] }, 1);
   assert.equal((await c.high())?.kind, 'redo');
 });
@@ -124,7 +124,7 @@ test('a delete that names the row by its replica identity index removes it too',
   const byIndex = rel('items', 'index');
   const c = chunk(tap, byIndex, [['id'], ['code']]);
   c.low();
-  tap.setRead({ rows: [row(1), row(2)], xip: new Set() });
+  c.pending.setRead({ rows: [row(1), row(2)], xip: new Set() });
   tap.changed({ kind: 'change', op: 'delete', relation: rel('items', 'index'), old: [null, 'c2', null], oldKind: 'key', new: null }, 1);
   await c.high();
   assert.deepEqual(c.ids(), [1]);
@@ -135,7 +135,7 @@ test("other sessions' watermarks, transactional messages and a high watermark wi
   const c = chunk(tap);
   assert.equal(tap.isWatermark(msg('low x', true)), false, 'only non-transactional messages are watermarks');
   tap.watermark(msg('high someone-else-1'), () => assert.fail('published'));
-  tap.setRead({ rows: [row(1)], xip: new Set() });
+  c.pending.setRead({ rows: [row(1)], xip: new Set() });
   const outcome = await c.high();
   assert.equal(outcome?.kind, 'redo');
   assert.deepEqual(c.published, []);
@@ -145,4 +145,41 @@ test('parseXip: the in-progress xids of pg_current_snapshot, as the 32-bit xids 
   assert.deepEqual([...parseXip('100:105:')], []);
   assert.deepEqual([...parseXip('100:105:101,103')], [101, 103]);
   assert.deepEqual([...parseXip(`${2 ** 32 + 7}:${2 ** 32 + 9}:${2 ** 32 + 8}`)], [8]);
+});
+
+test('chunks read ahead: each window removes keys only from its own chunk; a redo takes the chunks after it along', async () => {
+  const tap = new SnapshotTap();
+  const c1 = chunk(tap);
+  const c2 = chunk(tap); // read ahead, before the stream reached c1's high watermark
+  c1.pending.setRead({ rows: [row(1), row(2)], xip: new Set() });
+  c2.pending.setRead({ rows: [row(3), row(4)], xip: new Set() });
+  c1.low();
+  tap.changed(upd(1), 1);
+  tap.changed(upd(3), 2); // in c1's window: c2's SELECT came later and saw it
+  assert.deepEqual(await c1.high(), { kind: 'published', count: 1 });
+  tap.changed(upd(2), 3); // between the windows: c1 is published, c2 is not concerned
+  c2.low();
+  tap.changed(del(4), 4);
+  assert.deepEqual(await c2.high(), { kind: 'published', count: 1 });
+  assert.deepEqual([...c1.ids(), ...c2.ids()], [2, 3]);
+
+  const r1 = chunk(tap);
+  const r2 = chunk(tap);
+  r1.pending.setRead({ rows: [row(5)], xip: new Set() });
+  r2.pending.setRead({ rows: [row(6)], xip: new Set() });
+  r1.low();
+  tap.changed({ kind: 'change', op: 'insert', relation: streamed, old: null, oldKind: 'none', new: [UNCHANGED_TOAST, 'x', 'y'] }, 5);
+  r2.low();
+  assert.equal((await r1.high())?.kind, 'redo');
+  const second = await r2.pending.done;
+  assert.equal(second.kind, 'redo', 'the chunk after a redo is read again too');
+  tap.watermark(msg(r2.pending.high), () => assert.fail('a chunk dropped by a redo must not publish'));
+  // Begun after the redo but before the reader started over: read again as well, then normal again.
+  const late = chunk(tap);
+  assert.equal((await late.pending.done).kind, 'redo');
+  tap.restart();
+  const fresh = chunk(tap);
+  fresh.pending.setRead({ rows: [row(5)], xip: new Set() });
+  fresh.low();
+  assert.deepEqual(await fresh.high(), { kind: 'published', count: 1 });
 });
