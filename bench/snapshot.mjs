@@ -117,14 +117,25 @@ async function runOne(cluster, chunkSize) {
       if (wait > 0) await sleep(wait);
     }
   })();
-  await sleep(1000);
+  // Streamed-change latency without a snapshot, for comparison (the machine's own).
+  measuring = true;
+  await sleep(5000);
+  measuring = false;
+  const idle = latencies.splice(0).sort((x, y) => x - y);
   measuring = true;
   const samples = [];
   const sampler = setInterval(() => samples.push(rssMb(daemon.pid)), 100);
   const t0 = Date.now();
-  const req = spawnSync(process.execPath, [cli, 'snapshot', 'public.big', '--chunk-size', String(chunkSize)], { env, encoding: 'utf8' });
-  if (req.status !== 0) throw new Error(`snapshot: ${req.stdout}${req.stderr}`);
-  const id = Number(req.stdout.trim());
+  // Not spawnSync: the consumer must keep receiving (and timing) meanwhile.
+  const req = await new Promise((resolve) => {
+    const child = spawn(process.execPath, [cli, 'snapshot', 'public.big', '--chunk-size', String(chunkSize)], { env, stdio: ['ignore', 'pipe', 'pipe'] });
+    let out = '';
+    child.stdout.on('data', (d) => (out += d));
+    child.stderr.on('data', (d) => (out += d));
+    child.on('close', (status) => resolve({ status, out }));
+  });
+  if (req.status !== 0) throw new Error(`snapshot: ${req.out}`);
+  const id = Number(/^\d+/.exec(req.out)[0]);
   await waitFor(async () => (await c.query('SELECT state FROM pgwarren.snapshots WHERE id = $1', [id])).rows[0].state === 'done', 3_600_000, 'snapshot done');
   const snapSeconds = (Date.now() - t0) / 1000;
   measuring = false;
@@ -153,6 +164,8 @@ async function runOne(cluster, chunkSize) {
     ratio: +(ROWS / snapSeconds / streamRate).toFixed(2),
     peakRssMb: +Math.max(...samples.filter(Number.isFinite)).toFixed(1),
     walRetainedMb: +(Number(wal.rows[0].restart) / 1048576).toFixed(1),
+    idleLatencyP50Ms: pct(idle, 0.5),
+    idleLatencyP99Ms: pct(idle, 0.99),
     latencyP50Ms: pct(sorted, 0.5),
     latencyP99Ms: pct(sorted, 0.99),
     streamed: sorted.length,
@@ -171,8 +184,8 @@ try {
 } finally {
   cluster.stop();
 }
-console.log('| chunk size | rows | snapshot rows/s | streaming rows/s (same run) | ratio | peak RSS MB | WAL retained at end MB | streamed change latency p50 / p99 ms | seconds |');
-console.log('|---|---|---|---|---|---|---|---|---|');
+console.log('| chunk size | rows | snapshot rows/s | streaming rows/s (same run) | ratio | peak RSS MB | WAL retained at end MB | streamed change latency p50 / p99 ms | same without a snapshot | seconds |');
+console.log('|---|---|---|---|---|---|---|---|---|---|');
 for (const r of results) {
-  console.log(`| ${r.chunkSize} | ${r.rows} | ${r.snapshotRowsPerS} | ${r.streamRowsPerS} | ${r.ratio} | ${r.peakRssMb} | ${r.walRetainedMb} | ${r.latencyP50Ms} / ${r.latencyP99Ms} | ${r.seconds} |`);
+  console.log(`| ${r.chunkSize} | ${r.rows} | ${r.snapshotRowsPerS} | ${r.streamRowsPerS} | ${r.ratio} | ${r.peakRssMb} | ${r.walRetainedMb} | ${r.latencyP50Ms} / ${r.latencyP99Ms} | ${r.idleLatencyP50Ms} / ${r.idleLatencyP99Ms} | ${r.seconds} |`);
 }

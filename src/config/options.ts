@@ -143,8 +143,8 @@ export const OPTIONS = [
     name: 'snapshot-chunk-size',
     group: 'source',
     ...kinds.integer(1),
-    description: 'rows a snapshot reads per chunk (one short query each) when pgwarren snapshot does not say --chunk-size',
-    default: '5000',
+    description: 'rows a snapshot reads per chunk (one short query each) when pgwarren snapshot does not say --chunk-size; up to 4 chunks are held in memory',
+    default: '1000',
   }),
 
   // routing

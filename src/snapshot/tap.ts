@@ -8,7 +8,9 @@
  * without waiting for (or being held up by) any transaction. A transactional message would appear
  * only at its own transaction's commit, which adds a commit per watermark and nothing else.
  *
- * State of the chunk being read:
+ * Several chunks of one table may be open at once (the reader reads ahead of the stream). Their
+ * windows follow each other in the WAL, since each low watermark is written after the previous
+ * chunk's high one; each chunk is judged in its own window. State of each chunk:
  *   waiting-low -> (low watermark read from the stream) open -> (high watermark) published
  *   open: every change of the table the stream delivers removes its keys (old and new) from the
  *         chunk; a truncate removes every row
