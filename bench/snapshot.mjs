@@ -130,12 +130,13 @@ async function runOne(cluster, chunkSize) {
   const req = await new Promise((resolve) => {
     const child = spawn(process.execPath, [cli, 'snapshot', 'public.big', '--chunk-size', String(chunkSize)], { env, stdio: ['ignore', 'pipe', 'pipe'] });
     let out = '';
+    let err = '';
     child.stdout.on('data', (d) => (out += d));
-    child.stderr.on('data', (d) => (out += d));
-    child.on('close', (status) => resolve({ status, out }));
+    child.stderr.on('data', (d) => (err += d));
+    child.on('close', (status) => resolve({ status, out, err }));
   });
-  if (req.status !== 0) throw new Error(`snapshot: ${req.out}`);
-  const id = Number(/^\d+/.exec(req.out)[0]);
+  if (req.status !== 0) throw new Error(`snapshot: ${req.out}${req.err}`);
+  const id = Number(req.out.trim());
   await waitFor(async () => (await c.query('SELECT state FROM pgwarren.snapshots WHERE id = $1', [id])).rows[0].state === 'done', 3_600_000, 'snapshot done');
   const snapSeconds = (Date.now() - t0) / 1000;
   measuring = false;
