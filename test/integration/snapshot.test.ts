@@ -301,6 +301,27 @@ test('kill -9 in the middle of a snapshot: the restarted daemon resumes from the
   assert.ok(again.logs.some((l) => l.msg === `snapshot ${id} resumed`));
 });
 
+test('HA takeover in the middle of a snapshot: the standby takes the slot and finishes it', async (t) => {
+  const N = 3000;
+  const s = await setup(t, 'snapha', `CREATE TABLE big (id int PRIMARY KEY, v text); INSERT INTO big SELECT g, 'v' || g FROM generate_series(1, ${N}) g`);
+  const standby = await start(s.env);
+  t.after(() => standby.stop());
+  await standby.waitForLog('standing by', 30_000);
+  await drained(s, 0);
+  const id = await snapshot(s, ['public.big', '--chunk-size', '100', '--rate', '1000']);
+  await waitUntil(async () => (await snapshotState(s.db, id)).chunks >= 5, { timeoutMs: 60_000, message: 'the snapshot did not progress' });
+  assert.ok(!standby.logs.some((l) => l.component === 'snapshot'), 'the standby runs no snapshot while it does not hold the slot');
+  s.daemon.kill('SIGKILL');
+  await s.daemon.exited;
+  await waitDone({ ...s, daemon: standby }, id);
+  await drained({ ...s, daemon: standby }, 1);
+  const seen = new Set(reads(s.queue, 'big').map((b) => b.key.id));
+  const missing = [];
+  for (let i = 1; i <= N; i++) if (!seen.has(i)) missing.push(i);
+  assert.deepEqual(missing, [], 'every row was published at least once');
+  assert.ok(standby.logs.some((l) => l.msg === `snapshot ${id} resumed`), 'the instance that took over resumed it');
+});
+
 test('a broker outage in the middle of a snapshot: it resumes in the next session and publishes every row', async (t) => {
   const target = new URL(testEnv().amqpUrl);
   const proxy = await startProxy({ host: target.hostname, port: Number(target.port || 5672) });
