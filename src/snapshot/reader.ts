@@ -232,7 +232,12 @@ export class SnapshotRunner {
       let chunk = t === snap.tableIndex ? snap.chunk : 0;
       let upper = t === snap.tableIndex ? snap.upper : null;
       if (!upper) {
-        upper = await this.greatestKey(plan);
+        try {
+          upper = await this.greatestKey(plan);
+        } catch (err) {
+          if (!(await this.failOnQueryError(query, snap, plan, err))) throw err;
+          return;
+        }
         if (upper && !(await setUpper(query, snap.id, t, upper))) {
           log.info({ snapshot: snap.id }, `snapshot ${snap.id} cancelled`);
           metrics.finished(snap.id);
@@ -334,7 +339,7 @@ export class SnapshotRunner {
     limit: number,
     routingKey: ReturnType<typeof compileRoutingKey> | undefined,
   ): Promise<Flight | 'failed'> {
-    const { tap, builder, log, metrics } = this.opts;
+    const { tap, builder } = this.opts;
     let final = false;
     const pending = tap.begin({
       relation: plan.relation,
@@ -363,15 +368,7 @@ export class SnapshotRunner {
       await this.emit(query, pending.high, true);
     } catch (err) {
       tap.abort(err as Error);
-      const code = sqlState(err);
-      // A --where that does not fit the table, a column type that cannot be cast: not retryable.
-      if (code && /^(42|22)/.test(code) && code !== '42501') {
-        const message = `reading ${plan.from}: ${(err as Error).message}`;
-        await finishSnapshot(query, snap.id, 'failed', message);
-        log.error({ snapshot: snap.id, err: message, sqlstate: code }, `snapshot ${snap.id} failed: ${message}`);
-        metrics.finished(snap.id);
-        return 'failed';
-      }
+      if (await this.failOnQueryError(query, snap, plan, err)) return 'failed';
       throw err;
     }
     const tail = rows[rows.length - 1];
@@ -383,6 +380,21 @@ export class SnapshotRunner {
       final,
       done: pending.done,
     };
+  }
+
+  /**
+   * A query on the table failed in a way retrying cannot fix (a --where that does not fit, a
+   * missing privilege, the table dropped): the snapshot fails with the reason. False otherwise.
+   */
+  private async failOnQueryError(query: QueryFn, snap: SnapshotRow, plan: TablePlan, err: unknown): Promise<boolean> {
+    const code = sqlState(err);
+    if (!code || !/^(42|22)/.test(code)) return false;
+    const hint = code === '42501' ? `; GRANT SELECT ON ${plan.from} TO the daemon's role` : '';
+    const message = `reading ${plan.from}: ${(err as Error).message}${hint}`;
+    await finishSnapshot(query, snap.id, 'failed', message);
+    this.opts.log.error({ snapshot: snap.id, err: message, sqlstate: code }, `snapshot ${snap.id} failed: ${message}`);
+    this.opts.metrics.finished(snap.id);
+    return true;
   }
 
   /**

@@ -439,3 +439,16 @@ test('PGWARREN_SNAPSHOT=initial: every included table once, when setup or run cr
   assert.deepEqual(reads(queue, 'a').map((b) => b.key.id), [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12]);
   await daemon.waitForLog((l) => l.table === 'public.keyless' && /initial snapshot leaves out/.test(String(l.msg)));
 });
+
+test('a table the daemon may not read: the snapshot fails with the GRANT it needs, and the next one runs', async (t) => {
+  const s = await setup(t, 'snapgrant', 'CREATE TABLE locked (id int PRIMARY KEY); INSERT INTO locked VALUES (1); CREATE TABLE open_ (id int PRIMARY KEY); INSERT INTO open_ VALUES (7)');
+  const role = await s.db.daemonRole();
+  await s.db.query(`REVOKE SELECT ON locked FROM ${role.name}`);
+  const r = await runCli(['snapshot', '--wait', 'public.locked'], s.env);
+  assert.equal(r.code, 1, r.stderr);
+  assert.match(r.stderr, /snapshot \d+ failed: reading "public"\."locked": permission denied for table locked; GRANT SELECT ON "public"\."locked" TO the daemon's role/);
+  const next = await runCli(['snapshot', '--wait', 'public.open_'], s.env);
+  assert.equal(next.code, 0, next.stderr);
+  await drained(s, 1);
+  assert.deepEqual(reads(s.queue, 'open_').map((b) => b.key.id), [7]);
+});
