@@ -26,8 +26,8 @@
  * One gap in that argument, closed here: a transaction can write its commit record before the low
  * watermark and still be invisible to the SELECT's snapshot (between its commit record and the
  * moment it leaves the process array; with synchronous replication, for as long as the standby
- * takes). The reader reports the transactions in progress in its snapshot (`xip`); if one of them
- * changed this table before the low watermark, the chunk is read again (outcome 'redo').
+ * takes). The reader reports the transactions in progress in its snapshot (`xip`); if the stream
+ * delivered one of them before the low watermark, the chunk is read again (outcome 'redo').
  * A change whose key cannot be worked out (a TOASTed key column not sent) also makes it redo.
  */
 import { randomBytes } from 'node:crypto';
@@ -110,9 +110,15 @@ export class SnapshotTap {
    * begins meanwhile start after the range to be read again, so they are read again as well.
    */
   private redoPending = false;
-  /** xids of recent transactions that changed the table being snapshotted, oldest first. */
-  private recent: number[] = [];
-  private recentTable = '';
+  /**
+   * xids of the last RECENT_XIDS transactions that changed an included table, whatever the
+   * table and whether or not a snapshot runs: a transaction the stream delivered just before a
+   * chunk began may be the one its SELECT could not see yet. A ring; each transaction once (its
+   * changes arrive together).
+   */
+  private readonly recent = new Array<number>(RECENT_XIDS).fill(-1);
+  private recentAt = 0;
+  private lastXid = -1;
   private readonly session = randomBytes(4).toString('hex');
   private counter = 0;
   /** Column indexes of name lists, per relation object the stream or the reader uses. */
@@ -126,10 +132,6 @@ export class SnapshotTap {
   begin(spec: ChunkSpec): PendingChunk {
     const nonce = `${this.session}-${++this.counter}`;
     const name = `${spec.relation.schema}.${spec.relation.table}`;
-    if (name !== this.recentTable && this.chunks.length === 0) {
-      this.recent = [];
-      this.recentTable = name;
-    }
     let resolve!: (o: ChunkOutcome) => void;
     let reject!: (e: Error) => void;
     const done = new Promise<ChunkOutcome>((res, rej) => {
@@ -236,10 +238,14 @@ export class SnapshotTap {
   /** A row change (or truncate) of an included table, as the stream delivers it, in transaction `xid`. */
   changed(change: Change, xid: number): void {
     const rel = change.relation;
-    if (`${rel.schema}.${rel.table}` !== this.recentTable) return;
-    this.recent.push(xid);
-    if (this.recent.length > RECENT_XIDS) this.recent.splice(0, this.recent.length - RECENT_XIDS);
-    for (const c of this.chunks) if (c.state === 'open' && c.name === this.recentTable) this.remove(c, change);
+    if (xid !== this.lastXid) {
+      this.lastXid = xid;
+      this.recent[this.recentAt] = xid;
+      this.recentAt = (this.recentAt + 1) % RECENT_XIDS;
+    }
+    for (const c of this.chunks) {
+      if (c.state === 'open' && c.spec.relation.table === rel.table && c.spec.relation.schema === rel.schema) this.remove(c, change);
+    }
   }
 
   private remove(c: Active, change: Change): void {

@@ -183,3 +183,12 @@ test('chunks read ahead: each window removes keys only from its own chunk; a red
   fresh.low();
   assert.deepEqual(await fresh.high(), { kind: 'published', count: 1 });
 });
+
+test('the invisible transaction was delivered before the chunk even began, through another table: still read again', async () => {
+  const tap = new SnapshotTap();
+  tap.changed({ ...upd(1), relation: rel('other') }, 777);
+  const c = chunk(tap);
+  c.low();
+  c.pending.setRead({ rows: [row(1)], xip: new Set([777]) });
+  assert.equal((await c.high())?.kind, 'redo');
+});
