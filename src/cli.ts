@@ -84,6 +84,49 @@ async function main(): Promise<void> {
       (argv) => execute(argv, async (config) => (await import('./commands/check.js')).checkCommand(config, { json: argv.json === true }, print)),
     )
     .command(
+      'snapshot [globs..]',
+      'ask the running daemon to publish the current rows of tables (schema.table globs); --list, --cancel ID, --wait. ' +
+        '--exchange and --routing-key given here aim the snapshot at that exchange / routing key template',
+      (y) =>
+        y
+          .positional('globs', { type: 'string', array: true, describe: 'schema.table globs of included tables' })
+          .option('where', { type: 'string', describe: 'SQL condition: only rows matching it' })
+          .option('chunk-size', { type: 'string', describe: 'rows per chunk [default: PGWARREN_SNAPSHOT_CHUNK_SIZE]' })
+          .option('rate', { type: 'string', describe: 'at most this many rows per second' })
+          .option('list', { type: 'boolean', default: false, describe: "show each snapshot's state and progress" })
+          .option('cancel', { type: 'string', describe: 'stop snapshot ID' })
+          .option('wait', { type: 'boolean', default: false, describe: 'follow progress until the snapshot ends (a progress bar on a terminal)' })
+          .option('json', { type: 'boolean', default: false, describe: 'machine-readable --list' }),
+      (argv) =>
+        execute(argv, async (config) => {
+          const positive = (name: string): number | undefined => {
+            const raw = argv[name];
+            if (raw === undefined) return undefined;
+            if (!/^[1-9][0-9]{0,9}$/.test(String(raw)) || Number(raw) > 2147483647) throw new UsageError(`--${name}: expected a positive integer, got "${String(raw)}"`);
+            return Number(raw);
+          };
+          const where = argv.where as string | undefined;
+          if (where !== undefined && where.trim() === '') throw new UsageError('--where: expected an SQL condition');
+          return (await import('./commands/snapshot.js')).snapshotCommand(
+            config,
+            {
+              tables: ((argv.globs as string[] | undefined) ?? []).flatMap((t) => String(t).split(',')).map((t) => t.trim()).filter(Boolean),
+              where,
+              chunkSize: positive('chunk-size'),
+              rate: positive('rate'),
+              cancel: positive('cancel'),
+              exchange: argv.exchange !== undefined ? config.exchange : undefined,
+              routingKey: argv['routing-key'] !== undefined ? config.routingKey : undefined,
+              list: argv.list === true,
+              wait: argv.wait === true,
+              json: argv.json === true,
+            },
+            print,
+            { isTTY: process.stderr.isTTY === true, write: (t) => void process.stderr.write(t) },
+          );
+        }),
+    )
+    .command(
       'teardown',
       'drop the slot and the publication (refuses without --yes)',
       (y) => y.option('yes', { type: 'boolean', default: false, describe: 'really drop them; unpublished changes in the slot are lost' }),

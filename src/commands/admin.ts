@@ -4,7 +4,7 @@
  */
 import type pg from 'pg';
 import type { Config } from '../config/load.js';
-import { PrerequisiteError, UsageError, classifyPgError } from '../errors.js';
+import { PrerequisiteError, UsageError, classifyPgError, sqlState } from '../errors.js';
 import { OperationSelection, TableSelection, excludedColumnsLookup, ruleLookup } from '../filter/selection.js';
 import { quoteIdent } from '../source/decoder.js';
 import { connectPg, type QueryFn } from '../source/pg-query.js';
@@ -24,6 +24,9 @@ import {
 import { pgConfig, pgTimeouts } from './settings.js';
 import { REPLICA_IDENTITY } from '../source/relation-catalog.js';
 import { tableName } from '../filter/table-name.js';
+import { createStore, forgetSlot, listSnapshots, type SnapshotRow } from '../snapshot/store.js';
+import { requestInitial } from '../snapshot/request.js';
+import { describe as describeSnapshot, summaryLine } from './snapshot.js';
 
 export type Print = (line: string) => void;
 
@@ -94,8 +97,15 @@ export async function setupCommand(config: Config, opts: { replicaIdentityFull: 
         }
       }
       await publish(excludedColumnsLookup(config.rules), true);
+      // Snapshot requests and progress (README "Snapshots"); the run role needs one GRANT on it.
+      await createStore(query);
       const slot = await ensureSlot(query, { slot: config.slot, plugin: config.plugin, database: config.database.database, mayCreate: true });
       print(slot.created ? `created slot "${config.slot}" (${config.plugin})` : `slot "${config.slot}" exists (${slot.state.plugin})`);
+      if (slot.created && config.snapshot === 'initial') {
+        const made = await requestInitial(query, { slot: config.slot, includeTables: config.tables, excludeTables: config.excludeTables, chunkSize: config.snapshotChunkSize });
+        for (const t of made.skipped) print(`warning: the initial snapshot leaves out ${t.table}: ${t.reason}`);
+        if (made.id !== null) print(`initial snapshot ${made.id} requested for ${made.tables.length} table(s); "pgwarren run" publishes it`);
+      }
       return 0;
     } catch (err) {
       throw classifyPgError(err, 'setup');
@@ -111,6 +121,12 @@ export async function teardownCommand(config: Config, opts: { yes: boolean }, pr
   }
   return withDatabase(config, async (query) => {
     print((await dropSlot(query, config.slot)) ? `dropped slot "${config.slot}"` : `slot "${config.slot}" did not exist`);
+    // A new slot starts with no snapshot history (PGWARREN_SNAPSHOT=initial applies to it again).
+    const forgotten = await forgetSlot(query, config.slot).catch((err: unknown) => {
+      if (sqlState(err) === '42P01' || sqlState(err) === '3F000' || sqlState(err) === '42501') return 0;
+      throw err;
+    });
+    if (forgotten > 0) print(`forgot ${forgotten} snapshot(s) of slot "${config.slot}"`);
     const dropped = await dropPublications(query, config.publication);
     if (config.plugin === 'pgoutput' || dropped.length > 0) {
       print(dropped.length > 0 ? dropped.map((p) => `dropped publication "${p}"`).join('\n') : `publication "${config.publication}" did not exist`);
@@ -141,6 +157,8 @@ export interface StatusReport {
   };
   publication: { name: string; exists: boolean; tables: string[] };
   tables: TableStatus[];
+  /** Snapshots of this slot (README "Snapshots"); null when their table is missing or not readable. */
+  snapshots: Record<string, unknown>[] | null;
 }
 
 
@@ -156,6 +174,7 @@ export async function statusReport(config: Config, query: QueryFn): Promise<Stat
       WHERE c.relkind IN ('r', 'p')`,
   );
   const facts = new Map(rows.map((r) => [tableName(r.schema, r.table), r]));
+  const snapshots = await snapshotRows(query, config.slot);
   const inPub = new Set([...(pubTables ?? []), ...keylessTables].map((t) => tableName(t.schema, t.table)));
   const tables = selected.map((t): TableStatus => {
     const f = facts.get(tableName(t.schema, t.table))!;
@@ -184,7 +203,17 @@ export async function statusReport(config: Config, query: QueryFn): Promise<Stat
     },
     publication: { name: config.publication, exists: pubTables !== null, tables: (pubTables ?? []).map((t) => tableName(t.schema, t.table)) },
     tables,
+    snapshots: snapshots && snapshots.map(describeSnapshot),
   };
+}
+
+async function snapshotRows(query: QueryFn, slot: string): Promise<SnapshotRow[] | null> {
+  try {
+    return await listSnapshots(query, slot);
+  } catch (err) {
+    if (sqlState(err) === '42P01' || sqlState(err) === '3F000' || sqlState(err) === '42501') return null;
+    throw err;
+  }
 }
 
 export async function statusCommand(config: Config, opts: { json: boolean }, print: Print): Promise<number> {
@@ -209,6 +238,12 @@ export async function statusCommand(config: Config, opts: { json: boolean }, pri
     for (const t of report.tables) {
       const pub = config.plugin === 'pgoutput' && !t.inPublication ? ' (not in publication)' : '';
       print(`  ${tableName(t.schema, t.table)}  replica identity ${t.replicaIdentity}${pub}${t.warning ? `\n    warning: ${t.warning}` : ''}`);
+    }
+    const snaps = await snapshotRows(query, config.slot);
+    if (snaps === null) print('snapshots    unavailable (run "pgwarren setup"; the role needs its snapshot GRANT, README "Snapshots")');
+    else {
+      print(`snapshots    ${snaps.length}`);
+      for (const s of snaps) print(summaryLine(s));
     }
     return 0;
   });

@@ -72,5 +72,7 @@ export function sessionSettings(config: Config, transform: TransformFn | null = 
       maxAge: config.streamMaxAge,
       maxBytes: config.streamMaxBytes,
     },
+    snapshot: config.snapshot,
+    snapshotChunkSize: config.snapshotChunkSize,
   };
 }

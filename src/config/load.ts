@@ -14,7 +14,7 @@ import type { Op, Plugin } from '../types.js';
 import { readConfigFile, type ConfigFile, type TableRule } from './config-file.js';
 import { databaseSettings, type DatabaseSettings } from './database.js';
 import { checkUnknownEnv, defaultLayer, envLayer, errorCode, fallbackLayer, flagLayer, type Raw } from './layers.js';
-import { OPTIONS, type FLOOD_ACTIONS, type LOG_LEVELS, type SINKS, type OptionName, type OptionValue, type UNROUTABLE_ACTIONS } from './options.js';
+import { OPTIONS, type SNAPSHOT_MODES, type FLOOD_ACTIONS, type LOG_LEVELS, type SINKS, type OptionName, type OptionValue, type UNROUTABLE_ACTIONS } from './options.js';
 import { redactSecrets, redactUrl } from './redact.js';
 import { quote } from './validators.js';
 import type { COMPRESSIONS } from '../sink/compression.js';
@@ -44,6 +44,9 @@ export interface Config {
   readonly tables: readonly string[];
   readonly excludeTables: readonly string[];
   readonly operations: readonly Op[];
+  /** PGWARREN_SNAPSHOT: an initial snapshot when the slot is created, or none. */
+  readonly snapshot: (typeof SNAPSHOT_MODES)[number];
+  readonly snapshotChunkSize: number;
   readonly exchange: string;
   readonly exchangeType: string;
   readonly routingKey: string;
@@ -169,6 +172,8 @@ export function loadConfig(input: LoadInput): Config {
     tables: get('tables'),
     excludeTables: get('exclude-tables'),
     operations: get('operations'),
+    snapshot: get('snapshot'),
+    snapshotChunkSize: get('snapshot-chunk-size'),
     exchange: get('exchange'),
     exchangeType: get('exchange-type'),
     routingKey: get('routing-key'),

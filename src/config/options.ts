@@ -49,6 +49,7 @@ export const PLUGINS = ['pgoutput', 'wal2json'] as const;
 export const UNROUTABLE_ACTIONS = ['warn', 'block'] as const;
 export const FLOOD_ACTIONS = ['summarize', 'drop', 'divert', 'pass'] as const;
 export const SINKS = ['amqp', 'stream', 'stdout'] as const;
+export const SNAPSHOT_MODES = ['initial', 'never'] as const;
 export const LOG_LEVELS = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'] as const;
 
 const exchangeName: Kind<string> = { type: 'string', schema: kinds.exchangeName };
@@ -133,6 +134,20 @@ export const OPTIONS = [
     ...kinds.subsetOf(OPERATIONS),
     description: 'which operations to publish: a comma-separated subset of insert, update, delete, truncate',
     default: OPERATIONS.join(','),
+  }),
+  option({
+    name: 'snapshot',
+    group: 'source',
+    ...kinds.oneOf(SNAPSHOT_MODES),
+    description: 'initial: publish the current rows of every included table once, when the slot is created (by run or setup); never: only on request (pgwarren snapshot)',
+    default: 'never',
+  }),
+  option({
+    name: 'snapshot-chunk-size',
+    group: 'source',
+    ...kinds.integer(1),
+    description: 'rows a snapshot reads per chunk (one short query each) when pgwarren snapshot does not say --chunk-size; up to 4 chunks are held in memory',
+    default: '1000',
   }),
 
   // routing

@@ -22,7 +22,7 @@ import type { TypeLookup } from '../source/type-catalog.js';
 import { tableName } from '../filter/table-name.js';
 
 /** What an event reports: a row operation, or one of the events beyond rows (CONTRACT §4, §12). */
-export type EventOp = Op | 'bulk' | 'schema' | 'message' | 'commit';
+export type EventOp = Op | 'bulk' | 'schema' | 'message' | 'commit' | 'read';
 
 export interface BuiltEvent {
   readonly id: string;
@@ -209,6 +209,20 @@ export class EventBuilder {
       `{"id":"${id}","op":"commit","counts":${countsText},` +
       `"tx":{"xid":${tx.xid},"lsn":"${lsn}","commit_time":"${tx.commitTime}"},"source":${this.sourceJson}}`;
     return { id, op: 'commit', schema: '', table: '', body, routingKey: COMMIT_ROUTING_KEY };
+  }
+
+  /**
+   * A snapshot's `read` event (CONTRACT §10): the row as `new`, its key, no old values, and which
+   * snapshot and chunk it belongs to. `row` holds Postgres' text of each column, like a change's.
+   */
+  buildRead(rel: RelationInfo, row: RawTuple, id: string, snapshot: { id: string; chunk: number; last: boolean }): BuiltEvent {
+    const plan = this.plan(rel);
+    const parts = rowParts({ kind: 'change', op: 'insert', relation: rel, old: null, oldKind: 'none', new: row }, plan);
+    const body =
+      `{"id":${JSON.stringify(id)},"op":"read","schema":${JSON.stringify(rel.schema)},"table":${JSON.stringify(rel.table)},` +
+      `"key":${parts.key},"old":null,"new":${parts.new},"changed":null,"unchanged_toast":[],` +
+      `"snapshot":{"id":${JSON.stringify(snapshot.id)},"chunk":${snapshot.chunk},"last":${snapshot.last}},"tx":null,"source":${this.sourceJson}}`;
+    return { id, op: 'read', schema: rel.schema, table: rel.table, body };
   }
 
   private plan(rel: RelationInfo): RelationPlan {

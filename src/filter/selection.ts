@@ -10,9 +10,11 @@ import { OPS, type Op } from '../types.js';
 import { globMatches, parseTableGlob, tableKey, type TableGlob, type TableKey } from './table-name.js';
 
 export const SYSTEM_SCHEMAS = ['pg_catalog', 'information_schema', 'pg_toast'];
+/** pgwarren's own bookkeeping (snapshot requests and progress): never published. */
+export const PGWARREN_SCHEMA = 'pgwarren';
 
 export function isSystemSchema(schema: string): boolean {
-  return SYSTEM_SCHEMAS.includes(schema) || schema.startsWith('pg_temp_') || schema.startsWith('pg_toast_temp_');
+  return SYSTEM_SCHEMAS.includes(schema) || schema === PGWARREN_SCHEMA || schema.startsWith('pg_temp_') || schema.startsWith('pg_toast_temp_');
 }
 
 export class TableSelection {

@@ -123,8 +123,17 @@ export class Checkpoint {
       return;
     }
     // Later entries end later: a run is represented by its last entry.
-    if (entry.prev?.settled()) this.unlink(entry.prev);
-    if (entry.next?.settled()) this.unlink(entry);
+    // (An entry that moves nothing, a snapshot chunk's, ends at 0: the run keeps the greatest end.)
+    const prev = entry.prev;
+    if (prev?.settled()) {
+      if (prev.endLsn! > entry.endLsn!) entry.endLsn = prev.endLsn;
+      this.unlink(prev);
+    }
+    const next = entry.next;
+    if (next?.settled()) {
+      if (entry.endLsn! > next.endLsn!) next.endLsn = entry.endLsn;
+      this.unlink(entry);
+    }
   }
 
   private unlink(entry: Entry): void {

@@ -66,6 +66,7 @@ import { deadLetterRoutingKey, ROUTING_KEY_MAX_BYTES, stubBody, utf8Bytes, type 
 import { NackError, publishRefused } from '../sink/amqp-sink.js';
 import type { BodyEncoder } from '../sink/compression.js';
 import type { Shaper } from './shaping.js';
+import type { ReadBatch, SnapshotTap } from '../snapshot/tap.js';
 
 export interface PipelineDeps {
   readonly source: SourceInfo;
@@ -106,6 +107,8 @@ export interface PipelineDeps {
   readonly shaper?: Shaper;
   /** Body compression; absent: UTF-8 JSON as it is. */
   readonly encoder?: BodyEncoder;
+  /** Snapshots (src/snapshot/): watermarks and the changes that fall between them. */
+  readonly snapshots?: SnapshotTap;
 }
 
 /**
@@ -287,6 +290,8 @@ export class Pipeline {
       case 'commit':
         return this.commit(item.endLsn);
       case 'message':
+        // Snapshot watermarks are non-transactional: they arrive between transactions.
+        if (!this.tx && this.deps.snapshots?.isWatermark(item)) return this.deps.snapshots.watermark(item, (b) => this.publishReads(b));
         if (item.prefix === APP_EVENT_PREFIX) return this.appEvent(item);
         if (this.tx && isFloodMarker(item)) return this.divert(this.guard.markMarker(), this.tx);
         return;
@@ -474,6 +479,7 @@ export class Pipeline {
       metrics.eventsFiltered.inc({ reason: 'operation' });
       return;
     }
+    this.deps.snapshots?.changed(change, tx.info.xid);
     if (change.kind === 'change' && this.deps.shaper?.shapes(schema, table)) return this.shaped(change, tx, seq);
     return this.guarded(change, tx, seq, null);
   }
@@ -677,6 +683,65 @@ export class Pipeline {
       if (tx.entry.outstanding === 0 && tx.entry.endLsn !== null) this.observeLatency(tx);
       this.wakeConfirmWaiter();
     });
+  }
+
+  /**
+   * A snapshot chunk's `read` events (src/snapshot/tap.ts), published where its high watermark
+   * stands in the stream: outside any transaction, never batched, never a flood. They count in
+   * the checkpoint as one entry that moves nothing, so later transactions are acknowledged only
+   * once the chunk is confirmed, and the inflight window bounds them like any message.
+   */
+  private async publishReads(batch: ReadBatch): Promise<void> {
+    const { checkpoint, publisher, router, source, metrics } = this.deps;
+    const table_ = router.forTable(batch.schema, batch.table);
+    const exchange = batch.exchange ?? table_.exchange;
+    const routingKey = (batch.routingKey ?? table_.routingKey)({ db: source.db, schema: batch.schema, table: batch.table, op: 'read' });
+    const counter = metrics.publishedCounter(tableName(batch.schema, batch.table), 'read');
+    const headers = { 'pgwarren-schema': batch.schema, 'pgwarren-table': batch.table, 'pgwarren-op': 'read' };
+    const entry = checkpoint.begin(checkpoint.safeLsn());
+    let left = batch.events.length;
+    let settled = false;
+    const confirm = (err: Error | null) => {
+      if (settled) return;
+      if (err) {
+        settled = true;
+        this.failure ??= err;
+        batch.onConfirmed(err);
+      } else {
+        checkpoint.confirmed(entry);
+        counter.inc();
+        if (--left === 0) {
+          settled = true;
+          batch.onConfirmed(null);
+        }
+      }
+      this.wakeConfirmWaiter();
+    };
+    const timestamp = Math.floor(Date.now() / 1000);
+    for (const event of batch.events) {
+      if (this.mustWait()) await this.waitToSend();
+      checkpoint.published(entry);
+      publisher.publish(
+        {
+          exchange,
+          routingKey,
+          content: Buffer.from(event.body, 'utf8'),
+          properties: {
+            messageId: event.id,
+            contentType: 'application/json',
+            persistent: true,
+            timestamp,
+            type: 'read',
+            appId: 'pgwarren',
+            mandatory: true,
+            expiration: table_.expiration,
+            headers,
+          },
+        },
+        confirm,
+      );
+    }
+    checkpoint.committed(entry, 0n);
   }
 
   private mustWait(): boolean {

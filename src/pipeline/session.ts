@@ -58,6 +58,7 @@ import { LazyPgClient } from '../ops/lazy-client.js';
 import { PeriodicTask } from '../ops/periodic.js';
 import type { Op, Plugin, SourceInfo } from '../types.js';
 import { tableName } from '../filter/table-name.js';
+import { SnapshotSession } from '../snapshot/session.js';
 
 export interface SessionSettings {
   readonly pg: pg.ClientConfig;
@@ -112,6 +113,9 @@ export interface SessionSettings {
     readonly maxAge?: string;
     readonly maxBytes?: number;
   };
+  /** Snapshots (src/snapshot/): an initial one when the slot is created, and the chunk size of that one. */
+  readonly snapshot: 'initial' | 'never';
+  readonly snapshotChunkSize: number;
 }
 
 export type SessionState = 'connecting' | 'streaming' | 'draining' | 'ended';
@@ -318,6 +322,7 @@ export class Session {
             `Changes made while no slot existed (a failover to a standby, a dropped slot) are in no slot: re-sync consumers that need them`,
         );
       } else if (slot.created) log.info({ plugin: settings.plugin, from: slot.state.confirmedFlushLsn }, 'created replication slot');
+      if (slot.created && settings.snapshot === 'initial') await SnapshotSession.requestInitial(query, settings, log);
     }
 
     // 2. Broker.
@@ -370,6 +375,7 @@ export class Session {
     this.lastReported = checkpoint.safeLsn();
     // Transactions after the confirmed position are read again: so are their shape changes.
     opts.shapes.rewind(checkpoint.safeLsn());
+    const snapshots = new SnapshotSession({ settings, builder, types, sink, metrics: opts.metrics, log });
     const pipeline = new Pipeline({
       source,
       tables,
@@ -398,6 +404,7 @@ export class Session {
       messageRoutingKey: settings.messageRoutingKey,
       transactionEvents: settings.transactionEvents,
       shapes: opts.shapes,
+      snapshots: snapshots.tap,
     });
 
     let stallTimeout = (_silentMs: number): void => undefined;
@@ -441,6 +448,7 @@ export class Session {
       throw pgFailure(err, `starting replication from slot "${settings.slot}"`, sqlState(err) === '55006' ? 1000 : 0, REPLICATION_FIXES);
     }
     this.setState('streaming');
+    snapshots.start();
     log.info(
       { plugin: settings.plugin, from: formatLsn(checkpoint.safeLsn()), broker: redactUrl(sink.url), published: opts.metrics.publishedCount },
       'streaming',
@@ -529,6 +537,7 @@ export class Session {
       if (refusal === 'nack') opts.metrics.nacks.inc();
       syncer?.stop();
       watch.end();
+      await snapshots.stop();
       // Whatever ended the session, Postgres hears what the broker confirmed (a stop has already
       // drained and reported): the next session then re-sends only what is unconfirmed.
       if (!this.stopRequested) await this.finalReport(checkpoint);

@@ -306,6 +306,25 @@ export class AmqpSink {
     return tag;
   }
 
+  /**
+   * Declare one more durable exchange (a snapshot aimed at its own exchange) on a channel of its
+   * own, so a refusal (another type: PRECONDITION_FAILED) closes only that channel.
+   */
+  async declareExchange(ex: ExchangeDeclaration, timeoutMs = 10_000): Promise<void> {
+    const channel = await this.model.createChannel();
+    channel.on('error', () => undefined);
+    let timer: NodeJS.Timeout | undefined;
+    try {
+      await Promise.race([
+        channel.assertExchange(ex.name, ex.type, { durable: true }),
+        new Promise((_, reject) => (timer = setTimeout(() => reject(new Error(`declaring exchange "${ex.name}" timed out`)), timeoutMs))),
+      ]);
+    } finally {
+      clearTimeout(timer);
+      await channel.close().catch(() => undefined);
+    }
+  }
+
   async close(): Promise<void> {
     this.closing = true;
     this.fail(new SinkError('sink closed', 'transient'));

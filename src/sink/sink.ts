@@ -22,4 +22,6 @@ export interface Sink extends Publisher {
   readonly urlIndex: number;
   isBlocked(): boolean;
   close(): Promise<void>;
+  /** Declare an exchange on the broker (snapshots aimed at an exchange of their own); AMQP only. */
+  declareExchange?(ex: { name: string; type: string }): Promise<void>;
 }

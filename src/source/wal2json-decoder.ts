@@ -83,8 +83,8 @@ export class Wal2jsonDecoder implements Decoder<W2jAction> {
       ['include-types', '0'],
       ['include-type-oids', '1'],
       ['include-pk', '0'],
-      // Only our own logical messages: the flood marker and application events.
-      ['add-msg-prefixes', 'pgwarren,pgwarren.event'],
+      // Only our own logical messages: the flood marker, application events and snapshot watermarks.
+      ['add-msg-prefixes', 'pgwarren,pgwarren.event,pgwarren.snapshot'],
     ];
     if (this.options.addTables && this.options.addTables.length > 0) opts.push(['add-tables', this.options.addTables.join(',')]);
     if (this.options.filterTables && this.options.filterTables.length > 0) opts.push(['filter-tables', this.options.filterTables.join(',')]);

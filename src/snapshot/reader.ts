@@ -1,0 +1,522 @@
+/**
+ * The snapshot runner of one session: takes the oldest unfinished snapshot of this slot from
+ * `pgwarren.snapshots`, reads its tables chunk by chunk in key order, and records progress after
+ * each chunk the broker confirmed. It lives and dies with the session (so only the instance that
+ * holds the slot runs snapshots); the next session resumes from the recorded cursor.
+ *
+ * States: idle (polling for work) -> chunk (low watermark, SELECT, high watermark, wait for the
+ * stream to publish and the broker to confirm) -> record -> chunk ... -> idle; stopped.
+ *
+ * Each chunk is its own short READ ONLY transaction: nothing is held open between chunks, so the
+ * slot keeps advancing and vacuum is not held back, whatever the table size. Keyset pagination
+ * compares and orders in SQL (`(a, b) > ($1, $2) ORDER BY a, b`), so composite, enum, uuid and
+ * text keys follow Postgres' own ordering and collations; the cursor is kept as the key's text and
+ * cast back to each column's type.
+ */
+import pg from 'pg';
+import type { Logger } from '../ops/logger.js';
+import type { EventBuilder, BuiltEvent } from '../events/envelope.js';
+import type { TypeCatalog } from '../source/type-catalog.js';
+import { REPLICA_IDENTITY, RelationCatalog, keyColumnsOf } from '../source/relation-catalog.js';
+import { REPLICATION_SESSION_OPTIONS } from '../source/replication-stream.js';
+import { quoteIdent } from '../source/decoder.js';
+import { queryFn, type QueryFn } from '../source/pg-query.js';
+import { compileRoutingKey } from '../events/routing.js';
+import { sqlState } from '../errors.js';
+import { closeWithin, pgSocketOwner } from '../ops/close.js';
+import type { RawTuple, RelationInfo } from '../types.js';
+import { WATERMARK_PREFIX, type ChunkOutcome, type SnapshotTap } from './tap.js';
+import { finishSnapshot, markRunning, nextSnapshot, recordChunk, setUpper, type SnapshotRow } from './store.js';
+import { splitName } from './tables.js';
+import type { SnapshotMetrics } from './metrics.js';
+
+export interface RunnerOptions {
+  readonly pg: pg.ClientConfig;
+  readonly slot: string;
+  readonly tap: SnapshotTap;
+  readonly builder: EventBuilder;
+  readonly types: TypeCatalog;
+  /** Declares an exchange a snapshot is aimed at (undefined: the sink cannot). */
+  readonly declareExchange?: (name: string) => Promise<void>;
+  readonly metrics: SnapshotMetrics;
+  readonly log: Logger;
+  /** How often to look for new snapshot requests while idle. */
+  readonly pollMs?: number;
+  /** Per statement, in the database. */
+  readonly statementTimeoutMs?: number;
+  /** The table's row filter (a rule's `where`), so a snapshot publishes only rows the stream would. */
+  readonly rowFilter?: (schema: string, table: string) => string | null;
+  /** Set when the configured sink cannot carry snapshots: every request fails with this reason. */
+  readonly unsupported?: string;
+}
+
+/** A table as the runner reads it. */
+interface TablePlan {
+  readonly relation: RelationInfo;
+  readonly identities: string[][];
+  readonly keyColumns: readonly string[];
+  /** Index of each key column in `relation.columns`. */
+  readonly keyIndexes: readonly number[];
+  /** SQL type of each key column, for casting the cursor back. */
+  readonly keyTypes: readonly string[];
+  readonly from: string;
+}
+
+/** A chunk read and its watermarks emitted, waiting for the stream to reach its high watermark. */
+interface Flight {
+  readonly chunk: number;
+  readonly cursorBefore: string[] | null;
+  readonly cursorAfter: string[] | null;
+  readonly read: number;
+  readonly final: boolean;
+  readonly done: Promise<ChunkOutcome>;
+}
+
+/** Chunks read ahead of the stream (memory: this many chunks of rows). */
+const READ_AHEAD = 4;
+
+/** A snapshot cannot go on (the table vanished or lost its key, the --where is invalid). */
+class SnapshotFailed extends Error {}
+
+const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
+const RAW_TEXT = { getTypeParser: () => (v: string) => v } as unknown as pg.CustomTypesConfig;
+
+export class SnapshotRunner {
+  private stopped = false;
+  private client: pg.Client | null = null;
+  private progress: pg.Client | null = null;
+  private wake: (() => void) | null = null;
+  private loop: Promise<void> | null = null;
+  private warnedMissing = false;
+
+  constructor(private readonly opts: RunnerOptions) {}
+
+  start(): void {
+    this.loop = this.run().catch((err: unknown) => this.opts.log.error({ err: (err as Error).message }, 'snapshot runner stopped unexpectedly'));
+  }
+
+  async stop(): Promise<void> {
+    this.stopped = true;
+    this.opts.tap.abort(new Error('session ended'));
+    this.wake?.();
+    await this.dropConnection();
+    await this.loop;
+  }
+
+  private async run(): Promise<void> {
+    const { log } = this.opts;
+    let failures = 0;
+    while (!this.stopped) {
+      try {
+        const query = await this.connection();
+        const snap = await nextSnapshot(query, this.opts.slot);
+        failures = 0;
+        if (!snap) {
+          await this.idle(this.opts.pollMs ?? 1000);
+          continue;
+        }
+        if (this.opts.unsupported) {
+          log.warn({ snapshot: snap.id }, `snapshot ${snap.id} refused: ${this.opts.unsupported}`);
+          await finishSnapshot(query, snap.id, 'failed', this.opts.unsupported);
+          continue;
+        }
+        await this.runSnapshot(query, snap);
+      } catch (err) {
+        if (this.stopped) return;
+        this.opts.tap.abort(err as Error);
+        const code = sqlState(err);
+        if (code === '42P01' || code === '3F000' || code === '42501') {
+          // No snapshot table, or no grant: nothing to do until setup (README) is run.
+          if (!this.warnedMissing) {
+            log.warn(
+              { err: (err as Error).message },
+              code === '42501'
+                ? 'snapshots unavailable: the role may not use pgwarren.snapshots; GRANT SELECT, INSERT, UPDATE ON pgwarren.snapshots TO <this role> (README "Snapshots")'
+                : 'snapshots unavailable: table pgwarren.snapshots is missing; run "pgwarren setup" (README "Snapshots")',
+            );
+          }
+          this.warnedMissing = true;
+          await this.idle(30_000);
+          continue;
+        }
+        failures++;
+        log.warn({ err: (err as Error).message, attempt: failures }, 'snapshot runner: database error; retrying');
+        await this.dropConnection();
+        await this.idle(Math.min(30_000, 500 * 2 ** Math.min(failures, 6)));
+      }
+    }
+  }
+
+  private idle(ms: number): Promise<void> {
+    return new Promise((resolve) => {
+      const t = setTimeout(resolve, ms);
+      this.wake = () => {
+        clearTimeout(t);
+        resolve();
+      };
+    });
+  }
+
+  private async connection(): Promise<QueryFn> {
+    if (!this.client) {
+      const c = new pg.Client({
+        ...this.opts.pg,
+        application_name: 'pgwarren-snapshot',
+        // The text of values depends on these, exactly as on the replication connection.
+        options: `${REPLICATION_SESSION_OPTIONS} -c bytea_output=hex -c statement_timeout=${this.opts.statementTimeoutMs ?? 300_000}`,
+        connectionTimeoutMillis: 10_000,
+      });
+      c.on('error', (err) => this.opts.log.debug({ err: err.message }, 'snapshot connection error'));
+      this.client = c;
+      try {
+        await c.connect();
+      } catch (err) {
+        this.client = null;
+        throw err;
+      }
+    }
+    return queryFn(this.client);
+  }
+
+  private async progressQuery(): Promise<QueryFn> {
+    if (!this.progress) {
+      const c = new pg.Client({ ...this.opts.pg, application_name: 'pgwarren-snapshot-progress', connectionTimeoutMillis: 10_000, options: `-c statement_timeout=${this.opts.statementTimeoutMs ?? 300_000}` });
+      c.on('error', (err) => this.opts.log.debug({ err: err.message }, 'snapshot progress connection error'));
+      this.progress = c;
+      try {
+        await c.connect();
+      } catch (err) {
+        this.progress = null;
+        throw err;
+      }
+    }
+    return queryFn(this.progress);
+  }
+
+  private async dropConnection(): Promise<void> {
+    const clients = [this.client, this.progress];
+    this.client = null;
+    this.progress = null;
+    await Promise.all(clients.map((c) => c && closeWithin(() => c.end(), () => pgSocketOwner(c))));
+  }
+
+  private async runSnapshot(query: QueryFn, snap: SnapshotRow): Promise<void> {
+    const { log, metrics } = this.opts;
+    const estimate = snap.estimate ?? (await this.estimate(query, snap.tables));
+    if (!(await markRunning(query, snap.id, estimate))) return;
+    if (snap.state === 'pending') log.info({ snapshot: snap.id, tables: snap.tables }, `snapshot ${snap.id} started: ${snap.tables.join(', ')}`);
+    else log.info({ snapshot: snap.id, table: snap.tables[snap.tableIndex], chunk: snap.chunk }, `snapshot ${snap.id} resumed`);
+    if (snap.exchange && this.opts.declareExchange) {
+      try {
+        await this.opts.declareExchange(snap.exchange);
+      } catch (err) {
+        // 406: it exists with another type; 403: the broker user may not declare it. Retrying cannot help.
+        const code = (err as { code?: unknown }).code;
+        if (code !== 406 && code !== 403) throw err;
+        const message = `exchange "${snap.exchange}" cannot be declared: ${(err as Error).message}`;
+        await finishSnapshot(query, snap.id, 'failed', message);
+        log.error({ snapshot: snap.id, err: message }, `snapshot ${snap.id} failed: ${message}`);
+        metrics.finished(snap.id);
+        return;
+      }
+    }
+    let rows = snap.rows;
+    let chunks = snap.chunks;
+    const startedMs = snap.startedAt ? Date.parse(snap.startedAt) : Date.now();
+    const routingKey = snap.routingKey ? compileRoutingKey(snap.routingKey) : undefined;
+    for (let t = snap.tableIndex; t < snap.tables.length; t++) {
+      const name = snap.tables[t]!;
+      let plan: TablePlan;
+      try {
+        plan = await this.plan(query, name);
+      } catch (err) {
+        if (!(err instanceof SnapshotFailed)) throw err;
+        await finishSnapshot(query, snap.id, 'failed', err.message);
+        log.error({ snapshot: snap.id, table: name, err: err.message }, `snapshot ${snap.id} failed: ${err.message}`);
+        metrics.finished(snap.id);
+        return;
+      }
+      await this.opts.types.ensure(this.opts.builder.typeOids(plan.relation));
+      let cursor = t === snap.tableIndex ? snap.cursor : null;
+      let chunk = t === snap.tableIndex ? snap.chunk : 0;
+      let upper = t === snap.tableIndex ? snap.upper : null;
+      if (!upper) {
+        try {
+          upper = await this.greatestKey(plan);
+        } catch (err) {
+          if (!(await this.failOnQueryError(query, snap, plan, err))) throw err;
+          return;
+        }
+        if (upper && !(await setUpper(query, snap.id, t, upper))) {
+          log.info({ snapshot: snap.id }, `snapshot ${snap.id} cancelled`);
+          metrics.finished(snap.id);
+          return;
+        }
+      }
+      const limit = Math.max(1, Math.min(snap.chunkSize, snap.rate ?? Infinity));
+      // Progress is recorded in chunk order once a chunk is confirmed, on a connection of its own,
+      // while the next chunk is already read (this one may be inside a chunk's transaction). At
+      // most one chunk waits to be recorded when the next one starts.
+      const recording: Promise<boolean>[] = [];
+      let last: Promise<boolean> = Promise.resolve(true);
+      const record = (confirmed: Promise<void>, p: { cursor: string[] | null; chunk: number; published: number; final: boolean }) => {
+        const before = last;
+        last = (async () => {
+          if (!(await before)) return false;
+          await confirmed;
+          const ok = await recordChunk(await this.progressQuery(), snap.id, { tableIndex: t, cursor: p.cursor, chunk: p.chunk, rows: p.published, final: p.final });
+          if (ok) {
+            rows += p.published;
+            chunks++;
+            metrics.progress(snap.id, { rows, chunks, startedMs, estimate });
+          }
+          return ok;
+        })();
+        last.catch(() => undefined); // awaited below; a session ending first must not leave it unhandled
+        recording.push(last);
+      };
+      const cancelled = () => {
+        log.info({ snapshot: snap.id }, `snapshot ${snap.id} cancelled`);
+        metrics.finished(snap.id);
+      };
+      if (!upper) {
+        // An empty table: one empty chunk moves the snapshot to the next table.
+        record(Promise.resolve(), { cursor: null, chunk: chunk + 1, published: 0, final: true });
+        if (!(await last)) return cancelled();
+        continue;
+      }
+      // Up to READ_AHEAD chunks are read before the stream reaches the first one's high
+      // watermark, so the stream's lag is paid once, not once per chunk.
+      const flights: Flight[] = [];
+      let allRead = false;
+      for (;;) {
+        if (this.stopped) return;
+        while (recording.length > 1) if (!(await recording.shift())) return cancelled();
+        if (!allRead && flights.length < READ_AHEAD) {
+          const began = Date.now();
+          const f = await this.startChunk(query, snap, t, plan, cursor, upper, chunk, limit, routingKey);
+          if (f === 'failed') return;
+          flights.push(f);
+          cursor = f.cursorAfter;
+          chunk++;
+          allRead = f.final;
+          if (snap.rate) {
+            const wait = (f.read * 1000) / snap.rate - (Date.now() - began);
+            if (wait > 0) await sleep(wait);
+          }
+          continue;
+        }
+        const head = flights.shift();
+        if (!head) break;
+        const outcome = await head.done;
+        if (outcome.kind === 'redo') {
+          // The chunks after it are read again too (the tap resolved them so): start over at it.
+          log.debug({ snapshot: snap.id, table: name, chunk: head.chunk, reason: outcome.reason }, 'snapshot chunk read again');
+          for (const f of flights) await f.done.catch(() => undefined);
+          flights.length = 0;
+          this.opts.tap.restart();
+          cursor = head.cursorBefore;
+          chunk = head.chunk;
+          allRead = false;
+          continue;
+        }
+        record(outcome.confirmed, { cursor: head.cursorAfter, chunk: head.chunk + 1, published: outcome.count, final: head.final });
+        if (head.final) {
+          if (!(await last)) return cancelled();
+          break;
+        }
+      }
+    }
+    await finishSnapshot(query, snap.id, 'done');
+    metrics.finished(snap.id);
+    const secs = (Date.now() - startedMs) / 1000;
+    log.info({ snapshot: snap.id, rows, chunks, seconds: +secs.toFixed(1) }, `snapshot ${snap.id} done: ${rows} rows in ${chunks} chunks`);
+  }
+
+  /**
+   * Start one chunk: low watermark, SELECT (in key order, after `cursor`, up to `upper`), high
+   * watermark. Its outcome comes when the stream reaches the high watermark.
+   */
+  private async startChunk(
+    query: QueryFn,
+    snap: SnapshotRow,
+    tableIndex: number,
+    plan: TablePlan,
+    cursor: readonly string[] | null,
+    upper: readonly string[],
+    chunk: number,
+    limit: number,
+    routingKey: ReturnType<typeof compileRoutingKey> | undefined,
+  ): Promise<Flight | 'failed'> {
+    const { tap, builder } = this.opts;
+    let final = false;
+    const pending = tap.begin({
+      relation: plan.relation,
+      identities: plan.identities,
+      exchange: snap.exchange ?? undefined,
+      routingKey,
+      toEvents: (rows) => {
+        const out: BuiltEvent[] = [];
+        for (let i = 0; i < rows.length; i++) {
+          out.push(builder.buildRead(plan.relation, rows[i]!, `${snap.id}:${tableIndex}:${chunk}:${i}`, { id: String(snap.id), chunk, last: final && i === rows.length - 1 }));
+        }
+        return out;
+      },
+    });
+    // Until the outcome is awaited, a rejection (session ending) must not go unhandled.
+    pending.done.catch(() => undefined);
+    let rows: RawTuple[];
+    try {
+      await this.emit(query, pending.low, false);
+      const read = await this.select(snap, plan, cursor, upper, limit);
+      rows = read.rows.slice(0, limit);
+      // Done when nothing follows, or this chunk reached the bound (so the last row carries `last`).
+      const tail = rows[rows.length - 1];
+      final = read.rows.length <= limit || (tail !== undefined && plan.keyIndexes.every((k, i) => tail[k] === upper[i]));
+      pending.setRead({ rows, xip: read.xip });
+      await this.emit(query, pending.high, true);
+    } catch (err) {
+      tap.abort(err as Error);
+      if (await this.failOnQueryError(query, snap, plan, err)) return 'failed';
+      throw err;
+    }
+    const tail = rows[rows.length - 1];
+    return {
+      chunk,
+      cursorBefore: cursor ? [...cursor] : null,
+      cursorAfter: tail ? plan.keyIndexes.map((i) => tail[i] as string) : cursor ? [...cursor] : null,
+      read: rows.length,
+      final,
+      done: pending.done,
+    };
+  }
+
+  /**
+   * A query on the table failed in a way retrying cannot fix (a --where that does not fit, a
+   * missing privilege, the table dropped): the snapshot fails with the reason. False otherwise.
+   */
+  private async failOnQueryError(query: QueryFn, snap: SnapshotRow, plan: TablePlan, err: unknown): Promise<boolean> {
+    const code = sqlState(err);
+    if (!code || !/^(42|22)/.test(code)) return false;
+    const hint = code === '42501' ? `; GRANT SELECT ON ${plan.from} TO the daemon's role` : '';
+    const message = `reading ${plan.from}: ${(err as Error).message}${hint}`;
+    await finishSnapshot(query, snap.id, 'failed', message);
+    this.opts.log.error({ snapshot: snap.id, err: message, sqlstate: code }, `snapshot ${snap.id} failed: ${message}`);
+    this.opts.metrics.finished(snap.id);
+    return true;
+  }
+
+  /**
+   * Postgres 15 does not flush WAL for a non-transactional message, and the walsender sends only
+   * flushed WAL: the watermark would wait for the next commit or the WAL writer (up to
+   * wal_writer_delay). Taking an xid gives the statement a commit record, whose flush carries the
+   * message with it.
+   */
+  private async emit(query: QueryFn, content: string, flush: boolean): Promise<void> {
+    // The low watermark needs no flush: the stream only has to meet it before the high one.
+    await query(`SELECT pg_logical_emit_message(false, $1, $2)${flush ? ', pg_current_xact_id()' : ''}`, [WATERMARK_PREFIX, content]);
+  }
+
+  /** The table's greatest key now, as text; null when it is empty (or --where is not applied: all rows count). */
+  private async greatestKey(plan: TablePlan): Promise<string[] | null> {
+    const keys = plan.keyColumns.map(quoteIdent);
+    const res = await this.client!.query<unknown[]>({
+      text: `SELECT ${keys.join(', ')} FROM ${plan.from} ORDER BY ${keys.map((k) => `${k} DESC`).join(', ')} LIMIT 1`,
+      rowMode: 'array',
+      types: RAW_TEXT,
+    });
+    const row = res.rows[0] as unknown as string[] | undefined;
+    return row ? [...row] : null;
+  }
+
+  /** The chunk's rows (one more than `limit` when there are more), and the snapshot's in-progress xids. */
+  private async select(
+    snap: SnapshotRow,
+    plan: TablePlan,
+    cursor: readonly string[] | null,
+    upper: readonly string[],
+    limit: number,
+  ): Promise<{ rows: RawTuple[]; xip: Set<number> }> {
+    const c = this.client!;
+    const cols = plan.relation.columns.map((col) => quoteIdent(col.name)).join(', ');
+    const keys = plan.keyColumns.map(quoteIdent);
+    const conditions: string[] = [];
+    const values: unknown[] = [];
+    if (cursor) {
+      conditions.push(`(${keys.join(', ')}) > (${cursor.map((_, i) => `$${i + 1}::${plan.keyTypes[i]}`).join(', ')})`);
+      values.push(...cursor);
+    }
+    const at = values.length;
+    conditions.push(`(${keys.join(', ')}) <= (${upper.map((_, i) => `$${at + i + 1}::${plan.keyTypes[i]}`).join(', ')})`);
+    values.push(...upper);
+    if (snap.where) conditions.push(`(${snap.where})`);
+    // README "Shaping the stream": rows a rule's filter keeps out of the stream stay out of snapshots.
+    const ruleWhere = this.opts.rowFilter?.(plan.relation.schema, plan.relation.table) ?? null;
+    if (ruleWhere) conditions.push(`(${ruleWhere})`);
+    const sql =
+      `SELECT ${cols} FROM ${plan.from}${conditions.length ? ` WHERE ${conditions.join(' AND ')}` : ''} ` +
+      `ORDER BY ${keys.join(', ')} LIMIT ${limit + 1}`;
+    await c.query('BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY');
+    try {
+      // The first statement fixes the transaction's snapshot; the chunk is read with the same one.
+      const snapRes = await c.query<{ s: string }>('SELECT pg_current_snapshot()::text AS s');
+      // Extended protocol always: one statement only, whatever the --where holds.
+      const res = await c.query<unknown[]>({ text: sql, values, rowMode: 'array', types: RAW_TEXT, queryMode: 'extended' } as pg.QueryConfig);
+      await c.query('COMMIT');
+      return { rows: res.rows as unknown as RawTuple[], xip: parseXip(snapRes.rows[0]!.s) };
+    } catch (err) {
+      await c.query('ROLLBACK').catch(() => undefined);
+      throw err;
+    }
+  }
+
+  private async plan(query: QueryFn, name: string): Promise<TablePlan> {
+    const { schema, table } = splitName(name);
+    const facts = await new RelationCatalog(query).refreshByName(schema, table);
+    if (!facts) throw new SnapshotFailed(`table ${name} no longer exists`);
+    const keyColumns = keyColumnsOf(facts);
+    if (keyColumns.length === 0) throw new SnapshotFailed(`table ${name} has no primary key or replica identity index any more`);
+    const ident = REPLICA_IDENTITY[facts.replicaIdentity] ?? 'default';
+    const identityCols = ident === 'index' ? facts.identityIndex : ident === 'full' ? facts.columns.map((c) => c.name) : facts.primaryKey;
+    const relation: RelationInfo = {
+      oid: facts.oid,
+      schema,
+      table,
+      replicaIdentity: ident,
+      columns: facts.columns.map((c) => ({ ...c, inReplicaIdentity: identityCols.includes(c.name) })),
+      keyColumns,
+    };
+    const identities = [[...keyColumns]];
+    if (ident === 'index' && facts.identityIndex.join('\u0000') !== keyColumns.join('\u0000')) identities.push([...facts.identityIndex]);
+    const { rows } = await query<{ name: string; type: string }>(
+      `SELECT a.attname AS name, format_type(a.atttypid, a.atttypmod) AS type FROM pg_attribute a
+        WHERE a.attrelid = $1 AND a.attname = ANY ($2::text[]) AND NOT a.attisdropped`,
+      [facts.oid, keyColumns],
+    );
+    const typeOf = new Map(rows.map((r) => [r.name, r.type]));
+    const keyIndexes = keyColumns.map((k) => relation.columns.findIndex((c) => c.name === k));
+    if (keyIndexes.some((i) => i < 0) || keyColumns.some((k) => !typeOf.has(k))) throw new SnapshotFailed(`table ${name}: a key column is not readable`);
+    return { relation, identities, keyColumns, keyIndexes, keyTypes: keyColumns.map((k) => typeOf.get(k)!), from: `${quoteIdent(schema)}.${quoteIdent(table)}` };
+  }
+
+  /** The planner's row estimate of the tables (partitions included), or null when never analyzed. */
+  private async estimate(query: QueryFn, tables: readonly string[]): Promise<number | null> {
+    const { rows } = await query<{ n: string | null }>(
+      `SELECT CASE WHEN bool_or(c.reltuples >= 0) THEN sum(greatest(c.reltuples, 0))::int8::text END AS n
+         FROM unnest($1::text[]) AS t(name)
+         JOIN pg_class c ON c.oid IN (SELECT relid FROM pg_partition_tree(t.name::regclass) WHERE isleaf)
+                         OR (c.oid = t.name::regclass AND c.relkind = 'r')`,
+      [tables.map((t) => { const { schema, table } = splitName(t); return `${quoteIdent(schema)}.${quoteIdent(table)}`; })],
+    ).catch(() => ({ rows: [] as { n: string | null }[] }));
+    const n = rows[0]?.n;
+    return n == null ? null : Number(n);
+  }
+}
+
+/** `xmin:xmax:xip,...` (xid8) -> the in-progress xids, as the 32-bit xids the stream reports. */
+export function parseXip(snapshot: string): Set<number> {
+  const list = snapshot.split(':')[2] ?? '';
+  const out = new Set<number>();
+  for (const x of list.split(',')) if (x) out.add(Number(BigInt(x) & 0xffffffffn));
+  return out;
+}
