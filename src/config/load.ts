@@ -160,6 +160,10 @@ export function loadConfig(input: LoadInput): Config {
   if (optional('sink') === 'stream' && optional('flood-action') === 'divert') {
     problems.push(`${labels.get('flood-action') ?? 'PGWARREN_FLOOD_ACTION'}: "divert" needs the amqp sink (PGWARREN_SINK=${optional('sink')}); use summarize, drop or pass`);
   }
+  // stdout writes one JSON line per message: a compressed body is not a line of text.
+  if (optional('sink') === 'stdout' && (optional('compression') ?? 'none') !== 'none') {
+    problems.push(`${labels.get('compression') ?? 'PGWARREN_COMPRESSION'}: "${optional('compression')}" cannot be written as JSON lines (PGWARREN_SINK=stdout); use none`);
+  }
   if (problems.length > 0 || !database) throw new ConfigError(problems.map(redactSecrets));
 
   return deepFreeze<Config>({

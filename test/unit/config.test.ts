@@ -224,6 +224,7 @@ describe('validation', () => {
       [{ PGWARREN_STREAM_MAX_AGE: '7 days' }, /^PGWARREN_STREAM_MAX_AGE .*"7 days" is not a retention age like 7D/],
       [{ PGWARREN_STREAM_PARTITIONS: '0' }, /^PGWARREN_STREAM_PARTITIONS .*"0" is not/],
       [{ PGWARREN_SINK: 'stream', PGWARREN_FLOOD_ACTION: 'divert' }, /^PGWARREN_FLOOD_ACTION \(--flood-action\): "divert" needs the amqp sink/],
+      [{ PGWARREN_SINK: 'stdout', PGWARREN_COMPRESSION: 'gzip' }, /^PGWARREN_COMPRESSION \(--compression\): "gzip" cannot be written as JSON lines/],
       [{ PGWARREN_AMQP_CA: 'no-ca.pem' }, /^PGWARREN_AMQP_CA \(--amqp-ca\): cannot read ".*no-ca\.pem" \(ENOENT\); expected a readable file$/],
     ];
     for (const [env, pattern] of cases) problem(env, pattern);
