@@ -20,7 +20,7 @@ import type { TypeCatalog } from '../source/type-catalog.js';
 import { REPLICA_IDENTITY, RelationCatalog, keyColumnsOf } from '../source/relation-catalog.js';
 import { REPLICATION_SESSION_OPTIONS } from '../source/replication-stream.js';
 import { quoteIdent } from '../source/decoder.js';
-import { queryFn, type QueryFn } from '../source/pg-query.js';
+import { destroyClient, queryFn, type QueryFn } from '../source/pg-query.js';
 import { compileRoutingKey } from '../events/routing.js';
 import { sqlState } from '../errors.js';
 import { closeWithin, pgSocketOwner } from '../ops/close.js';
@@ -29,6 +29,11 @@ import { WATERMARK_PREFIX, type ChunkOutcome, type SnapshotTap } from './tap.js'
 import { finishSnapshot, markRunning, nextSnapshot, recordChunk, setUpper, type SnapshotRow } from './store.js';
 import { splitName } from './tables.js';
 import type { SnapshotMetrics } from './metrics.js';
+
+/** How long stop() waits for the loop after failing its connections. */
+const STOP_WAIT_MS = 1_000;
+/** Client-side bound on a query beyond the server's statement_timeout (a silent network). */
+const CLIENT_TIMEOUT_MARGIN_MS = 5_000;
 
 export interface RunnerOptions {
   readonly pg: pg.ClientConfig;
@@ -99,8 +104,15 @@ export class SnapshotRunner {
     this.stopped = true;
     this.opts.tap.abort(new Error('session ended'));
     this.wake?.();
-    await this.dropConnection();
-    await this.loop;
+    // The session ends within PGWARREN_SHUTDOWN_TIMEOUT + 5 s whatever the network does (CONTRACT
+    // §9): the runner's connections hold nothing worth a graceful goodbye (reads, and progress
+    // writes that are each one statement), so their sockets are destroyed at once, which fails
+    // whatever query the loop waits on; the loop itself gets a short, bounded moment to notice.
+    const clients = [this.client, this.progress];
+    this.client = null;
+    this.progress = null;
+    for (const c of clients) if (c) destroyClient(c);
+    await Promise.race([this.loop, new Promise((resolve) => setTimeout(resolve, STOP_WAIT_MS).unref())]);
   }
 
   private async run(): Promise<void> {
@@ -128,7 +140,9 @@ export class SnapshotRunner {
         if (code === '42P01' || code === '3F000' || code === '42501') {
           // No snapshot table, or no grant: nothing to do until setup (README) is run.
           if (!this.warnedMissing) {
-            log.warn(
+            // A missing table is the normal state of a deployment that never set snapshots up: say
+            // so once, quietly; a table that exists but is not granted is a setup to finish.
+            log[code === '42501' ? 'warn' : 'info'](
               { err: (err as Error).message },
               code === '42501'
                 ? 'snapshots unavailable: the role may not use pgwarren.snapshots; GRANT SELECT, INSERT, UPDATE ON pgwarren.snapshots TO <this role> (README "Snapshots")'
@@ -165,6 +179,8 @@ export class SnapshotRunner {
         // The text of values depends on these, exactly as on the replication connection.
         options: `${REPLICATION_SESSION_OPTIONS} -c bytea_output=hex -c statement_timeout=${this.opts.statementTimeoutMs ?? 300_000}`,
         connectionTimeoutMillis: 10_000,
+        // A silent network never answers, so the server's statement_timeout cannot fire: bound it here too.
+        query_timeout: (this.opts.statementTimeoutMs ?? 300_000) + CLIENT_TIMEOUT_MARGIN_MS,
       });
       c.on('error', (err) => this.opts.log.debug({ err: err.message }, 'snapshot connection error'));
       this.client = c;
@@ -180,7 +196,7 @@ export class SnapshotRunner {
 
   private async progressQuery(): Promise<QueryFn> {
     if (!this.progress) {
-      const c = new pg.Client({ ...this.opts.pg, application_name: 'pgwarren-snapshot-progress', connectionTimeoutMillis: 10_000, options: `-c statement_timeout=${this.opts.statementTimeoutMs ?? 300_000}` });
+      const c = new pg.Client({ ...this.opts.pg, application_name: 'pgwarren-snapshot-progress', connectionTimeoutMillis: 10_000, query_timeout: (this.opts.statementTimeoutMs ?? 300_000) + CLIENT_TIMEOUT_MARGIN_MS, options: `-c statement_timeout=${this.opts.statementTimeoutMs ?? 300_000}` });
       c.on('error', (err) => this.opts.log.debug({ err: err.message }, 'snapshot progress connection error'));
       this.progress = c;
       try {
