@@ -20,6 +20,7 @@
  * Usage: node examples/stream-consumer.mjs   (or, in compose, the `stream-consumer` service)
  */
 import { readFileSync } from 'node:fs';
+import { brotliDecompressSync, gunzipSync } from 'node:zlib';
 import { connect, Offset } from 'rabbitmq-stream-js-client';
 
 const env = process.env;
@@ -94,7 +95,10 @@ for (const s of names) {
   const consumer = await client.declareConsumer({ stream: s, consumerRef: name, offset }, async (message) => {
     if (stopping || printed >= exitAfter) return;
     entry.last = message.offset;
-    const text = message.content.toString('utf8');
+    // PGWARREN_COMPRESSION: the body is compressed as the message's content-encoding says.
+    const encoding = message.messageProperties?.contentEncoding;
+    const content = encoding === 'gzip' ? gunzipSync(message.content) : encoding === 'br' ? brotliDecompressSync(message.content) : message.content;
+    const text = content.toString('utf8');
     const body = JSON.parse(text);
     for (const event of Array.isArray(body) ? body : [body]) {
       if (printed >= exitAfter) break;

@@ -281,6 +281,24 @@ describe('examples/stream-consumer.mjs', () => {
     assert.deepEqual(await consume({ EXIT_AFTER: '1', RESET: '1', START: 'first' }), [1], 'RESET=1 starts at START');
     assert.deepEqual(await consume({ EXIT_AFTER: '1', RESET: '1', START: String(f.stream.messages[3]!.offset) }), [4], 'or at an offset');
   });
+
+  test('PGWARREN_COMPRESSION: gzip bodies in the stream, which the consumer reads by their content-encoding', async (t) => {
+    const f = await fixture('streamz');
+    t.after(() => f.cleanup());
+    const daemon = await start({ ...f.env, PGWARREN_COMPRESSION: 'gzip' });
+    t.after(() => daemon.stop());
+    await daemon.waitReady(30_000);
+    await f.stream.read();
+    await f.db.query("INSERT INTO orders SELECT g, 'x' FROM generate_series(1, 3) g");
+    await f.stream.waitFor((ms) => ms.length >= 3, () => 'three messages in the stream');
+    for (const m of f.stream.messages) assert.deepEqual([...m.content.subarray(0, 2)], [0x1f, 0x8b], 'a gzip body');
+    const out = execFileSync(process.execPath, ['examples/stream-consumer.mjs'], {
+      encoding: 'utf8',
+      timeout: 30_000,
+      env: { PATH: process.env.PATH, STREAM_URL: streamUrl(), STREAM: f.stream.name, CONSUMER: 'zreader', OUTPUT: 'json', EXIT_AFTER: '3' },
+    });
+    assert.deepEqual(out.trim().split('\n').map((l) => JSON.parse(l).new.id as number), [1, 2, 3]);
+  });
 });
 
 describe('stream sink: large messages', () => {
