@@ -49,6 +49,18 @@ async function checkBroker(url) {
   }
 }
 
+/**
+ * Queues and exchanges named like pgwarren's defaults (pgwarren, pgwarren.dead, ...) but not like
+ * any test run's objects: a test that let a daemon fall back to a default name leaks it into the
+ * shared broker. Null when rabbitmqctl cannot tell.
+ */
+function defaultNamed(amqpUrl) {
+  const left = brokerLeftovers(amqpUrl, 'pgwarren');
+  if (!left) return null;
+  const mine = (n) => !n.startsWith('pgwarren-test-');
+  return { queues: new Set(left.queues.filter(mine)), exchanges: new Set(left.exchanges.filter(mine)) };
+}
+
 /** This run's queues and exchanges still on the broker; null when rabbitmqctl cannot tell. */
 function brokerLeftovers(amqpUrl, prefix) {
   const vhost = decodeURIComponent(new URL(amqpUrl).pathname.slice(1)) || '/';
@@ -134,6 +146,7 @@ async function main() {
 
   // Broker names of this run start with this, so a concurrent run's objects are never touched.
   const runId = randomBytes(3).toString('hex');
+  const defaultsBefore = defaultNamed(amqpUrl);
   const brokerPrefix = `pgwarren-test-${runId}-`;
   let cluster = null;
   // Whatever happens from here on, the cluster goes, even if this process is on its way out.
@@ -194,6 +207,16 @@ async function main() {
     log(`the tests left RabbitMQ objects behind (deleting them): queues ${left.queues.join(', ') || '-'}; exchanges ${left.exchanges.join(', ') || '-'}`);
     await deleteBrokerObjects(amqpUrl, left).catch((e) => log(`broker cleanup failed: ${e.message}`));
     code = code || 1;
+  }
+  const defaultsAfter = defaultsBefore && defaultNamed(amqpUrl);
+  if (defaultsBefore && defaultsAfter) {
+    const queues = [...defaultsAfter.queues].filter((n) => !defaultsBefore.queues.has(n));
+    const exchanges = [...defaultsAfter.exchanges].filter((n) => !defaultsBefore.exchanges.has(n));
+    if (queues.length > 0 || exchanges.length > 0) {
+      log(`the tests left objects with pgwarren's default names on the broker (deleting them; give the daemon a test name): queues ${queues.join(', ') || '-'}; exchanges ${exchanges.join(', ') || '-'}`);
+      await deleteBrokerObjects(amqpUrl, { queues, exchanges }).catch((e) => log(`broker cleanup failed: ${e.message}`));
+      code = code || 1;
+    }
   }
   if (interrupted) code = 128 + ({ SIGHUP: 1, SIGINT: 2, SIGTERM: 15 }[interrupted] ?? 0);
   return code;

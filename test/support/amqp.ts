@@ -3,7 +3,7 @@
  * that collect what arrives, and a cleanup that deletes everything the test made or named.
  */
 import amqp, { type Channel, type ChannelModel, type ConsumeMessage } from 'amqplib';
-import { testEnv, uniqueName } from './env.js';
+import { deadLetterExchangeOf, testEnv, uniqueName } from './env.js';
 import { waitUntil } from './wait.js';
 
 export interface Received {
@@ -112,7 +112,11 @@ export async function createTestBroker(prefix: string): Promise<TestBroker> {
         }
       };
       for (const q of queues) await del(`queue ${q}`, (ch) => ch.deleteQueue(q));
-      for (const e of exchanges) await del(`exchange ${e}`, (ch) => ch.deleteExchange(e));
+      for (const e of exchanges) {
+        await del(`exchange ${e}`, (ch) => ch.deleteExchange(e));
+        // The daemons' dead-letter exchange for it (support/daemon.ts), whether or not one declared it.
+        await del(`exchange ${deadLetterExchangeOf(e)}`, (ch) => ch.deleteExchange(deadLetterExchangeOf(e)));
+      }
       await admin.close().catch(() => undefined);
       if (failures.length > 0) throw new Error(`broker cleanup failed: ${failures.join('; ')}`);
     },

@@ -7,6 +7,7 @@ import { createServer } from 'node:net';
 import { fileURLToPath } from 'node:url';
 import { after } from 'node:test';
 import { waitUntil } from './wait.js';
+import { deadLetterExchangeOf } from './env.js';
 
 const cli = fileURLToPath(new URL('../../dist/cli.js', import.meta.url));
 const running = new Set<Daemon>();
@@ -74,7 +75,10 @@ export async function setupAsOwner(
 }
 
 function baseEnv(env: Record<string, string>): NodeJS.ProcessEnv {
-  return { PATH: process.env.PATH ?? '/usr/bin:/bin', HOME: process.env.HOME ?? '/tmp', ...env };
+  // Every daemon declares a dead-letter exchange (default pgwarren.dead, shared by the whole
+  // broker): a test's own is named after its exchange, and TestBroker.cleanup deletes it with it.
+  const dead = env.PGWARREN_DEAD_LETTER_EXCHANGE === undefined && env.PGWARREN_EXCHANGE ? { PGWARREN_DEAD_LETTER_EXCHANGE: deadLetterExchangeOf(env.PGWARREN_EXCHANGE) } : {};
+  return { PATH: process.env.PATH ?? '/usr/bin:/bin', HOME: process.env.HOME ?? '/tmp', ...dead, ...env };
 }
 
 export async function start(env: Record<string, string>): Promise<Daemon> {

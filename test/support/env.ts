@@ -40,3 +40,8 @@ export function uniqueName(prefix: string, style: 'pg' | 'amqp' = 'pg'): string 
   const run = process.env.PGWARREN_TEST_RUN ? `${process.env.PGWARREN_TEST_RUN}-` : '';
   return `pgwarren-test-${run}${clean.replace(/_/g, '-')}-${id}`;
 }
+
+/** The dead-letter exchange a test daemon gets for `exchange` unless the test names one (support/daemon.ts). */
+export function deadLetterExchangeOf(exchange: string): string {
+  return `${exchange}.dead`;
+}
