@@ -202,6 +202,8 @@ export class Session {
   }
 
   async run(): Promise<SessionOutcome> {
+    // Say so at once: until now the supervisor shows the previous session's end (README "Health and metrics").
+    this.setState('connecting');
     try {
       return await this.runInner();
     } catch (err) {

@@ -30,6 +30,8 @@ export class Supervisor implements Health {
   private blocked = false;
   private stalled = false;
   private lastFailure = '';
+  /** Sessions that failed since the last one that streamed (for /readyz while connecting again). */
+  private failures = 0;
   private session: Session | null = null;
   private stopping = false;
   private wakeFromBackoff: (() => void) | null = null;
@@ -58,6 +60,7 @@ export class Supervisor implements Health {
       return 'streaming';
     }
     if (this.state === 'waiting' && this.lastFailure) return `waiting to reconnect: ${this.lastFailure}`;
+    if (this.state === 'connecting' && this.failures > 0) return `connecting (attempt ${this.failures + 1}; last failure: ${this.lastFailure})`;
     return this.state;
   }
 
@@ -92,6 +95,7 @@ export class Supervisor implements Health {
             if (s === 'streaming') {
               this.everStreamed = true;
               attempt = 0;
+              this.failures = 0;
             }
           },
           onBlocked: (b) => (this.blocked = b),
@@ -151,6 +155,7 @@ export class Supervisor implements Health {
         this.blocked = false;
         this.stalled = false;
         this.lastFailure = failure.message;
+        this.failures++;
         await new Promise<void>((resolve) => {
           const timer = setTimeout(resolve, delay);
           this.wakeFromBackoff = () => {

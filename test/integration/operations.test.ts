@@ -68,6 +68,30 @@ async function metrics(d: Daemon): Promise<Map<string, number>> {
 
 const ids = (d: { bodies(): any[] }) => new Set(d.bodies().map((b) => b.new?.id ?? b.old?.id));
 
+test('/readyz while a new session connects says so, with the attempt and the last failure (not the stale failure alone)', async (t) => {
+  const f = await fixture(t, 'connecting', { PGWARREN_STATUS_INTERVAL: '1', PGWARREN_RECONNECT_MAX_DELAY: '1', PGWARREN_CONNECT_TIMEOUT: '5' });
+  const { proxy, url } = await brokerProxy(t);
+  proxy.refuse();
+  const daemon = await start({ ...f.env, PGWARREN_AMQP_URL: url });
+  t.after(() => daemon.stop());
+  await daemon.waitForLog('session ended', 30_000);
+  // The next attempts reach a broker that holds the handshake: each stays connecting for the
+  // connect timeout, long enough to be seen.
+  proxy.accept();
+  proxy.stall();
+  let body = '';
+  await waitUntil(
+    async () => {
+      body = (await readyz(daemon)).body;
+      return /^not ready: connecting \(attempt \d+; last failure: .*broker/.test(body);
+    },
+    { timeoutMs: 20_000, message: () => `/readyz said: ${body}` },
+  );
+  proxy.resume();
+  await daemon.waitReady(30_000);
+  assert.match((await readyz(daemon)).body, /^ready: streaming/);
+});
+
 test('endpoints: /readyz 503 while the broker is unreachable, 200 once it is back; metrics match the workload', async (t) => {
   const f = await fixture(t, 'endpoints', { PGWARREN_STATUS_INTERVAL: '1', PGWARREN_RECONNECT_MAX_DELAY: '1' });
   const queue = await f.broker.bindQueue('#');
@@ -80,7 +104,8 @@ test('endpoints: /readyz 503 while the broker is unreachable, 200 once it is bac
   assert.equal((await fetch(`http://127.0.0.1:${daemon.httpPort}/healthz`)).status, 200, 'healthy while not ready');
   const down = await readyz(daemon);
   assert.equal(down.status, 503);
-  assert.match(down.body, /not ready: waiting to reconnect: .*broker/);
+  // Between two attempts, or in the next one: either way the reason names the broker's failure.
+  assert.match(down.body, /not ready: (waiting to reconnect: |connecting \(attempt \d+; last failure: ).*broker/);
   assert.equal((await metrics(daemon)).get('pgwarren_streaming'), 0);
 
   proxy.accept();
