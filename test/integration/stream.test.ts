@@ -1,8 +1,8 @@
 /**
  * The stream sink through a real RabbitMQ stream (CONTRACT §11, README "Replay with streams"):
- * every change lands exactly once, in commit order, across kill -9, a cut stream connection and
- * an HA takeover, for both plugins and with batching; partitions keep a row's events together;
- * the stdout sink writes the same events as JSON lines.
+ * every change lands exactly once, in commit order, across kill -9, a cut stream connection, an
+ * HA takeover and a broker restart, for both plugins and with batching; partitions keep a row's
+ * events together; the stdout sink writes the same events as JSON lines.
  */
 import { execFileSync } from 'node:child_process';
 import { describe, test } from 'node:test';
@@ -149,6 +149,48 @@ describe('stream sink: exactly once', () => {
   test('wal2json with batching: the same, with batched messages', async (t) => {
     if (!testEnv().wal2json) return t.skip('wal2json is not installed');
     await exactlyOnce(t, 'streamb', { PGWARREN_PLUGIN: 'wal2json', PGWARREN_BATCH_MAX_EVENTS: '7' });
+  });
+
+  test('a broker restart mid-stream (stop_app, start_app): every change once, in commit order', async (t) => {
+    // The broker is shared by the whole machine: test files run one at a time (scripts/test.mjs), so
+    // nothing else of this run is talking to it while it restarts.
+    const f = await fixture('streamr');
+    t.after(() => f.cleanup());
+    const daemon = await start(f.env);
+    t.after(() => daemon.stop());
+    await daemon.waitReady(30_000);
+    let written = 0;
+    let stopWriting = false;
+    const writer = (async () => {
+      while (written < 400 && !stopWriting) {
+        await f.db.query("INSERT INTO orders SELECT g, 'new' FROM generate_series($1::int, $1::int + 4) g", [written + 1]);
+        written += 5;
+        await sleep(10);
+      }
+    })();
+    t.after(async () => {
+      stopWriting = true;
+      await writer.catch(() => undefined);
+    });
+    await sleep(500 + Math.random() * 500);
+    const rabbitmqctl = (...args: string[]) => execFileSync('rabbitmqctl', args, { encoding: 'utf8', timeout: 120_000 });
+    try {
+      rabbitmqctl('-q', 'stop_app');
+      await sleep(1000);
+    } finally {
+      rabbitmqctl('-q', 'start_app');
+      rabbitmqctl('-q', 'await_startup');
+    }
+    await daemon.waitForLog((l) => /session ended/.test(String(l.msg)), 60_000);
+    await daemon.waitReady(60_000);
+    await writer;
+    await f.db.query("INSERT INTO orders VALUES (1000000, 'marker')");
+    // Read only now, from the first message: a consumer from before the restart would have died with it.
+    await f.stream.read();
+    await f.stream.waitFor((ms) => events(ms).some((e) => e.new?.id === 1000000), () => `marker not in the stream (${events(f.stream.messages).length} events)`);
+    const rows = rowsOf(assertExactlyOnceInOrder(f.stream.messages));
+    for (let i = 1; i <= written; i++) assert.ok(rows.has(i), `row ${i} is in the stream`);
+    assert.equal(await daemon.stop(), 0);
   });
 });
 
