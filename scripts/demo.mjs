@@ -86,7 +86,7 @@ async function endChild(entry, graceMs) {
 
 let cluster = null;
 let stopping = false;
-let broker = null; // { exchange, queue }
+let broker = null; // { exchange, queue, deadLetters }
 let workdir = null;
 const parts = {};
 process.on('exit', () => cluster?.stop());
@@ -107,6 +107,7 @@ async function stop(code) {
       ch.on('error', () => {});
       await ch.deleteQueue(broker.queue).catch(() => undefined);
       await ch.deleteExchange(broker.exchange).catch(() => undefined);
+      await ch.deleteExchange(broker.deadLetters).catch(() => undefined);
       await conn.close();
     } catch (err) {
       say(`could not delete the demo's queue and exchange (${err.message}): ${broker.queue}, ${broker.exchange}`);
@@ -143,7 +144,7 @@ async function main() {
   if (stopping) return;
 
   const id = randomBytes(3).toString('hex');
-  broker = { exchange: `pgwarren-demo-${id}`, queue: `pgwarren-demo-${id}` };
+  broker = { exchange: `pgwarren-demo-${id}`, queue: `pgwarren-demo-${id}`, deadLetters: `pgwarren-demo-${id}.dead` };
   const httpPort = env.DEMO_HTTP_PORT || String(await freePort());
   const settings = {
     PGWARREN_SLOT: 'pgwarren_demo',
@@ -152,6 +153,7 @@ async function main() {
     PGWARREN_CONFIG: file('config/rules.example.yaml'),
     PGWARREN_AMQP_URL: amqpUrl,
     PGWARREN_EXCHANGE: broker.exchange,
+    PGWARREN_DEAD_LETTER_EXCHANGE: broker.deadLetters,
     PGWARREN_HTTP_PORT: httpPort,
     PGWARREN_SHUTDOWN_TIMEOUT: '30',
   };

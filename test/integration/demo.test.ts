@@ -241,7 +241,7 @@ describe('npm run demo: the demo without Docker', () => {
     assert.ok(demo.stderr.includes('[demo] done'), 'the demo cleaned up');
     const conn = await amqp.connect(testEnv().amqpUrl);
     try {
-      for (const [kind, name] of [['exchange', exchange], ['queue', queue]] as const) {
+      for (const [kind, name] of [['exchange', exchange], ['exchange', `${exchange}.dead`], ['queue', queue]] as const) {
         const ch = await conn.createChannel();
         ch.on('error', () => undefined);
         const exists = await (kind === 'exchange' ? ch.checkExchange(name) : ch.checkQueue(name)).then(
