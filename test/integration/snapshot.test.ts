@@ -117,6 +117,9 @@ function replica(q: Collector, table: string): Map<string, unknown> {
   return rows;
 }
 
+/** Pause of each writer between its transactions: four writers make at most about 2,000 a second. */
+const WRITE_PAUSE_MS = 2;
+
 /** Random small transactions (insert, update, delete, key change) until `stop` is set. */
 function writers(url: string, count: number, table: string, maxId: () => number, stop: { done: boolean }): Promise<number> {
   let nextId = 10_000_000;
@@ -135,6 +138,10 @@ function writers(url: string, count: number, table: string, maxId: () => number,
         else if (r < 0.9) await c.query(`UPDATE ${table} SET id = $2 WHERE id = $1`, [id, nextId++ * 10 + w]).catch(() => undefined);
         else await c.query(`INSERT INTO ${table} VALUES ($1, 'far', 0)`, [nextId++ * 10 + w]);
         ops++;
+        // Paced: concurrency is what the test is about, not a write rate above what the stream
+        // decodes (unpaced, four writers outran wal2json and the snapshot's watermarks fell
+        // ever further behind, so it could not finish in time).
+        await sleep(WRITE_PAUSE_MS);
       }
     } finally {
       await c.end().catch(() => undefined);
