@@ -67,6 +67,11 @@ export interface FaultProxy {
   accepted(): number;
   /** Bytes forwarded to the server and to the client so far. */
   forwarded(): { toServer: number; toClient: number };
+  /**
+   * When a live connection last got a byte from the server (Date.now(); 0 if none did), latest
+   * first; `opening` picks connections by the first bytes their client sent.
+   */
+  lastToClientAt(opening?: (firstBytes: Buffer) => boolean): number;
   close(): Promise<void>;
 }
 
@@ -84,6 +89,9 @@ interface Pair {
   silent: boolean;
   dead: boolean;
   readonly pumps: Pump[];
+  /** The client's first chunk (a Postgres startup packet names a replication connection). */
+  opening: Buffer | null;
+  lastToClient: number;
 }
 
 /** One direction of a pair: a queue of chunks read from `from`, written to `to` as the flow allows. */
@@ -159,6 +167,7 @@ export async function startFaultProxy(target: { host: string; port: number }, op
       return;
     }
     bytes[pump.direction] += chunk.length;
+    if (pump.direction === 'toClient') pair.lastToClient = Date.now();
     if (!pump.to.write(chunk) && !pump.waitingDrain) {
       pump.waitingDrain = true;
       pump.from.pause();
@@ -199,6 +208,7 @@ export async function startFaultProxy(target: { host: string; port: number }, op
     const pump: Pump = { from, to, direction, queue: [], timer: null, waitingDrain: false };
     from.on('data', (chunk: Buffer) => {
       if (pair.silent || pair.dead) return;
+      if (direction === 'toServer' && !pair.opening) pair.opening = chunk;
       pump.queue.push(chunk);
       if (pump.queue.length >= MAX_QUEUED || flow === 'freeze') from.pause();
       run(pair, pump);
@@ -214,7 +224,7 @@ export async function startFaultProxy(target: { host: string; port: number }, op
       return;
     }
     if (admission === 'blackhole') {
-      const pair: Pair = { client, upstream: null, silent: true, dead: false, pumps: [] };
+      const pair: Pair = { client, upstream: null, silent: true, dead: false, pumps: [], opening: null, lastToClient: 0 };
       pairs.add(pair);
       client.on('data', () => undefined);
       client.on('close', () => destroy(pair));
@@ -222,7 +232,7 @@ export async function startFaultProxy(target: { host: string; port: number }, op
     }
     const upstream = net.connect(target);
     upstream.on('error', () => undefined);
-    const pair: Pair = { client, upstream, silent: false, dead: false, pumps: [] };
+    const pair: Pair = { client, upstream, silent: false, dead: false, pumps: [], opening: null, lastToClient: 0 };
     pair.pumps.push(makePump(pair, client, upstream, 'toServer'), makePump(pair, upstream, client, 'toClient'));
     pairs.add(pair);
     if (flow === 'freeze') {
@@ -357,6 +367,11 @@ export async function startFaultProxy(target: { host: string; port: number }, op
     connections: () => pairs.size,
     accepted: () => acceptedCount,
     forwarded: () => ({ ...bytes }),
+    lastToClientAt: (opening) => {
+      let last = 0;
+      for (const pair of pairs) if (!opening || (pair.opening && opening(pair.opening))) last = Math.max(last, pair.lastToClient);
+      return last;
+    },
     async close() {
       closed = true;
       arm = null;

@@ -13,6 +13,8 @@ export interface Proxy {
   stall(): void;
   resume(): void;
   connections(): number;
+  /** When the replication connection (a Postgres startup with replication=database) last got a byte. */
+  lastToReplicationClientAt(): number;
   close(): Promise<void>;
 }
 
@@ -27,6 +29,7 @@ export async function startProxy(target: { host: string; port: number }): Promis
     stall: () => proxy.freeze(),
     resume: () => proxy.resume(),
     connections: () => proxy.connections(),
+    lastToReplicationClientAt: () => proxy.lastToClientAt((first) => first.includes('replication\0database\0')),
     close: () => proxy.close(),
   };
 }
