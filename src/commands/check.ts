@@ -3,7 +3,7 @@
  * pass, 3 otherwise. Side-effect free except a temporary slot used to prove wal2json is loadable
  * (temporary slots vanish with the session).
  */
-import amqp from 'amqplib';
+import type { Channel, ChannelModel } from 'amqplib';
 import type { Config } from '../config/load.js';
 import { quoteIdent } from '../source/decoder.js';
 import { redactUrl } from '../config/load.js';
@@ -11,9 +11,9 @@ import { OperationSelection, TableSelection, ruleLookup } from '../filter/select
 import { UsageError } from '../errors.js';
 import { keylessPublicationName, planTables, publicationTables, selectedTables, slotState } from '../source/slot-admin.js';
 import { within, type QueryFn } from '../source/pg-query.js';
-import { closeWithin } from '../ops/close.js';
 import { withDatabase, type Print } from './admin.js';
-import { errorText } from '../sink/amqp-sink.js';
+import { classifyConnectError, errorText } from '../sink/amqp-sink.js';
+import { closeAmqp, connectAmqp } from '../sink/amqp-connect.js';
 import { tableName } from '../filter/table-name.js';
 import { probeStream } from '../sink/stream/stream-sink.js';
 import { serverKnowsCommandVersions } from '../sink/stream/compat.js';
@@ -198,11 +198,15 @@ async function streamCheck(config: Config, add: (r: CheckResult) => void): Promi
 
 async function brokerChecks(config: Config, add: (r: CheckResult) => void, exchanges = true): Promise<void> {
   for (const url of config.amqpUrls) {
-    let model: amqp.ChannelModel | null = null;
+    let model: ChannelModel | null = null;
     try {
-      const connecting = amqp.connect(url, { timeout: config.connectTimeout * 1000 });
+      // The connection `run` makes (README: TLS), so a broker run reaches is one check reaches.
+      const tls = { ca: config.amqpCa, cert: config.amqpCert, key: config.amqpKey };
+      const connecting = connectAmqp(url, { tls, timeoutMs: config.connectTimeout * 1000, connectionName: 'pgwarren-check' }).catch((err: unknown) => {
+        throw classifyConnectError(err, url);
+      });
       // Abandoned after the deadline: close it if it still opens.
-      model = await within(connecting, config.connectTimeout * 1000, `connecting to ${redactUrl(url)}`, () => void connecting.then((m) => m.close()).catch(() => undefined));
+      model = await within(connecting, config.connectTimeout * 1000, `connecting to ${redactUrl(url)}`, () => void connecting.then(closeAmqp).catch(() => undefined));
       model.on('error', () => undefined);
       add({ name: 'broker', ok: true, detail: `${redactUrl(url)} reachable` });
       const names = exchanges ? [config.exchange, ...config.rules.flatMap((r) => (r.exchange ? [r.exchange] : []))] : [];
@@ -217,16 +221,15 @@ async function brokerChecks(config: Config, add: (r: CheckResult) => void, excha
           `(rabbitmq.conf; RabbitMQ's default 134217728). Above it, a bigger body closes the channel and costs reconnects before it is dead-lettered`,
       });
     } catch (err) {
-      add({ name: 'broker', ok: false, detail: `${redactUrl(url)}: ${errorText(err)}`, fix: 'Check PGWARREN_AMQP_URL, credentials and that RabbitMQ is running.' });
+      add({ name: 'broker', ok: false, detail: errorText(err), fix: 'Check PGWARREN_AMQP_URL, credentials, PGWARREN_AMQP_CA/CERT/KEY for amqps://, and that RabbitMQ is running.' });
     } finally {
-      const open = model;
-      if (open) await closeWithin(() => open.close(), () => (open as unknown as { connection?: { stream?: { destroy(): void } } }).connection);
+      if (model) await closeAmqp(model);
     }
   }
 }
 
-async function exchangeCheck(model: amqp.ChannelModel, exchange: string, type: string): Promise<CheckResult> {
-  const probe = async (fn: (ch: amqp.Channel) => Promise<unknown>) => {
+async function exchangeCheck(model: ChannelModel, exchange: string, type: string): Promise<CheckResult> {
+  const probe = async (fn: (ch: Channel) => Promise<unknown>) => {
     const ch = await model.createChannel();
     ch.on('error', () => undefined);
     try {

@@ -711,6 +711,7 @@ export class Session {
       maxAge: s.maxAge,
       maxBytes: s.maxBytes,
       amqpUrls: settings.amqpUrls,
+      amqpTls: settings.amqpTls,
       log: log.child({ component: 'stream' }),
       onDeduplicated: (n) => opts.metrics.streamDeduplicated.inc(n),
     });

@@ -16,17 +16,16 @@
  * first *returned* and then still acked, so returns are tracked separately; `publish()` returning
  * false means "wait for drain".
  */
-import { readFileSync } from 'node:fs';
-import amqp, { type ChannelModel, type ConfirmChannel, type Options } from 'amqplib';
+import type { ChannelModel, ConfirmChannel, Message, Options } from 'amqplib';
 import type { Logger } from '../ops/logger.js';
 import type { Confirm } from './publisher.js';
 import { redactUrl } from '../config/load.js';
 import { tlsFailure } from '../config/database.js';
 import { closeWithin } from '../ops/close.js';
 import { classify, errorMessage, TimeoutError } from '../errors.js';
-import { exposeHandshakeReplyCodes } from './amqp-handshake.js';
+import { closeAmqp, connectAmqp, type AmqpTls } from './amqp-connect.js';
 
-exposeHandshakeReplyCodes();
+export type { AmqpTls } from './amqp-connect.js';
 
 export interface OutgoingMessage {
   readonly exchange: string;
@@ -38,12 +37,6 @@ export interface OutgoingMessage {
 export interface ExchangeDeclaration {
   readonly name: string;
   readonly type: string;
-}
-
-export interface AmqpTls {
-  readonly ca?: string;
-  readonly cert?: string;
-  readonly key?: string;
 }
 
 export interface AmqpSinkOptions {
@@ -173,13 +166,7 @@ export class AmqpSink {
   private static async openOne(url: string, index: number, options: AmqpSinkOptions): Promise<AmqpSink> {
     let model: ChannelModel;
     try {
-      model = await amqp.connect(withDefaults(url), {
-        ...tlsSocketOptions(options.tls),
-        clientProperties: { connection_name: 'pgwarren' },
-        // amqplib's socket idle timeout, active until the handshake completes: a peer that
-        // accepts TCP and says nothing is dropped (and its socket destroyed) by amqplib itself.
-        timeout: options.openTimeoutMs,
-      });
+      model = await connectAmqp(url, { tls: options.tls, timeoutMs: options.openTimeoutMs });
     } catch (err) {
       throw classifyConnectError(err, url);
     }
@@ -246,7 +233,7 @@ export class AmqpSink {
       this.needsDrain = false;
       this.wake();
     });
-    channel.on('return', (msg: amqp.Message) => {
+    channel.on('return', (msg: Message) => {
       const info = { exchange: msg.fields.exchange, routingKey: msg.fields.routingKey, messageId: msg.properties.messageId as string | undefined };
       options.onUnroutable?.(info);
       if (options.unroutable === 'block') {
@@ -348,26 +335,8 @@ export class AmqpSink {
   }
 }
 
-function withDefaults(url: string): string {
-  // Half-open TCP connections are only noticed through heartbeats; amqplib's default is none.
-  if (/[?&]heartbeat=/.test(url)) return url;
-  return url + (url.includes('?') ? '&' : '?') + 'heartbeat=10';
-}
-
-function tlsSocketOptions(tls: AmqpTls | undefined): Record<string, unknown> {
-  if (!tls) return {};
-  const out: Record<string, unknown> = {};
-  if (tls.ca) out.ca = [readFileSync(tls.ca)];
-  if (tls.cert) out.cert = readFileSync(tls.cert);
-  if (tls.key) out.key = readFileSync(tls.key);
-  return out;
-}
-
 /** Close a connection whose session never started, bounded like every close. */
-async function closeModel(model: ChannelModel): Promise<void> {
-  const connection = (model as unknown as { connection?: { stream?: { destroy(): void } } }).connection;
-  await closeWithin(() => model.close(), () => connection);
-}
+const closeModel = closeAmqp;
 
 /**
  * A failed connect, by code (CONTRACT §9): TLS verification failures and the reply codes the

@@ -9,7 +9,7 @@ import assert from 'node:assert/strict';
 import pg from 'pg';
 import { createTestDatabase } from '../support/pg.js';
 import { createTestBroker, type TestBroker } from '../support/amqp.js';
-import { start } from '../support/daemon.js';
+import { runCli, start } from '../support/daemon.js';
 import { testEnv, uniqueName } from '../support/env.js';
 import { createTestPki, startTlsCluster, startTlsProxy, type TestPki, type TlsCluster, type TlsProxy } from '../support/tls.js';
 
@@ -141,5 +141,30 @@ describe('TLS', () => {
     assert.equal(exit.code, 3, noClientCert.output());
     assert.match(noClientCert.output(), /client certificate.*PGWARREN_AMQP_CERT/);
     assert.ok(proxy.handshakeErrors.length >= 1, 'the proxy turned the handshake down');
+  });
+
+  test('check reaches an amqps:// broker with a private CA and a client certificate exactly as run does', async (t) => {
+    const db = await createTestDatabase('tls_check');
+    t.after(() => db.drop());
+    const base = { PGWARREN_DATABASE_URL: db.url, PGWARREN_EXCHANGE: broker.exchange, PGWARREN_AMQP_URL: amqpsUrl(proxy.port), PGWARREN_SLOT: uniqueName('tls_c') };
+    const brokerCheck = (stdout: string) => {
+      const checks = (JSON.parse(stdout) as { checks: { name: string; ok: boolean; detail: string; fix?: string }[] }).checks;
+      return { broker: checks.find((c) => c.name === 'broker'), exchange: checks.find((c) => c.name === `exchange ${broker.exchange}`) };
+    };
+
+    const handshakesBefore = proxy.handshakeErrors.length;
+    const good = await runCli(['check', '--json'], { ...base, PGWARREN_AMQP_CA: pki.caCert, PGWARREN_AMQP_CERT: pki.clientCert, PGWARREN_AMQP_KEY: pki.clientKey });
+    const ok = brokerCheck(good.stdout);
+    assert.equal(ok.broker?.ok, true, good.stdout + good.stderr);
+    assert.match(ok.broker!.detail, /amqps:\/\/guest:\*\*\*@localhost:\d+.* reachable/);
+    assert.equal(ok.exchange?.ok, true, 'the exchange was checked over the TLS connection');
+    assert.equal(proxy.handshakeErrors.length, handshakesBefore, 'the proxy accepted the client certificate');
+
+    const wrongCa = await runCli(['check', '--json'], { ...base, PGWARREN_AMQP_CA: pki.otherCaCert, PGWARREN_AMQP_CERT: pki.clientCert, PGWARREN_AMQP_KEY: pki.clientKey });
+    assert.equal(wrongCa.code, 3);
+    const bad = brokerCheck(wrongCa.stdout).broker;
+    assert.equal(bad?.ok, false);
+    assert.match(bad!.detail, /does not verify against the trusted CA.*PGWARREN_AMQP_CA/);
+    assert.ok(!wrongCa.stdout.includes(`:${new URL(testEnv().amqpUrl).password}@`), 'no password in the output');
   });
 });

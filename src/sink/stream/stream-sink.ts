@@ -32,6 +32,7 @@ import { parseStreamUrl } from './url.js';
 import { arrayElements, memberText, partitionOf, partitionOfEvent } from './partition.js';
 import { atOrBefore, lsnOf, tailEntryOf, INDEX_PROPERTY, PUBLISHING_ID_PROPERTY, type Position, type TailEntry } from './position.js';
 import { declareSuperStream, partitionNames } from './topology.js';
+import type { AmqpTls } from '../amqp-connect.js';
 import { createRequire } from 'node:module';
 
 const { FrameSizeException } = createRequire(import.meta.url)('rabbitmq-stream-js-client/dist/requests/frame_size_exception.js') as {
@@ -48,6 +49,8 @@ export interface StreamSinkOptions {
   readonly maxBytes?: number;
   /** For the super-stream exchange and bindings (partitions > 1). */
   readonly amqpUrls: readonly string[];
+  /** TLS for the AMQP connection that declares the super-stream topology. */
+  readonly amqpTls?: AmqpTls;
   readonly log: Logger;
   readonly timeoutMs?: number;
   /** Messages not sent because the stream already holds them. */
@@ -189,7 +192,7 @@ export class StreamSink implements Sink {
     if (options.maxAge) args['max-age'] = options.maxAge;
     if (options.maxBytes) args['max-length-bytes'] = options.maxBytes;
     for (const name of names) await within(client.createStream({ stream: name, arguments: args }), timeout, `declaring stream ${name}`);
-    if (options.partitions > 1) await declareSuperStream({ urls: options.amqpUrls, stream: options.stream, partitions: names, timeoutMs: timeout, log });
+    if (options.partitions > 1) await declareSuperStream({ urls: options.amqpUrls, tls: options.amqpTls, stream: options.stream, partitions: names, timeoutMs: timeout, log });
     for (const name of names) {
       const producer = await within(
         client.declarePublisher({ stream: name, publisherRef: options.producer, maxChunkLength: CHUNK_MESSAGES }),

@@ -8,9 +8,10 @@
  * find the partitions through those bindings. The streams themselves are declared over the
  * stream protocol (with the retention arguments) before this runs.
  */
-import amqp from 'amqplib';
+import type { ChannelModel } from 'amqplib';
 import type { Logger } from '../../ops/logger.js';
 import { SinkError, errorText } from '../amqp-sink.js';
+import { closeAmqp, connectAmqp, type AmqpTls } from '../amqp-connect.js';
 
 export function partitionNames(stream: string, partitions: number): string[] {
   if (partitions <= 1) return [stream];
@@ -22,16 +23,18 @@ export interface SuperStreamDeclaration {
   readonly stream: string;
   readonly partitions: readonly string[];
   readonly timeoutMs: number;
+  /** PGWARREN_AMQP_CA/CERT/KEY, as for the AMQP sink. */
+  readonly tls?: AmqpTls;
   readonly log: Logger;
 }
 
 export async function declareSuperStream(d: SuperStreamDeclaration): Promise<void> {
   let lastError: unknown;
   for (const url of d.urls) {
-    let model: amqp.ChannelModel | undefined;
-    const timer = setTimeout(() => void model?.close().catch(() => undefined), d.timeoutMs);
+    let model: ChannelModel | undefined;
+    const timer = setTimeout(() => void (model && closeAmqp(model)), d.timeoutMs);
     try {
-      model = await amqp.connect(url, { timeout: d.timeoutMs, clientProperties: { connection_name: 'pgwarren-topology' } });
+      model = await connectAmqp(url, { tls: d.tls, timeoutMs: d.timeoutMs, connectionName: 'pgwarren-topology' });
       model.on('error', () => undefined);
       const ch = await model.createChannel();
       ch.on('error', () => undefined);
@@ -41,12 +44,12 @@ export async function declareSuperStream(d: SuperStreamDeclaration): Promise<voi
         await ch.checkQueue(d.partitions[i]!);
         await ch.bindQueue(d.partitions[i]!, d.stream, String(i), { 'x-stream-partition-order': i });
       }
-      await model.close();
+      await closeAmqp(model);
       d.log.debug({ superStream: d.stream, partitions: d.partitions.length }, 'super-stream topology declared');
       return;
     } catch (err) {
       lastError = err;
-      await model?.close().catch(() => undefined);
+      if (model) await closeAmqp(model);
     } finally {
       clearTimeout(timer);
     }
