@@ -109,8 +109,12 @@ describe('every operation arrives once, in commit order, with the contract field
     await f.db.query('TRUNCATE orders');
 
     await queue.waitForCount(5, 20_000);
-    await sleep(500);
-    assert.equal(queue.messages.length, 5, 'no duplicates without failures');
+    // A marker change after the workload: events arrive in commit order, so a duplicate of any
+    // earlier change would arrive before it.
+    await f.db.query("INSERT INTO orders VALUES (99, 'marker', NULL)");
+    await waitUntil(() => queue.messages.some((m) => m.body.new?.status === 'marker'), { timeoutMs: 20_000, message: 'the marker arrives' });
+    assert.equal(queue.messages.length, 6, 'no duplicates without failures');
+    assert.equal(queue.messages[5]!.body.new.status, 'marker');
     const [ins, upd, ins2, del, trunc] = queue.messages;
     const db = f.db.name;
 

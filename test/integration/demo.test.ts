@@ -15,7 +15,7 @@ import { createTestDatabase, type TestDatabase } from '../support/pg.js';
 import { createTestBroker, type TestBroker } from '../support/amqp.js';
 import { runCli, start, type Daemon } from '../support/daemon.js';
 import { testEnv, uniqueName } from '../support/env.js';
-import { sleep, waitUntil } from '../support/wait.js';
+import { waitUntil } from '../support/wait.js';
 import amqp from 'amqplib';
 
 const file = (p: string) => fileURLToPath(new URL(`../../${p}`, import.meta.url));
@@ -152,9 +152,13 @@ describe('the demo consumer prints what the load generator changes, through pgwa
       timeoutMs: 30_000,
       message: () => `json consumer printed ${eventLines(json).length}, text consumer ${eventLines(text).length}, of ${expected} events`,
     });
-    await sleep(1000);
-    assert.equal(eventLines(json).length, expected, 'nothing more than the changes made');
-    events = eventLines(json).map((l) => JSON.parse(l));
+    // A marker after the load: events arrive in commit order, so nothing of the load can follow it.
+    await db.query(`SELECT pg_logical_emit_message(true, 'pgwarren.event', '{"routing_key":"test.marker"}')`);
+    const isMarker = (l: string) => l.includes('test.marker');
+    await waitUntil(() => eventLines(json).some(isMarker) && eventLines(text).some(isMarker), { timeoutMs: 30_000, message: 'the marker reaches both consumers' });
+    assert.equal(eventLines(json).length, expected + 1, 'nothing more than the changes made');
+    assert.ok(isMarker(eventLines(json).at(-1)!) && isMarker(eventLines(text).at(-1)!), 'the marker is last');
+    events = eventLines(json).filter((l) => !isMarker(l)).map((l) => JSON.parse(l));
 
     const count = (op: string) => events.filter((e) => e.op === op).length;
     assert.deepEqual(
@@ -185,7 +189,7 @@ describe('the demo consumer prints what the load generator changes, through pgwa
     for (const e of events.filter((x) => x.table === 'customers')) assert.ok(!('email' in (e.new ?? {})) && !('email' in (e.old ?? {})), 'email is excluded');
 
     // The text consumer printed the same events, one readable line each.
-    const lines = eventLines(text);
+    const lines = eventLines(text).filter((l) => !isMarker(l));
     assert.equal(lines.length, expected);
     for (const l of lines) assert.match(l, /^\S+:\S+ ((insert|update|delete|bulk) public\.(customers|products|orders|order_items)( |$)|message checkout\.completed \{)/);
     assert.deepEqual(new Set(lines.map((l) => l.split(' ')[0])), new Set(events.map((e) => e.id)), 'both consumers saw the same ids');
@@ -200,8 +204,12 @@ describe('the demo consumer prints what the load generator changes, through pgwa
     broker.channel.publish(broker.exchange, `${again.schema}.${again.table}.${again.op}`, Buffer.from(JSON.stringify(again)), { messageId: again.id, contentType: 'application/json' });
     await json.waitFor(new RegExp(`^duplicate ${again.id.replace(/[/]/g, '\\/')} skipped$`));
     await text.waitFor(new RegExp(`^duplicate ${again.id.replace(/[/]/g, '\\/')} skipped$`));
-    await sleep(300);
-    assert.deepEqual(json.stdout.slice(before), [`duplicate ${again.id} skipped`], 'printed once, as a duplicate only');
+    // A new event after it, as a marker: once it is printed, anything about the duplicate was.
+    const marker = { ...again, id: `${again.tx.lsn}:marker` };
+    broker.channel.publish(broker.exchange, 'test.marker', Buffer.from(JSON.stringify(marker)), { messageId: marker.id, contentType: 'application/json' });
+    await waitUntil(() => json.stdout.slice(before).some((l) => l.includes(marker.id)), { timeoutMs: 10_000, message: 'the marker is printed' });
+    assert.deepEqual(json.stdout.slice(before, -1), [`duplicate ${again.id} skipped`], 'printed once, as a duplicate only');
+    assert.equal(json.stdout.length, before + 2);
   });
 
   test('SIGTERM ends the load generator (with its summary) and the consumers cleanly', async () => {

@@ -195,7 +195,10 @@ test('the marker floods every table of its transaction, whatever the counts (thr
   await s.db.query("INSERT INTO orders VALUES (2, 'next')");
   await s.db.query('UPDATE items SET qty = 1 WHERE id <= 20'); // threshold 0: no flood
   await s.queue.waitForCount(24, 20_000);
-  await sleep(300);
+  // A marker change: everything before it in commit order has arrived once it has.
+  await s.db.query("INSERT INTO orders VALUES (3, 'marker')");
+  await s.queue.waitForCount(25, 20_000);
+  assert.equal(s.queue.messages.at(-1)!.body.new?.note, 'marker', 'nothing extra before the marker');
   const first = s.queue.messages.slice(0, 3).map((m) => [m.body.op, m.body.table, m.body.reason, m.body.counts]);
   assert.deepEqual(first, [
     ['truncate', 'extra', undefined, undefined],
@@ -203,7 +206,7 @@ test('the marker floods every table of its transaction, whatever the counts (thr
     ['bulk', 'items', 'marker', { insert: 0, update: 2, delete: 0 }],
   ]);
   assert.equal(s.queue.messages[3]!.body.new.note, 'next');
-  assert.equal(s.queue.messages.length, 24);
+  assert.equal(s.queue.messages.length, 25);
 });
 
 for (const [bound, env] of [

@@ -11,7 +11,7 @@ import { createTestDatabase, type TestDatabase } from '../support/pg.js';
 import { createTestBroker, type TestBroker } from '../support/amqp.js';
 import { start, type Daemon } from '../support/daemon.js';
 import { testEnv, uniqueName } from '../support/env.js';
-import { sleep, waitUntil } from '../support/wait.js';
+import { waitUntil } from '../support/wait.js';
 
 interface Ctx {
   db: TestDatabase;
@@ -73,9 +73,9 @@ test('table globs, exclusions and operations decide what is published, and what 
   await c.db.query('DELETE FROM sales.orders');
   await c.db.query('TRUNCATE public.a');
   await c.db.query('INSERT INTO public.a VALUES (2)');
-  await q.waitForCount(4, 20_000);
-  await sleep(500);
-  assert.deepEqual(seen(q.bodies()), ['public.a:insert', 'sales.orders:insert', 'sales.orders:delete', 'public.a:insert']);
+  await c.db.query('INSERT INTO public.a VALUES (3)'); // a marker: what came before it has arrived when it has
+  await waitUntil(() => q.bodies().some((b) => b.table === 'a' && b.new?.id === 3), { timeoutMs: 20_000, message: 'the marker arrives' });
+  assert.deepEqual(seen(q.bodies()), ['public.a:insert', 'sales.orders:insert', 'sales.orders:delete', 'public.a:insert', 'public.a:insert']);
 });
 
 test('a table created while streaming joins the publication without a restart', async (t) => {
@@ -154,15 +154,20 @@ test('per-table rules: routing key and exchange, excluded columns, message TTL, 
   await c.db.query("UPDATE users SET password_hash = 'other-secret' WHERE id = 1");
   await c.db.query('INSERT INTO events SELECT g FROM generate_series(1, 5) g'); // over its own threshold
   await c.db.query('INSERT INTO other SELECT g FROM generate_series(1, 5) g'); // global threshold 0: no flood
-  await users.waitForCount(2, 20_000);
-  await main.waitForCount(6, 20_000);
-  await sleep(300);
+  // Markers on both routes: events arrive in commit order, so nothing earlier can follow them.
+  await c.db.query("INSERT INTO users VALUES (2, 'marker', 'x')");
+  await c.db.query('INSERT INTO other VALUES (6)');
+  await users.waitForCount(3, 20_000);
+  await main.waitForCount(7, 20_000);
+  assert.equal(users.messages.length, 3);
+  assert.equal(users.messages[2]!.body.new.email, 'marker');
   const [ins] = users.messages;
   assert.equal(ins!.fields.routingKey, 'users.insert');
   assert.deepEqual(ins!.body.new, { id: 1, email: 'a@example.com' });
   assert.equal(ins!.properties.expiration, '60000');
   assert.ok(!users.messages.some((m) => m.content.toString().includes('secret')), 'excluded columns never leave the process');
-  assert.deepEqual(seen(main.bodies()), ['public.events:bulk', 'public.other:insert', 'public.other:insert', 'public.other:insert', 'public.other:insert', 'public.other:insert']);
+  assert.deepEqual(seen(main.bodies()), ['public.events:bulk', 'public.other:insert', 'public.other:insert', 'public.other:insert', 'public.other:insert', 'public.other:insert', 'public.other:insert']);
+  assert.equal(main.bodies()[6].new.id, 6, 'the marker is last');
   assert.equal(main.messages[1]!.properties.expiration, undefined, 'no TTL without a rule');
 });
 
@@ -304,9 +309,10 @@ test('a table without replica identity: its inserts are captured, and the applic
   assert.deepEqual(await published(`${c.slot}_keyless`), []);
   await c.db.query("INSERT INTO keyless VALUES (2, 'z')");
   await c.db.query("UPDATE keyless SET b = 'w' WHERE a = 2");
-  await main.waitForCount(4, 20_000);
-  await sleep(300);
-  assert.deepEqual(seen(main.bodies()), ['public.keyless:insert', 'public.keyed:insert', 'public.keyless:insert', 'public.keyless:update']);
+  await c.db.query('INSERT INTO keyed VALUES (2)'); // a marker: what came before it has arrived when it has
+  await main.waitForCount(5, 20_000);
+  assert.deepEqual(seen(main.bodies()), ['public.keyless:insert', 'public.keyed:insert', 'public.keyless:insert', 'public.keyless:update', 'public.keyed:insert']);
+  assert.equal(main.bodies()[4].new.id, 2, 'the marker is last');
   assert.equal(main.bodies()[0].key, null, 'no key to report');
   assert.deepEqual(main.bodies()[3].key, { a: 2 });
 });

@@ -25,7 +25,7 @@ import { createTestDatabase, type TestDatabase } from '../support/pg.js';
 import { createTestBroker, type Collector, type Received, type TestBroker } from '../support/amqp.js';
 import { start, type Daemon } from '../support/daemon.js';
 import { testEnv, uniqueName } from '../support/env.js';
-import { sleep, waitUntil } from '../support/wait.js';
+import { waitUntil } from '../support/wait.js';
 
 const wal2jsonMissing = !testEnv().wal2json;
 
@@ -351,7 +351,9 @@ describe('wal2json produces the same events as pgoutput', { skip: wal2jsonMissin
         `sentinel not on both queues: pgoutput ${pgo.queue.messages.length}, wal2json ${w2j.queue.messages.length} messages;\n` +
         `wal2json daemon output:\n${w2j.daemon.output().slice(-4000)}`,
     });
-    await sleep(500); // nothing else may follow (no duplicates without failures)
+    // The sentinel is the last change, so everything before it has arrived (commit order); a
+    // duplicate needs a failure, which would have ended a session.
+    for (const side of [pgo, w2j]) assert.ok(!side.daemon.logs.some((l) => /session ended/.test(String(l.msg))), 'no session failed, so nothing was sent twice');
 
     // The sentinel row carries values wal2json loses: compared for pgoutput alone, at the end.
     const a = pgo.queue.messages.filter((m) => !isSentinel(m));
@@ -500,15 +502,16 @@ describe('wal2json produces the same events as pgoutput', { skip: wal2jsonMissin
     await db.query(`INSERT INTO generated_cols (id, a, note) VALUES (1, 21, 'x')`);
     await db.query('UPDATE generated_cols SET a = 22 WHERE id = 1');
     await db.query('DELETE FROM generated_cols WHERE id = 1');
+    await db.query(`INSERT INTO generated_cols (id, a, note) VALUES (2, 1, 'marker')`); // nothing earlier can follow it
     const mine = (s: Side) => s.queue.messages.filter((m) => m.fields.routingKey.startsWith('public.generated_cols.'));
-    await waitUntil(() => mine(pgo).length >= 3 && mine(w2j).length >= 3, {
+    const marked = (s: Side) => mine(s).some((m) => m.body.new?.note === 'marker');
+    await waitUntil(() => marked(pgo) && marked(w2j), {
       timeoutMs: 30_000,
-      message: () => `generated_cols events: pgoutput ${mine(pgo).length}, wal2json ${mine(w2j).length} of 3`,
+      message: () => `generated_cols events: pgoutput ${mine(pgo).length}, wal2json ${mine(w2j).length} of 4`,
     });
-    await sleep(300);
     assert.deepEqual(
       mine(pgo).map((m) => m.body.new),
-      [{ id: 1, a: 21, note: 'x' }, { id: 1, a: 22, note: 'x' }, null],
+      [{ id: 1, a: 21, note: 'x' }, { id: 1, a: 22, note: 'x' }, null, { id: 2, a: 1, note: 'marker' }],
       'pgoutput: no generated column',
     );
     const report = compareSides(pgo, mine(pgo), w2j, mine(w2j), db.name);
@@ -520,13 +523,14 @@ describe('wal2json produces the same events as pgoutput', { skip: wal2jsonMissin
     await db.query(`INSERT INTO parted VALUES (1, 'p')`);
     await db.query(`UPDATE parted SET v = 'q' WHERE id = 1`);
     await db.query('DELETE FROM parted WHERE id = 1');
+    await db.query(`INSERT INTO parted VALUES (2, 'marker')`); // nothing earlier can follow it
     const mine = (s: Side) => s.queue.messages.filter((m) => m.fields.routingKey.startsWith('public.parted'));
-    await waitUntil(() => mine(pgo).length >= 3 && mine(w2j).length >= 3, {
+    const marked = (s: Side) => mine(s).some((m) => m.body.new?.v === 'marker');
+    await waitUntil(() => marked(pgo) && marked(w2j), {
       timeoutMs: 30_000,
-      message: () => `parted events: pgoutput ${mine(pgo).length}, wal2json ${mine(w2j).length} of 3`,
+      message: () => `parted events: pgoutput ${mine(pgo).length}, wal2json ${mine(w2j).length} of 4`,
     });
-    await sleep(300);
-    assert.deepEqual(mine(pgo).map((m) => m.fields.routingKey), ['public.parted.insert', 'public.parted.update', 'public.parted.delete']);
+    assert.deepEqual(mine(pgo).map((m) => m.fields.routingKey), ['public.parted.insert', 'public.parted.update', 'public.parted.delete', 'public.parted.insert']);
     const report = compareSides(pgo, mine(pgo), w2j, mine(w2j), db.name);
     assert.ok(report.length === 0, failureText(report));
   });
@@ -583,12 +587,13 @@ describe('a table selection names partitioned tables by their root, with both pl
     await db.query("INSERT INTO later VALUES (5, 'p')");
     await db.query("UPDATE later SET v = 'q' WHERE id = 5");
     await db.query("INSERT INTO plain VALUES (2, 'b')");
-    await waitUntil(() => pgo.queue.messages.length >= 4 && w2j.queue.messages.length >= 4, {
+    await db.query("INSERT INTO plain VALUES (3, 'marker')"); // nothing earlier can follow it
+    const marked = (s: Side) => s.queue.messages.some((m) => m.body.new?.v === 'marker');
+    await waitUntil(() => marked(pgo) && marked(w2j), {
       timeoutMs: 30_000,
-      message: () => `events: pgoutput ${pgo.queue.messages.length}, wal2json ${w2j.queue.messages.length} of 4`,
+      message: () => `events: pgoutput ${pgo.queue.messages.length}, wal2json ${w2j.queue.messages.length} of 5`,
     });
-    await sleep(500);
-    assert.deepEqual(pgo.queue.messages.map((m) => m.fields.routingKey), ['public.plain.insert', 'public.later.insert', 'public.later.update', 'public.plain.insert']);
+    assert.deepEqual(pgo.queue.messages.map((m) => m.fields.routingKey), ['public.plain.insert', 'public.later.insert', 'public.later.update', 'public.plain.insert', 'public.plain.insert']);
     const report = compareSides(pgo, pgo.queue.messages, w2j, w2j.queue.messages, db.name);
     assert.ok(report.length === 0, failureText(report));
   });
