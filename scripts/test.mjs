@@ -10,7 +10,7 @@
  */
 import { spawn, spawnSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { existsSync, readdirSync, statSync } from 'node:fs';
+import { existsSync, readdirSync, readFileSync, statSync } from 'node:fs';
 import { join, relative, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import amqp from 'amqplib';
@@ -21,6 +21,12 @@ const log = (line) => process.stderr.write(`[test] ${line}\n`);
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 // node 20 applies --test-timeout to each test *file* as a whole, so this is a per-file hang guard.
 const FILE_TIMEOUT_MS = 600_000;
+// Test files run side by side (each makes its own database, slot and broker names); most of their
+// time is spent waiting on Postgres, RabbitMQ and daemons, not on the CPU.
+const CONCURRENCY = Math.max(1, Number(process.env.PGWARREN_TEST_CONCURRENCY) || 3);
+// A file that changes what every other file shares (a broker-wide alarm, a broker restart, a
+// cluster-wide setting) carries this line and runs by itself, after the others.
+const ALONE = /^\/\/ test-runner: alone\b/m;
 
 function findTests(paths) {
   const explicit = paths.length > 0;
@@ -176,21 +182,32 @@ async function main() {
       PGWARREN_TEST_WAL2JSON: wal2json ? '1' : '0',
       PGWARREN_TEST_RUN: runId,
     };
-    const argv = ['--import', 'tsx', '--test', '--test-concurrency=1', `--test-timeout=${FILE_TIMEOUT_MS}`, ...nodeFlags, ...files];
-    log(`node --test ${files.map((f) => relative(root, f)).join(' ')}`);
-    // Its own process group: afterwards, whatever the tests started and left running can be found and ended.
-    runner = spawn(process.execPath, argv, { cwd: root, env, stdio: 'inherit', detached: true });
-    code = await new Promise((done) => runner.on('exit', (c, signal) => done(c ?? (signal ? 1 : 0))));
+    const alone = files.filter((f) => ALONE.test(readFileSync(f, 'utf8')));
+    const together = files.filter((f) => !alone.includes(f));
+    const phases = [
+      { files: together, concurrency: CONCURRENCY },
+      { files: alone, concurrency: 1 },
+    ].filter((p) => p.files.length > 0);
+    code = 0;
+    for (const phase of phases) {
+      if (interrupted) break;
+      const argv = ['--import', 'tsx', '--test', `--test-concurrency=${phase.concurrency}`, `--test-timeout=${FILE_TIMEOUT_MS}`, ...nodeFlags, ...phase.files];
+      log(`node --test (${phase.concurrency} at a time) ${phase.files.map((f) => relative(root, f)).join(' ')}`);
+      // Its own process group: afterwards, whatever the tests started and left running can be found and ended.
+      runner = spawn(process.execPath, argv, { cwd: root, env, stdio: 'inherit', detached: true });
+      const exit = await new Promise((done) => runner.on('exit', (c, signal) => done(c ?? (signal ? 1 : 0))));
+      code = code || exit;
 
-    let left = groupMembers(runner.pid);
-    for (let i = 0; i < 20 && left.length > 0; i++) {
-      await sleep(100); // a test process's helpers (esbuild) may still be on their way out
-      left = groupMembers(runner.pid);
-    }
-    if (left.length > 0) {
-      log(`the tests left processes running (killing them):\n  ${left.join('\n  ')}`);
-      killGroup(runner.pid, 'SIGKILL');
-      code = code || 1;
+      let left = groupMembers(runner.pid);
+      for (let i = 0; i < 20 && left.length > 0; i++) {
+        await sleep(100); // a test process's helpers (esbuild) may still be on their way out
+        left = groupMembers(runner.pid);
+      }
+      if (left.length > 0) {
+        log(`the tests left processes running (killing them):\n  ${left.join('\n  ')}`);
+        killGroup(runner.pid, 'SIGKILL');
+        code = code || 1;
+      }
     }
   } catch (err) {
     log(`setup failed: ${err.message}`);

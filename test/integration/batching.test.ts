@@ -6,11 +6,12 @@
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { createTestDatabase, type TestDatabase } from '../support/pg.js';
-import { createTestBroker, type Collector, type Received, type TestBroker } from '../support/amqp.js';
-import { setupAsOwner, start, type Daemon } from '../support/daemon.js';
-import { testEnv, uniqueName } from '../support/env.js';
+import { type TestDatabase } from '../support/pg.js';
+import { type Collector, type Received, type TestBroker } from '../support/amqp.js';
+import { start, type Daemon } from '../support/daemon.js';
+import { uniqueName } from '../support/env.js';
 import { sleep, waitUntil } from '../support/wait.js';
+import { scene, type After } from '../support/scene.js';
 
 interface Setup {
   db: TestDatabase;
@@ -19,25 +20,13 @@ interface Setup {
   env: Record<string, string>;
 }
 
-async function setup(t: { after: (fn: () => Promise<unknown>) => void }, prefix: string, env: Record<string, string>): Promise<Setup> {
-  const db = await createTestDatabase(prefix);
-  t.after(() => db.drop());
-  await db.query('CREATE TABLE orders (id int PRIMARY KEY, note text)');
-  await db.query('CREATE TABLE items (id int PRIMARY KEY, qty int)');
-  await db.query('INSERT INTO items SELECT g, 0 FROM generate_series(1, 50) g');
-  const broker = await createTestBroker(prefix);
-  t.after(() => broker.cleanup());
-  await broker.declareExchange(broker.exchange, 'topic');
-  const queue = await broker.bindQueue('#');
-  const slot = uniqueName(prefix);
-  const settings = {
-    PGWARREN_AMQP_URL: testEnv().amqpUrl,
-    PGWARREN_SLOT: slot,
-    PGWARREN_PUBLICATION: slot,
-    PGWARREN_EXCHANGE: broker.exchange,
-    ...env,
-  };
-  return { db, broker, queue, env: await setupAsOwner(db, settings) };
+async function setup(t: After, prefix: string, env: Record<string, string>): Promise<Setup> {
+  const s = await scene(t, prefix, {
+    schema: 'CREATE TABLE orders (id int PRIMARY KEY, note text); CREATE TABLE items (id int PRIMARY KEY, qty int); INSERT INTO items SELECT g, 0 FROM generate_series(1, 50) g',
+    env,
+    asOwner: true,
+  });
+  return { ...s, queue: await s.queue() };
 }
 
 async function daemon(t: { after: (fn: () => Promise<unknown>) => void }, env: Record<string, string>): Promise<Daemon> {

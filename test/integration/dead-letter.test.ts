@@ -8,11 +8,12 @@
  */
 import { after, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { createTestDatabase, slotInfo, type TestDatabase } from '../support/pg.js';
-import { createTestBroker, type TestBroker } from '../support/amqp.js';
-import { setupAsOwner, start, type Daemon } from '../support/daemon.js';
-import { testEnv, uniqueName } from '../support/env.js';
+import { slotInfo, type TestDatabase } from '../support/pg.js';
+import { type TestBroker } from '../support/amqp.js';
+import { start, type Daemon } from '../support/daemon.js';
+import { uniqueName } from '../support/env.js';
 import { waitUntil } from '../support/wait.js';
+import { scene } from '../support/scene.js';
 import { parseLsn } from '../../src/source/lsn.js';
 
 const LONG = 'l'.repeat(63);
@@ -27,32 +28,15 @@ interface Fixture {
 }
 
 async function fixture(prefix: string, extraEnv: Record<string, string> = {}): Promise<Fixture> {
-  const db = await createTestDatabase(prefix);
-  await db.query(`CREATE TABLE "${LONG}" (id int PRIMARY KEY, note text)`);
-  await db.query('CREATE TABLE orders (id int PRIMARY KEY, note text)');
-  const broker = await createTestBroker(prefix);
-  const slot = uniqueName(prefix);
   const dead = uniqueName(`${prefix}-dead`, 'amqp');
-  broker.track(dead);
-  const env = await setupAsOwner(db, {
-    PGWARREN_AMQP_URL: testEnv().amqpUrl,
-    PGWARREN_SLOT: slot,
-    PGWARREN_PUBLICATION: slot,
-    PGWARREN_EXCHANGE: broker.exchange,
-    PGWARREN_DEAD_LETTER_EXCHANGE: dead,
-    ...extraEnv,
+  const s = await scene(null, prefix, {
+    schema: `CREATE TABLE "${LONG}" (id int PRIMARY KEY, note text); CREATE TABLE orders (id int PRIMARY KEY, note text)`,
+    env: { PGWARREN_DEAD_LETTER_EXCHANGE: dead, ...extraEnv },
+    exchangeType: null,
+    asOwner: true,
   });
-  return {
-    db,
-    broker,
-    slot,
-    dead,
-    env,
-    async cleanup() {
-      await broker.cleanup();
-      await db.drop();
-    },
-  };
+  s.broker.track(dead);
+  return { ...s, dead };
 }
 
 /** Waits until the slot's confirmed position is past the commit at `lsn`. */

@@ -1,3 +1,4 @@
+// test-runner: alone (raises a broker-wide disk alarm, which blocks every publisher on the broker)
 /**
  * The delivery promise through real Postgres and RabbitMQ (CONTRACT §4–§6): every committed change
  * arrives, in commit order, with the contract's fields and properties; crashes, broker outages and
@@ -6,12 +7,13 @@
 import { execFileSync } from 'node:child_process';
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { createTestDatabase, slotInfo, type TestDatabase } from '../support/pg.js';
-import { createTestBroker, type TestBroker } from '../support/amqp.js';
+import { slotInfo, type TestDatabase } from '../support/pg.js';
+import { type TestBroker } from '../support/amqp.js';
 import { startProxy } from '../support/proxy.js';
-import { setupAsOwner, start, type Daemon } from '../support/daemon.js';
-import { testEnv, uniqueName } from '../support/env.js';
+import { start, type Daemon } from '../support/daemon.js';
+import { testEnv } from '../support/env.js';
 import { sleep, waitUntil } from '../support/wait.js';
+import { scene } from '../support/scene.js';
 import { parseLsn } from '../../src/source/lsn.js';
 
 interface Fixture {
@@ -28,28 +30,7 @@ interface Fixture {
  * only (README: Postgres prerequisites).
  */
 async function fixture(prefix: string, extraEnv: Record<string, string> = {}): Promise<Fixture> {
-  const db = await createTestDatabase(prefix);
-  await db.query('CREATE TABLE orders (id int PRIMARY KEY, status text NOT NULL, amount numeric)');
-  const broker = await createTestBroker(prefix);
-  const slot = uniqueName(prefix);
-  const settings = {
-    PGWARREN_AMQP_URL: testEnv().amqpUrl,
-    PGWARREN_SLOT: slot,
-    PGWARREN_PUBLICATION: slot,
-    PGWARREN_EXCHANGE: broker.exchange,
-    ...extraEnv,
-  };
-  const env = await setupAsOwner(db, settings);
-  return {
-    db,
-    broker,
-    slot,
-    env,
-    async cleanup() {
-      await broker.cleanup();
-      await db.drop();
-    },
-  };
+  return scene(null, prefix, { schema: 'CREATE TABLE orders (id int PRIMARY KEY, status text NOT NULL, amount numeric)', env: extraEnv, exchangeType: null, asOwner: true });
 }
 
 type Body = Record<string, any>;

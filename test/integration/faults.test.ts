@@ -11,14 +11,14 @@ import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import net from 'node:net';
 import { createTestDatabase, listSlots, slotInfo, withAdmin, type TestDatabase } from '../support/pg.js';
-import { createTestBroker, type TestBroker } from '../support/amqp.js';
+import { type TestBroker } from '../support/amqp.js';
 import { startProxy, type Proxy } from '../support/proxy.js';
 import { freePort, start, type Daemon } from '../support/daemon.js';
 import { testEnv, uniqueName } from '../support/env.js';
 import { sleep, waitUntil } from '../support/wait.js';
+import { scene, type After } from '../support/scene.js';
 import { parseLsn } from '../../src/source/lsn.js';
 
-type After = { after: (fn: () => Promise<unknown> | unknown) => void };
 
 interface Fixture {
   db: TestDatabase;
@@ -32,24 +32,10 @@ const SHUTDOWN_TIMEOUT = 5;
 const SIGTERM_BOUND_MS = (SHUTDOWN_TIMEOUT + 5) * 1000;
 
 async function fixture(t: After, prefix: string, extraEnv: Record<string, string> = {}): Promise<Fixture> {
-  const db = await createTestDatabase(prefix);
-  t.after(() => db.drop());
-  await db.query('CREATE TABLE orders (id int PRIMARY KEY, status text NOT NULL)');
-  const broker = await createTestBroker(prefix);
-  t.after(() => broker.cleanup());
-  await broker.declareExchange(broker.exchange);
-  const slot = uniqueName(prefix);
-  const env = {
-    PGWARREN_DATABASE_URL: db.url,
-    PGWARREN_AMQP_URL: testEnv().amqpUrl,
-    PGWARREN_SLOT: slot,
-    PGWARREN_PUBLICATION: slot,
-    PGWARREN_EXCHANGE: broker.exchange,
-    PGWARREN_SHUTDOWN_TIMEOUT: String(SHUTDOWN_TIMEOUT),
-    PGWARREN_RECONNECT_MAX_DELAY: '1',
-    ...extraEnv,
-  };
-  return { db, broker, slot, env };
+  return scene(t, prefix, {
+    schema: 'CREATE TABLE orders (id int PRIMARY KEY, status text NOT NULL)',
+    env: { PGWARREN_SHUTDOWN_TIMEOUT: String(SHUTDOWN_TIMEOUT), PGWARREN_RECONNECT_MAX_DELAY: '1', ...extraEnv },
+  });
 }
 
 async function proxyFor(t: After, url: string): Promise<{ proxy: Proxy; url: string }> {

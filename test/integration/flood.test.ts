@@ -5,11 +5,12 @@
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { createTestDatabase, slotInfo, type TestDatabase } from '../support/pg.js';
+import { slotInfo, type TestDatabase } from '../support/pg.js';
 import { createTestBroker, type Collector, type TestBroker } from '../support/amqp.js';
-import { setupAsOwner, start, type Daemon } from '../support/daemon.js';
+import { start, type Daemon } from '../support/daemon.js';
 import { testEnv, uniqueName } from '../support/env.js';
 import { sleep, waitUntil } from '../support/wait.js';
+import { scene, type After } from '../support/scene.js';
 import { parseLsn } from '../../src/source/lsn.js';
 
 interface Setup {
@@ -22,32 +23,17 @@ interface Setup {
   url: string;
 }
 
-async function setup(t: { after: (fn: () => Promise<unknown>) => void }, prefix: string, env: Record<string, string>): Promise<Setup> {
-  const db = await createTestDatabase(prefix);
-  t.after(() => db.drop());
-  await db.query('CREATE TABLE orders (id int PRIMARY KEY, note text)');
-  await db.query('CREATE TABLE items (id int PRIMARY KEY, qty int)');
-  await db.query('CREATE TABLE extra (id int PRIMARY KEY)');
-  await db.query('INSERT INTO items SELECT g, 0 FROM generate_series(1, 50) g');
-  const broker = await createTestBroker(prefix);
-  t.after(() => broker.cleanup());
-  await broker.declareExchange(broker.exchange, 'topic');
-  const queue = await broker.bindQueue('#');
-  const slot = uniqueName(prefix);
-  const settings = {
-    PGWARREN_AMQP_URL: testEnv().amqpUrl,
-    PGWARREN_SLOT: slot,
-    PGWARREN_PUBLICATION: slot,
-    PGWARREN_EXCHANGE: broker.exchange,
-    PGWARREN_FLOOD_THRESHOLD: '5',
-    ...env,
-  };
-  const daemonEnv = await setupAsOwner(db, settings);
-  const url = daemonEnv.PGWARREN_DATABASE_URL!;
-  const daemon = await start(daemonEnv);
-  t.after(() => daemon.stop());
-  await daemon.waitReady(30_000);
-  return { db, broker, queue, daemon, slot, url };
+async function setup(t: After, prefix: string, env: Record<string, string>): Promise<Setup> {
+  const s = await scene(t, prefix, {
+    schema:
+      'CREATE TABLE orders (id int PRIMARY KEY, note text); CREATE TABLE items (id int PRIMARY KEY, qty int); CREATE TABLE extra (id int PRIMARY KEY); ' +
+      'INSERT INTO items SELECT g, 0 FROM generate_series(1, 50) g',
+    env: { PGWARREN_FLOOD_THRESHOLD: '5', ...env },
+    asOwner: true,
+  });
+  const queue = await s.queue();
+  const daemon = await s.daemon();
+  return { db: s.db, broker: s.broker, queue, daemon, slot: s.slot, url: s.env.PGWARREN_DATABASE_URL! };
 }
 
 /** One transaction: 2 orders, 10 item updates (a flood at threshold 5), 1 more order. */

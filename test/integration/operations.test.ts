@@ -5,15 +5,15 @@
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { createTestDatabase, slotInfo, type TestDatabase } from '../support/pg.js';
-import { createTestBroker, type TestBroker } from '../support/amqp.js';
+import { slotInfo, type TestDatabase } from '../support/pg.js';
+import { type TestBroker } from '../support/amqp.js';
 import { startProxy } from '../support/proxy.js';
 import { freePort, runCli, start, type Daemon } from '../support/daemon.js';
 import { testEnv, uniqueName } from '../support/env.js';
 import { sleep, waitUntil } from '../support/wait.js';
+import { scene, type After } from '../support/scene.js';
 import { parseLsn } from '../../src/source/lsn.js';
 
-type After = { after: (fn: () => Promise<unknown> | unknown) => void };
 
 interface Fixture {
   db: TestDatabase;
@@ -23,22 +23,7 @@ interface Fixture {
 }
 
 async function fixture(t: After, prefix: string, extraEnv: Record<string, string> = {}): Promise<Fixture> {
-  const db = await createTestDatabase(prefix);
-  t.after(() => db.drop());
-  await db.query('CREATE TABLE orders (id int PRIMARY KEY, status text NOT NULL)');
-  const broker = await createTestBroker(prefix);
-  t.after(() => broker.cleanup());
-  await broker.declareExchange(broker.exchange);
-  const slot = uniqueName(prefix);
-  const env = {
-    PGWARREN_DATABASE_URL: db.url,
-    PGWARREN_AMQP_URL: testEnv().amqpUrl,
-    PGWARREN_SLOT: slot,
-    PGWARREN_PUBLICATION: slot,
-    PGWARREN_EXCHANGE: broker.exchange,
-    ...extraEnv,
-  };
-  return { db, broker, slot, env };
+  return scene(t, prefix, { schema: 'CREATE TABLE orders (id int PRIMARY KEY, status text NOT NULL)', env: extraEnv });
 }
 
 /** A fault proxy in front of the broker and the AMQP URL through it. */
@@ -347,7 +332,10 @@ test('runs as a role with REPLICATION and SELECT only, once the publication was 
   await f.db.query("INSERT INTO orders SELECT g, 'x' FROM generate_series(1, 20) g");
   await f.db.query("UPDATE orders SET status = 'y' WHERE id = 1");
   await queue.waitForCount(21, 20_000);
-  const walsender = await f.db.query('SELECT usename FROM pg_stat_replication WHERE application_name = $1', ['pgwarren']);
+  const walsender = await f.db.query(
+    "SELECT r.usename FROM pg_stat_replication r JOIN pg_replication_slots s ON s.active_pid = r.pid WHERE s.slot_name = $1 AND r.application_name = 'pgwarren'",
+    [f.slot],
+  );
   assert.deepEqual(walsender.rows, [{ usename: role.name }], 'the replication connection runs as the role');
   // Lag monitor and heartbeat work without superuser: the lag gauge is filled, no task failed.
   await waitUntil(async () => /pgwarren_slot_lag_bytes \d/.test(await (await fetch(`http://127.0.0.1:${daemon.httpPort}/metrics`)).text()), { timeoutMs: 15_000 });
@@ -366,7 +354,8 @@ test('runs as a role with REPLICATION and SELECT only, once the publication was 
 
   // Defect 12.5: a reconnect in this state is a reconnect, never exit 3. Take the replication
   // connection away; the next session's publication sync meets the same refusal and streams on.
-  await f.db.query("SELECT pg_terminate_backend(pid) FROM pg_stat_replication WHERE application_name = 'pgwarren'");
+  // This daemon's walsender only: other test files' daemons share the cluster.
+  await f.db.query('SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots WHERE slot_name = $1 AND active_pid IS NOT NULL', [f.slot]);
   await daemon.waitForLog((l) => /session ended/.test(String(l.msg)), 20_000);
   await f.db.query("INSERT INTO orders VALUES (22, 'after the reconnect')");
   await waitUntil(() => ids(queue).has(22), { timeoutMs: 30_000, message: () => `rows ${[...ids(queue)]}; output:\n${daemon.output().slice(-3000)}` });

@@ -7,11 +7,12 @@ import assert from 'node:assert/strict';
 import { mkdtempSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { createTestDatabase, type TestDatabase } from '../support/pg.js';
-import { createTestBroker, type TestBroker } from '../support/amqp.js';
+import { type TestDatabase } from '../support/pg.js';
+import { type TestBroker } from '../support/amqp.js';
 import { start, type Daemon } from '../support/daemon.js';
 import { testEnv, uniqueName } from '../support/env.js';
 import { waitUntil } from '../support/wait.js';
+import { scene, type After } from '../support/scene.js';
 
 interface Ctx {
   db: TestDatabase;
@@ -20,26 +21,8 @@ interface Ctx {
   env: Record<string, string>;
 }
 
-async function context(t: { after: (fn: () => Promise<unknown>) => void }, prefix: string, env: Record<string, string> = {}): Promise<Ctx> {
-  const db = await createTestDatabase(prefix);
-  t.after(() => db.drop());
-  const broker = await createTestBroker(prefix);
-  t.after(() => broker.cleanup());
-  await broker.declareExchange(broker.exchange, 'topic');
-  const slot = uniqueName(prefix);
-  return {
-    db,
-    broker,
-    slot,
-    env: {
-      PGWARREN_DATABASE_URL: db.url,
-      PGWARREN_AMQP_URL: testEnv().amqpUrl,
-      PGWARREN_SLOT: slot,
-      PGWARREN_PUBLICATION: slot,
-      PGWARREN_EXCHANGE: broker.exchange,
-      ...env,
-    },
-  };
+async function context(t: After, prefix: string, env: Record<string, string> = {}): Promise<Ctx> {
+  return scene(t, prefix, { env });
 }
 
 async function run(t: { after: (fn: () => Promise<unknown>) => void }, env: Record<string, string>): Promise<Daemon> {

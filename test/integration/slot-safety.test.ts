@@ -1,3 +1,4 @@
+// test-runner: alone (lowers max_slot_wal_keep_size for the whole cluster, which would invalidate other files' slots)
 /**
  * Source safety (CONTRACT §8): a slot Postgres invalidated because it fell behind
  * max_slot_wal_keep_size has lost changes. `run` must stop with exit 3 and say what to do, and

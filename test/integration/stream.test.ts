@@ -1,3 +1,4 @@
+// test-runner: alone (restarts the broker, which every other test file uses)
 /**
  * The stream sink through a real RabbitMQ stream (CONTRACT §11, README "Replay with streams"):
  * every change lands exactly once, in commit order, across kill -9, a cut stream connection, an

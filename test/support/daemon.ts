@@ -36,15 +36,23 @@ export interface Daemon {
   stop(graceMs?: number): Promise<number | null>;
 }
 
-export function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const srv = createServer();
-    srv.on('error', reject);
-    srv.listen(0, '127.0.0.1', () => {
-      const { port } = srv.address() as { port: number };
-      srv.close(() => resolve(port));
+/**
+ * A port for a daemon to listen on later. Taken below the kernel's ephemeral range (32768-60999
+ * here): a port from listen(0) is free only until the next outgoing connection on the machine
+ * takes it, and the daemon binds it a moment later. Test files run in parallel, so the pick is
+ * random and checked by binding it.
+ */
+export async function freePort(): Promise<number> {
+  for (let attempt = 0; ; attempt++) {
+    const port = 20_000 + Math.floor(Math.random() * 12_000);
+    const free = await new Promise<boolean>((resolve) => {
+      const srv = createServer();
+      srv.once('error', () => resolve(false));
+      srv.listen(port, '127.0.0.1', () => srv.close(() => resolve(true)));
     });
-  });
+    if (free) return port;
+    if (attempt >= 100) throw new Error('no free port between 20000 and 32000');
+  }
 }
 
 /** Run a one-shot command (`status`, `check`, `setup`, ...) and collect its output. */
