@@ -7,7 +7,7 @@ import type { Config } from '../config/load.js';
 import { PrerequisiteError, UsageError, classifyPgError, sqlState } from '../errors.js';
 import { OperationSelection, TableSelection, excludedColumnsLookup, ruleLookup } from '../filter/selection.js';
 import { quoteIdent } from '../source/decoder.js';
-import { connectPg, type QueryFn } from '../source/pg-query.js';
+import { connectPg, type QueryFn } from '../shared/pg-query.js';
 import { closeWithin, pgSocketOwner } from '../ops/close.js';
 import {
   dropPublications,
@@ -23,7 +23,7 @@ import {
 } from '../source/slot-admin.js';
 import { pgConfig, pgTimeouts } from './settings.js';
 import { REPLICA_IDENTITY } from '../source/relation-catalog.js';
-import { tableName } from '../filter/table-name.js';
+import { tableName } from '../shared/table-name.js';
 import { createStore, forgetSlot, listSnapshots, type SnapshotRow } from '../snapshot/store.js';
 import { requestInitial } from '../snapshot/request.js';
 import { describe as describeSnapshot, summaryLine } from './snapshot.js';

@@ -10,11 +10,11 @@ import { redactUrl } from '../config/load.js';
 import { OperationSelection, TableSelection, ruleLookup } from '../filter/selection.js';
 import { UsageError } from '../errors.js';
 import { keylessPublicationName, planTables, publicationTables, selectedTables, slotState } from '../source/slot-admin.js';
-import { within, type QueryFn } from '../source/pg-query.js';
+import { within, type QueryFn } from '../shared/pg-query.js';
 import { withDatabase, type Print } from './admin.js';
 import { classifyConnectError, errorText } from '../sink/amqp-sink.js';
 import { closeAmqp, connectAmqp } from '../sink/amqp-connect.js';
-import { tableName } from '../filter/table-name.js';
+import { tableName } from '../shared/table-name.js';
 import { probeStream } from '../sink/stream/stream-sink.js';
 import { serverKnowsCommandVersions } from '../sink/stream/compat.js';
 

@@ -5,7 +5,7 @@
 import type pg from 'pg';
 import { pgClientConfig, type Config } from '../config/load.js';
 import type { SessionSettings } from '../pipeline/session.js';
-import type { PgTimeouts } from '../source/pg-query.js';
+import type { PgTimeouts } from '../shared/pg-query.js';
 import type { TransformFn } from '../pipeline/transform.js';
 
 export function pgConfig(config: Config): pg.ClientConfig {

@@ -8,7 +8,7 @@
  */
 import type { Config } from '../config/load.js';
 import { PrerequisiteError, UsageError, sqlState } from '../errors.js';
-import type { QueryFn } from '../source/pg-query.js';
+import type { QueryFn } from '../shared/pg-query.js';
 import { withDatabase, type Print } from './admin.js';
 import { cancelSnapshot, getSnapshot, listSnapshots, progressOf, type SnapshotRow } from '../snapshot/store.js';
 import { SnapshotRefused, requestSnapshot } from '../snapshot/request.js';

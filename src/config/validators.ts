@@ -6,7 +6,7 @@
  */
 import { z } from 'zod';
 import { redactUrl } from './redact.js';
-import { GlobSyntaxError, parseTableGlob, splitGlobList } from '../filter/table-name.js';
+import { GlobSyntaxError, parseTableGlob, splitGlobList } from '../shared/table-name.js';
 
 /** How the loader treats a value besides parsing it. */
 export type OptionType = 'string' | 'integer' | 'seconds' | 'enum' | 'list' | 'url' | 'urls' | 'path';

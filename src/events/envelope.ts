@@ -19,7 +19,7 @@ import { formatLsn } from '../source/lsn.js';
 import { stringify } from './json.js';
 import { converterFor, type Converter } from './values.js';
 import type { TypeLookup } from '../source/type-catalog.js';
-import { tableName } from '../filter/table-name.js';
+import { tableName } from '../shared/table-name.js';
 
 /** What an event reports: a row operation, or one of the events beyond rows (CONTRACT §4, §12). */
 export type EventOp = Op | 'bulk' | 'schema' | 'message' | 'commit' | 'read';

@@ -3,7 +3,7 @@
  * options; per-table rules (config file) override them for the tables their glob matches. The
  * first matching rule wins. Decisions are cached per table.
  */
-import { globMatches, parseTableGlob, tableKey, type TableGlob, type TableKey } from '../filter/table-name.js';
+import { globMatches, parseTableGlob, tableKey, type TableGlob, type TableKey } from '../shared/table-name.js';
 import { compileRoutingKey, type RoutingKeyFn } from './routing.js';
 
 export interface RouteRule {

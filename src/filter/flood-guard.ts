@@ -28,7 +28,7 @@
  *                  planned (second read)    -> commit: flush bulk events.
  */
 import type { Op } from '../types.js';
-import { tableKey, type TableKey } from './table-name.js';
+import { tableKey, type TableKey } from '../shared/table-name.js';
 
 export type FloodAction = 'summarize' | 'drop' | 'divert' | 'pass';
 export type FloodReason = 'threshold' | 'marker';
@@ -174,11 +174,6 @@ export class FloodGuard<E> {
   /** A truncate is never part of a flood, but keeps its place among held events. */
   truncate(): Disposition | 'hold' | 'count' {
     return this.holdOrCount();
-  }
-
-  /** True once the transaction outgrew the buffer and is only being counted. */
-  isCounting(): boolean {
-    return this.counting;
   }
 
   /**

@@ -7,7 +7,7 @@
  * dropped) and applied again here, because a publication made by hand may hold more.
  */
 import { OPS, type Op } from '../types.js';
-import { globMatches, parseTableGlob, tableKey, type TableGlob, type TableKey } from './table-name.js';
+import { globMatches, parseTableGlob, tableKey, type TableGlob, type TableKey } from '../shared/table-name.js';
 
 export const SYSTEM_SCHEMAS = ['pg_catalog', 'information_schema', 'pg_toast'];
 /** pgwarren's own bookkeeping (snapshot requests and progress): never published. */

@@ -30,7 +30,3 @@ export function onShutdown(fn: Listener): void {
   listener = fn;
   if (requested) fn(requested);
 }
-
-export function shutdownRequested(): boolean {
-  return requested !== null;
-}

@@ -58,7 +58,7 @@ import type { TableRoute } from '../events/router.js';
 import type { Change, Decoded, LogicalMessage, Op, RelationInfo, SourceInfo, TxInfo } from '../types.js';
 import { formatLsn } from '../source/lsn.js';
 import { FloodGuard, type FloodAction, type FloodedTable, type TxPlan } from '../filter/flood-guard.js';
-import { tableKey, tableName } from '../filter/table-name.js';
+import { tableKey, tableName } from '../shared/table-name.js';
 import { APP_EVENT_PREFIX, messageRoutingKey, readAppEvent } from '../events/app-event.js';
 import { ShapeMemory, shapeSignature } from './shapes.js';
 import { DeliveryMemory } from './delivery-memory.js';

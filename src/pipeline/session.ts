@@ -40,7 +40,7 @@ import type { FloodAction, TxPlan } from '../filter/flood-guard.js';
 import { EventBuilder } from '../events/envelope.js';
 import { Router, type RouteRule } from '../events/router.js';
 import { OperationSelection, TableSelection, excludedColumnsLookup, ruleLookup } from '../filter/selection.js';
-import { connectPg, destroyClient, within, type PgTimeouts, type QueryFn } from '../source/pg-query.js';
+import { connectPg, destroyClient, within, type PgTimeouts, type QueryFn } from '../shared/pg-query.js';
 import { RelationCatalog, hasPartitions } from '../source/relation-catalog.js';
 import { TypeCatalog } from '../source/type-catalog.js';
 import { checkSlot, ensurePublication, ensureSlot, keylessPublicationName, requireLogicalWal, type SlotState } from '../source/slot-admin.js';
@@ -54,10 +54,10 @@ import { tlsFailure } from '../config/database.js';
 import { redactUrl } from '../config/redact.js';
 import { LogThrottle } from '../ops/throttle.js';
 import { closeWithin, pgSocketOwner } from '../ops/close.js';
-import { LazyPgClient } from '../ops/lazy-client.js';
+import { LazyPgClient } from '../shared/lazy-client.js';
 import { PeriodicTask } from '../ops/periodic.js';
 import type { Op, Plugin, SourceInfo } from '../types.js';
-import { tableName } from '../filter/table-name.js';
+import { tableName } from '../shared/table-name.js';
 import { SnapshotSession } from '../snapshot/session.js';
 
 export interface SessionSettings {

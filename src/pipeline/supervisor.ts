@@ -15,7 +15,7 @@ import { Session, SessionFailure, type SessionSettings, type SessionState } from
 import type { TxPlan } from '../filter/flood-guard.js';
 import { DeliveryMemory } from './delivery-memory.js';
 import { formatLsn } from '../source/lsn.js';
-import { tableNameOfKey } from '../filter/table-name.js';
+import { tableNameOfKey } from '../shared/table-name.js';
 
 export interface Health {
   /** A session is streaming, the broker is not blocking publishes and Postgres is not silent. */

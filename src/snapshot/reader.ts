@@ -20,7 +20,7 @@ import type { TypeCatalog } from '../source/type-catalog.js';
 import { REPLICA_IDENTITY, RelationCatalog, keyColumnsOf } from '../source/relation-catalog.js';
 import { REPLICATION_SESSION_OPTIONS } from '../source/replication-stream.js';
 import { quoteIdent } from '../source/decoder.js';
-import { destroyClient, queryFn, type QueryFn } from '../source/pg-query.js';
+import { destroyClient, queryFn, type QueryFn } from '../shared/pg-query.js';
 import { compileRoutingKey } from '../events/routing.js';
 import { sqlState } from '../errors.js';
 import { closeWithin, pgSocketOwner } from '../ops/close.js';

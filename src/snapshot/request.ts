@@ -4,7 +4,7 @@
  * for the daemon that holds the slot. Used by `pgwarren snapshot` and by PGWARREN_SNAPSHOT=initial.
  */
 import { TableSelection } from '../filter/selection.js';
-import type { QueryFn } from '../source/pg-query.js';
+import type { QueryFn } from '../shared/pg-query.js';
 import { quoteIdent } from '../source/decoder.js';
 import { sqlState } from '../errors.js';
 import { hasInitial, insertSnapshot } from './store.js';

@@ -9,7 +9,7 @@ import type { Logger } from '../ops/logger.js';
 import type { Metrics } from '../ops/metrics.js';
 import type { EventBuilder } from '../events/envelope.js';
 import type { TypeCatalog } from '../source/type-catalog.js';
-import type { QueryFn } from '../source/pg-query.js';
+import type { QueryFn } from '../shared/pg-query.js';
 import { sqlState } from '../errors.js';
 import { ruleLookup } from '../filter/selection.js';
 import { SnapshotTap } from './tap.js';

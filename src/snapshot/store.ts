@@ -14,7 +14,7 @@
  * `setup` creates the schema and table (owned by the setup role); the run role needs one grant,
  * `GRANT SELECT, INSERT, UPDATE ON pgwarren.snapshots TO <run role>` (README).
  */
-import type { QueryFn } from '../source/pg-query.js';
+import type { QueryFn } from '../shared/pg-query.js';
 
 export const SNAPSHOT_SCHEMA = 'pgwarren';
 export const SNAPSHOT_TABLE = 'pgwarren.snapshots';

@@ -5,9 +5,9 @@
  * partitioned table is read through its root, which the stream names too.
  */
 import type { TableSelection } from '../filter/selection.js';
-import { globMatches, parseTableGlob, tableKey, tableName, type GlobPattern } from '../filter/table-name.js';
+import { globMatches, parseTableGlob, tableKey, tableName, type GlobPattern } from '../shared/table-name.js';
 import { selectedTables } from '../source/slot-admin.js';
-import type { QueryFn } from '../source/pg-query.js';
+import type { QueryFn } from '../shared/pg-query.js';
 
 export interface ResolvedTables {
   /** Every table to read as `tableName` writes it (quoted where needed), in a stable order. */

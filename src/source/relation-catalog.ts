@@ -7,8 +7,8 @@
  * changes are still in the slot is reported with the current definition.
  */
 import type { ReplicaIdentity } from '../types.js';
-import type { QueryFn } from './pg-query.js';
-import { tableKey } from '../filter/table-name.js';
+import type { QueryFn } from '../shared/pg-query.js';
+import { tableKey } from '../shared/table-name.js';
 
 /** pg_class.relreplident (and pgoutput's Relation flag) -> our name for it. */
 export const REPLICA_IDENTITY: Readonly<Record<string, ReplicaIdentity>> = { d: 'default', f: 'full', i: 'index', n: 'nothing' };

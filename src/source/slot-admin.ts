@@ -7,8 +7,8 @@ import { FilterSyntaxError, filterColumns, parseFilter } from '../filter/row-fil
 import { OperationSelection, type TableSelection } from '../filter/selection.js';
 import type { Plugin } from '../types.js';
 import { quoteIdent } from './decoder.js';
-import type { QueryFn } from './pg-query.js';
-import { tableKey } from '../filter/table-name.js';
+import type { QueryFn } from '../shared/pg-query.js';
+import { tableKey } from '../shared/table-name.js';
 
 export interface SlotState {
   readonly exists: boolean;

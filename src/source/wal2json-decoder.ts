@@ -25,7 +25,7 @@ import { optionLiteral, quoteIdent, type Decoder } from './decoder.js';
 import { parseLsn } from './lsn.js';
 import { REPLICA_IDENTITY, keyColumnsOf, type RelationCatalog, type TableFacts } from './relation-catalog.js';
 import type { TypeLookup } from './type-catalog.js';
-import { parseTableGlob, tableKey, type GlobPattern } from '../filter/table-name.js';
+import { parseTableGlob, tableKey, type GlobPattern } from '../shared/table-name.js';
 
 interface W2jColumn {
   readonly name: string;

@@ -1,7 +1,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { FloodGuard, type FloodAction } from '../../src/filter/flood-guard.js';
-import { tableKey, tableNameOfKey, type TableKey } from '../../src/filter/table-name.js';
+import { tableKey, tableNameOfKey, type TableKey } from '../../src/shared/table-name.js';
 
 type Op = 'insert' | 'update' | 'delete';
 interface Row { table: string; op: Op | 'truncate' }

@@ -4,7 +4,7 @@
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { GlobSyntaxError, globMatches, parseTableGlob, splitGlobList, tableKey, tableName, tableNameOfKey } from '../../src/filter/table-name.js';
+import { GlobSyntaxError, globMatches, parseTableGlob, splitGlobList, tableKey, tableName, tableNameOfKey } from '../../src/shared/table-name.js';
 import { wal2jsonTableFilter } from '../../src/source/wal2json-decoder.js';
 import { loadConfig } from '../../src/config/load.js';
 

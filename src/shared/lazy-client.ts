@@ -4,8 +4,8 @@
  * dead network heals by itself. Every connect and query is bounded (CONTRACT §9).
  */
 import type pg from 'pg';
-import { closeWithin, pgSocketOwner } from './close.js';
-import { connectPg, type PgTimeouts, type QueryFn } from '../source/pg-query.js';
+import { closeWithin, pgSocketOwner } from '../ops/close.js';
+import { connectPg, type PgTimeouts, type QueryFn } from './pg-query.js';
 
 export class LazyPgClient {
   private client: pg.Client | null = null;

@@ -6,10 +6,10 @@
  * marker, so it never becomes an event. Failures are logged by the periodic task and retried.
  */
 import type pg from 'pg';
-import { LazyPgClient } from './lazy-client.js';
-import type { PgTimeouts } from '../source/pg-query.js';
-import type { Logger } from './logger.js';
-import { PeriodicTask } from './periodic.js';
+import { LazyPgClient } from '../shared/lazy-client.js';
+import type { PgTimeouts } from '../shared/pg-query.js';
+import type { Logger } from '../ops/logger.js';
+import { PeriodicTask } from '../ops/periodic.js';
 
 export const HEARTBEAT_PREFIX = 'pgwarren-heartbeat';
 

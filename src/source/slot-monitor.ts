@@ -4,13 +4,13 @@
  * Failures are logged by the periodic task and retried on the next tick with a new connection.
  */
 import type pg from 'pg';
-import { LazyPgClient } from './lazy-client.js';
-import type { PgTimeouts } from '../source/pg-query.js';
-import type { Logger } from './logger.js';
-import type { Metrics } from './metrics.js';
-import { queryFn } from '../source/pg-query.js';
-import { slotState } from '../source/slot-admin.js';
-import { PeriodicTask } from './periodic.js';
+import { LazyPgClient } from '../shared/lazy-client.js';
+import type { PgTimeouts } from '../shared/pg-query.js';
+import type { Logger } from '../ops/logger.js';
+import type { Metrics } from '../ops/metrics.js';
+import { queryFn } from '../shared/pg-query.js';
+import { slotState } from './slot-admin.js';
+import { PeriodicTask } from '../ops/periodic.js';
 
 export class SlotMonitor {
   private task: PeriodicTask | null = null;
