@@ -185,3 +185,27 @@ export function classifyPgError(err: unknown, doing: string, fixes: Readonly<Rec
   const fix = (code && fixes[code]) ?? fault.fix;
   return new PrerequisiteError(`${doing}: ${fault.meaning}: ${errorMessage(err)}${code ? ` (SQLSTATE ${code})` : ''}.${fix ? ` Fix: ${fix}.` : ''}`, { cause: err });
 }
+
+/**
+ * A session ended by a fault worth retrying, and which side it came from (for reconnect metrics
+ * and logs). Permanent faults never arrive wrapped in one: they leave as PrerequisiteError.
+ */
+export class SessionFailure extends Error {
+  constructor(
+    readonly target: 'postgres' | 'rabbitmq' | 'pipeline',
+    override readonly cause: unknown,
+    /** How long to wait at least before the next attempt (e.g. slot held by another process). */
+    readonly minDelayMs = 0,
+  ) {
+    super(cause instanceof Error ? cause.message : String(cause));
+  }
+}
+
+/** A Postgres failure as the supervisor must see it: PrerequisiteError (exit 3) or SessionFailure (retry). */
+export function pgFailure(err: unknown, doing: string, minDelayMs = 0, fixes?: Readonly<Record<string, string>>): Error {
+  // A configuration the database refused (a row filter Postgres rejects): exit 2, never a retry.
+  if (err instanceof UsageError) return err;
+  const e = classifyPgError(err, doing, fixes);
+  if (e instanceof PrerequisiteError) return e;
+  return new SessionFailure('postgres', e, minDelayMs);
+}

@@ -5,22 +5,13 @@
 import type pg from 'pg';
 import type { Config } from '../config/load.js';
 import { PrerequisiteError, UsageError, classifyPgError, sqlState } from '../errors.js';
-import { OperationSelection, TableSelection, excludedColumnsLookup, ruleLookup } from '../filter/selection.js';
+import { OperationSelection, TableSelection, excludedColumnsLookup } from '../filter/selection.js';
 import { quoteIdent } from '../source/decoder.js';
 import { connectPg, type QueryFn } from '../shared/pg-query.js';
 import { closeWithin, pgSocketOwner } from '../ops/close.js';
-import {
-  dropPublications,
-  keylessPublicationName,
-  dropSlot,
-  ensurePublication,
-  type ExcludedColumns,
-  ensureSlot,
-  publicationTables,
-  requireLogicalWal,
-  selectedTables,
-  slotState,
-} from '../source/slot-admin.js';
+import { dropSlot, ensureSlot, requireLogicalWal, slotState } from '../source/slot-admin.js';
+import { dropPublications, ensurePublication, keylessPublicationName, publicationTables, selectedTables, type ExcludedColumns } from '../source/publication.js';
+import { rowFilterLookup } from '../filter/publication-plan.js';
 import { pgConfig, pgTimeouts } from './settings.js';
 import { REPLICA_IDENTITY } from '../source/relation-catalog.js';
 import { tableName } from '../shared/table-name.js';
@@ -62,7 +53,7 @@ export async function setupCommand(config: Config, opts: { replicaIdentityFull: 
           tables,
           operations: new OperationSelection(config.operations),
           excludedColumns,
-          rowFilters: ruleLookup<(typeof config.rules)[number], string | null>(config.rules, (r) => r.where, null),
+          rowFilters: rowFilterLookup(config.rules),
         });
         if (pub.denied) {
           throw new PrerequisiteError(

@@ -7,9 +7,11 @@ import type { Channel, ChannelModel } from 'amqplib';
 import type { Config } from '../config/load.js';
 import { quoteIdent } from '../source/decoder.js';
 import { redactUrl } from '../config/load.js';
-import { OperationSelection, TableSelection, ruleLookup } from '../filter/selection.js';
+import { OperationSelection, TableSelection } from '../filter/selection.js';
 import { UsageError } from '../errors.js';
-import { keylessPublicationName, planTables, publicationTables, selectedTables, slotState } from '../source/slot-admin.js';
+import { slotState } from '../source/slot-admin.js';
+import { keylessPublicationName, planTables, publicationTables, selectedTables } from '../source/publication.js';
+import { rowFilterLookup } from '../filter/publication-plan.js';
 import { within, type QueryFn } from '../shared/pg-query.js';
 import { withDatabase, type Print } from './admin.js';
 import { classifyConnectError, errorText } from '../sink/amqp-sink.js';
@@ -123,7 +125,7 @@ async function postgresChecks(config: Config, query: QueryFn, add: (r: CheckResu
     if (config.rules.some((r) => r.where !== undefined)) {
       // The checks `run` makes before a row filter goes into the publication (README "Shaping the stream").
       try {
-        await planTables(query, tables, undefined, ops, ruleLookup<(typeof config.rules)[number], string | null>(config.rules, (r) => r.where, null));
+        await planTables(query, tables, undefined, ops, rowFilterLookup(config.rules));
         add({ name: 'row filters', ok: true, detail: 'the columns they use exist and, where updates or deletes are published, belong to the replica identity' });
       } catch (err) {
         if (!(err instanceof UsageError)) throw err;

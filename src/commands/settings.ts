@@ -4,7 +4,7 @@
  */
 import type pg from 'pg';
 import { pgClientConfig, type Config } from '../config/load.js';
-import type { SessionSettings } from '../pipeline/session.js';
+import { SESSION_CONFIG_KEYS, type SessionSettings } from '../pipeline/assemble.js';
 import type { PgTimeouts } from '../shared/pg-query.js';
 import type { TransformFn } from '../pipeline/transform.js';
 
@@ -20,46 +20,12 @@ export function pgTimeouts(config: Config): PgTimeouts {
 /** `transform`: the loaded PGWARREN_TRANSFORM function (run.ts loads the module once). */
 export function sessionSettings(config: Config, transform: TransformFn | null = null): SessionSettings {
   return {
+    ...pick(config, SESSION_CONFIG_KEYS),
     pg: pgConfig(config),
     transform,
     database: config.database.database,
-    amqpUrls: config.amqpUrls,
     amqpTls: { ca: config.amqpCa, cert: config.amqpCert, key: config.amqpKey },
-    slot: config.slot,
-    publication: config.publication,
-    plugin: config.plugin,
-    tables: config.tables,
-    excludeTables: config.excludeTables,
-    operations: config.operations,
-    exchange: config.exchange,
-    exchangeType: config.exchangeType,
-    routingKey: config.routingKey,
-    messageRoutingKey: config.messageRoutingKey,
-    transactionEvents: config.transactionEvents,
-    rules: config.rules.map((r) => ({
-      match: r.match,
-      exchange: r.exchange,
-      routingKey: r.routingKey,
-      ttl: r.ttl,
-      excludeColumns: r.excludeColumns,
-      floodThreshold: r.floodThreshold,
-      where: r.where,
-      skipUnchanged: r.skipUnchanged,
-    })),
-    skipUnchanged: config.skipUnchanged,
-    compression: config.compression,
     transformTimeoutSeconds: config.transformTimeout,
-    floodThreshold: config.floodThreshold,
-    floodAction: config.floodAction,
-    floodExchange: config.floodExchange,
-    floodBufferEvents: config.floodBufferEvents,
-    floodBufferBytes: config.floodBufferBytes,
-    unroutable: config.unroutable,
-    deadLetterExchange: config.deadLetterExchange,
-    maxMessageBytes: config.maxMessageBytes,
-    maxInflight: config.maxInflight,
-    batchMaxEvents: config.batchMaxEvents,
-    batchMaxBytes: config.batchMaxBytes,
     shutdownTimeoutSeconds: config.shutdownTimeout,
     timeouts: pgTimeouts(config),
     statusIntervalSeconds: config.statusInterval,
@@ -72,7 +38,10 @@ export function sessionSettings(config: Config, transform: TransformFn | null = 
       maxAge: config.streamMaxAge,
       maxBytes: config.streamMaxBytes,
     },
-    snapshot: config.snapshot,
-    snapshotChunkSize: config.snapshotChunkSize,
   };
+}
+
+/** The `keys` of `config`, and nothing else (a session must not see options it does not use). */
+function pick<K extends keyof Config>(config: Config, keys: readonly K[]): Pick<Config, K> {
+  return Object.fromEntries(keys.map((k) => [k, config[k]])) as Pick<Config, K>;
 }

@@ -10,8 +10,9 @@
 import { ShapeMemory } from './shapes.js';
 import type { Logger } from '../ops/logger.js';
 import type { Metrics } from '../ops/metrics.js';
-import { PrerequisiteError, UsageError } from '../errors.js';
-import { Session, SessionFailure, type SessionSettings, type SessionState } from './session.js';
+import { PrerequisiteError, SessionFailure, UsageError } from '../errors.js';
+import { Session, type SessionState } from './session.js';
+import { SessionAssembly, type SessionSettings } from './assemble.js';
 import type { TxPlan } from '../filter/flood-guard.js';
 import { DeliveryMemory } from './delivery-memory.js';
 import { formatLsn } from '../source/lsn.js';
@@ -80,7 +81,7 @@ export class Supervisor implements Health {
     let brokerIndex = 0;
     let standingBy = false;
     while (!this.stopping) {
-      const session = new Session(this.settings, {
+      const parts = new SessionAssembly(this.settings, {
         mayCreateSlot: !this.everStreamed,
         firstUrl: brokerIndex,
         plans: this.plans,
@@ -89,15 +90,6 @@ export class Supervisor implements Health {
         log,
         metrics,
         hooks: {
-          onState: (s) => {
-            this.state = s;
-            metrics.streaming.set(s === 'streaming' ? 1 : 0);
-            if (s === 'streaming') {
-              this.everStreamed = true;
-              attempt = 0;
-              this.failures = 0;
-            }
-          },
           onBlocked: (b) => (this.blocked = b),
           onStalled: (s) => (this.stalled = s),
           onAcknowledged: (lsn) => {
@@ -105,6 +97,19 @@ export class Supervisor implements Health {
             metrics.confirmedLsn.set(Number(lsn));
             this.memory.passed(lsn);
           },
+        },
+      });
+      const session = new Session(parts, {
+        shutdownTimeoutSeconds: this.settings.shutdownTimeoutSeconds,
+        log,
+        onState: (s) => {
+          this.state = s;
+          metrics.streaming.set(s === 'streaming' ? 1 : 0);
+          if (s === 'streaming') {
+            this.everStreamed = true;
+            attempt = 0;
+            this.failures = 0;
+          }
         },
       });
       this.session = session;

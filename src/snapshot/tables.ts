@@ -6,7 +6,7 @@
  */
 import type { TableSelection } from '../filter/selection.js';
 import { globMatches, parseTableGlob, tableKey, tableName, type GlobPattern } from '../shared/table-name.js';
-import { selectedTables } from '../source/slot-admin.js';
+import { selectedTables } from '../source/publication.js';
 import type { QueryFn } from '../shared/pg-query.js';
 
 export interface ResolvedTables {
