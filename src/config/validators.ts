@@ -113,7 +113,7 @@ export function subsetOf<const T extends readonly [string, ...string[]]>(values:
   };
 }
 
-/** `schema.table` globs (filter/table-name.ts): the parser's own sentence says what is wrong. */
+/** `schema.table` globs (shared/table-name.ts): the parser's own sentence says what is wrong. */
 export const glob = z
   .string()
   .trim()

@@ -1,5 +1,5 @@
 /**
- * Which tables and operations are published. Globs (filter/table-name.ts) match the schema and
+ * Which tables and operations are published. Globs (shared/table-name.ts) match the schema and
  * the table name separately, so `public.*` and `*.orders` mean what they look like and a name
  * holding a dot is written quoted (`"a.b".c`).
  *

@@ -35,8 +35,6 @@ import { SessionFailure } from '../errors.js';
 import type { TxPlan } from '../filter/flood-guard.js';
 import { ReplanRequest } from './pipeline.js';
 
-export type { SessionSettings } from './assemble.js';
-export { SessionFailure } from '../errors.js';
 
 export type SessionState = 'connecting' | 'streaming' | 'draining' | 'ended';
 

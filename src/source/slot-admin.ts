@@ -116,7 +116,7 @@ export async function ensureSlot(
   const state = await checkSlot(query, opts);
   if (state.exists) return { created: false, state };
   try {
-    // No timeout: Postgres waits for every transaction running now to end (see Session.createSlot).
+    // No timeout: Postgres waits for every transaction running now to end (see SourcePreparation.createSlot in prepare.ts).
     await query('SELECT pg_create_logical_replication_slot($1, $2)', [opts.slot, opts.plugin], { timeoutMs: 0 });
   } catch (err) {
     if (sqlState(err) === '42710') return { created: false, state: await slotState(query, opts.slot) }; // created concurrently
