@@ -5,14 +5,10 @@
  * slot. What the parts are and how they are wired is assemble.ts (`SessionParts`); this file only
  * decides which state comes next.
  *
- *                 stop / failure (abandon the step, close what it opened)
- *          ┌──────────────────────────────────────────────────────────────┐
- *          │                                                              v
- *   ┌────────────┐ stream started ┌───────────┐ stop, or re-plan ┌──────────┐      ┌───────┐
- *   │ connecting │ ─────────────> │ streaming │ ───────────────> │ draining │ ───> │ ended │
- *   └────────────┘                └───────────┘                  └──────────┘      └───────┘
- *                                       │  failure (final position report first)        ^
- *                                       └───────────────────────────────────────────────┘
+ *   connecting ──started──> streaming ──stop, re-plan, new partition──> draining ──> ended
+ *       │                       │                                                 ^     ^
+ *       │                       └──── failure (final position report first) ──────┘     │
+ *       └─────── failure, or stop (the step in progress abandoned) ──────────────────────┘
  *
  *   connecting  -> prepare the source (source/prepare.ts: wal_level, slot check, publication
  *                  sync, slot creation), open the sink, wire the parts, start replication.
@@ -34,7 +30,6 @@ import { Stopped, type Step } from '../shared/step.js';
 import { SessionFailure } from '../errors.js';
 import type { TxPlan } from '../filter/flood-guard.js';
 import { ReplanRequest } from './pipeline.js';
-
 
 export type SessionState = 'connecting' | 'streaming' | 'draining' | 'ended';
 
