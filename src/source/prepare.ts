@@ -19,7 +19,7 @@ import { Stopped, type Step } from '../shared/step.js';
 import { tableName } from '../shared/table-name.js';
 import { errorMessage, pgFailure, PrerequisiteError, SessionFailure, UsageError } from '../errors.js';
 import { tlsFailure } from '../config/database.js';
-import type { Plugin } from '../types.js';
+import type { Config } from '../config/load.js';
 import { checkSlot, ensureSlot, requireLogicalWal, type SlotState } from './slot-admin.js';
 import { ensurePublication, type PublicationPlan } from './publication.js';
 
@@ -28,14 +28,13 @@ const SLOT_WAIT_LOG_MS = 5_000;
 /** Failed checks in a row after which a slot creation is given up as unreachable (see createSlot). */
 const SLOT_WAIT_FAILURES = 3;
 
-export interface PrepareSettings {
+/** Taken from `Config` (the option table lists each once), plus the connection made from it. */
+export type PrepareSettings = Pick<Config, 'slot' | 'publication' | 'plugin'> & {
   readonly pg: pg.ClientConfig;
+  /** The database name (Config.database.database). */
   readonly database: string;
-  readonly slot: string;
-  readonly publication: string;
-  readonly plugin: Plugin;
   readonly timeouts: PgTimeouts;
-}
+};
 
 export interface PreparedSource {
   readonly query: QueryFn;
