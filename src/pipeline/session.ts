@@ -50,8 +50,8 @@ import { Wal2jsonDecoder, wal2jsonTableFilter } from '../source/wal2json-decoder
 import type { Decoder } from '../source/decoder.js';
 import { formatLsn, parseLsn } from '../source/lsn.js';
 import { classifyPgError, errorMessage, PrerequisiteError, sqlState, UsageError } from '../errors.js';
-import { tlsFailure } from '../config/database.js';
-import { redactUrl } from '../config/redact.js';
+import { tlsFailure } from '../shared/tls.js';
+import { redactUrl } from '../shared/redact.js';
 import { LogThrottle } from '../ops/throttle.js';
 import { closeWithin, pgSocketOwner } from '../ops/close.js';
 import { LazyPgClient } from '../ops/lazy-client.js';

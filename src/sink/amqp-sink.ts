@@ -19,8 +19,8 @@
 import type { ChannelModel, ConfirmChannel, Message, Options } from 'amqplib';
 import type { Logger } from '../ops/logger.js';
 import type { Confirm } from './publisher.js';
-import { redactUrl } from '../config/load.js';
-import { tlsFailure } from '../config/database.js';
+import { redactUrl } from '../shared/redact.js';
+import { tlsFailure } from '../shared/tls.js';
 import { closeWithin } from '../ops/close.js';
 import { classify, errorMessage, TimeoutError } from '../errors.js';
 import { closeAmqp, connectAmqp, type AmqpTls } from './amqp-connect.js';
@@ -253,9 +253,6 @@ export class AmqpSink {
     return !this.blocked && !this.needsDrain && this.failure === null;
   }
 
-  isBlocked(): boolean {
-    return this.blocked;
-  }
 
   /** Resolves when writable again, or when the sink failed (check `failure()` afterwards). */
   whenWritable(): Promise<void> {

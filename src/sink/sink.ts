@@ -20,7 +20,6 @@ export interface Sink extends Publisher {
   readonly url: string;
   /** Index of the broker URL in use, for rotating through a cluster's URLs after a failure. */
   readonly urlIndex: number;
-  isBlocked(): boolean;
   close(): Promise<void>;
   /** Declare an exchange on the broker (snapshots aimed at an exchange of their own); AMQP only. */
   declareExchange?(ex: { name: string; type: string }): Promise<void>;

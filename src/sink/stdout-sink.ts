@@ -35,9 +35,6 @@ export class StdoutSink implements Sink {
     return !this.needsDrain && this.failure === null;
   }
 
-  isBlocked(): boolean {
-    return false;
-  }
 
   whenWritable(): Promise<void> {
     if (this.writable() || this.failure) return Promise.resolve();

@@ -26,7 +26,7 @@ import type { Logger } from '../../ops/logger.js';
 import type { OutgoingMessage } from '../amqp-sink.js';
 import { SinkError, errorText } from '../amqp-sink.js';
 import type { Sink } from '../sink.js';
-import { redactUrl } from '../../config/redact.js';
+import { redactUrl } from '../../shared/redact.js';
 import { installStreamCompat, STREAM_AUTH_FAILED } from './compat.js';
 import { parseStreamUrl } from './url.js';
 import { arrayElements, memberText, partitionOf, partitionOfEvent } from './partition.js';
@@ -248,9 +248,6 @@ export class StreamSink implements Sink {
     return this.failure === null;
   }
 
-  isBlocked(): boolean {
-    return false;
-  }
 
   whenWritable(): Promise<void> {
     return Promise.resolve();
