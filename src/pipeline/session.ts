@@ -342,6 +342,7 @@ export class Session {
         exchanges: this.exchanges(router),
         unroutable: settings.unroutable,
         tls: settings.amqpTls,
+        encoder: bodyEncoder(settings.compression),
         log: log.child({ component: 'broker' }),
         onUnroutable: (info) => {
           opts.metrics.unroutable.inc();
@@ -385,13 +386,12 @@ export class Session {
       builder,
       prepareRelation: (rel) => types.ensure(builder.typeOids(rel)),
       router,
-      publisher: sink,
+      sink,
       checkpoint,
       maxInflight: settings.maxInflight,
       batch: { maxEvents: settings.batchMaxEvents, maxBytes: settings.batchMaxBytes },
       deadLetter: { exchange: settings.deadLetterExchange, maxMessageBytes: settings.maxMessageBytes },
       shaper: this.shaper(types, builder, log),
-      encoder: settings.compression === 'none' ? undefined : bodyEncoder(settings.compression),
       memory: opts.memory,
       metrics: opts.metrics,
       log,
@@ -698,7 +698,7 @@ export class Session {
   private async openOtherSink(): Promise<Sink> {
     const { settings, opts } = this;
     const log = opts.log;
-    if (settings.sink === 'stdout') return new StdoutSink();
+    if (settings.sink === 'stdout') return new StdoutSink(process.stdout, bodyEncoder(settings.compression));
     const s = settings.stream;
     if (!s) throw new Error('stream sink without stream settings');
     // Bounded like the AMQP open (CONTRACT §9); an open abandoned at the deadline is closed if it completes.
@@ -712,6 +712,7 @@ export class Session {
       maxBytes: s.maxBytes,
       amqpUrls: settings.amqpUrls,
       amqpTls: settings.amqpTls,
+      encoder: bodyEncoder(settings.compression),
       log: log.child({ component: 'stream' }),
       onDeduplicated: (n) => opts.metrics.streamDeduplicated.inc(n),
     });
