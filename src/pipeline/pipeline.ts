@@ -888,7 +888,7 @@ export class Pipeline {
     this.tracked.push(tx);
   }
 
-  /** The message with publisher tag `tag` of `tx` was confirmed: extend the confirmed prefix. */
+  /** The message with sink tag `tag` of `tx` was confirmed: extend the confirmed prefix. */
   private confirmedTag(tx: OpenTx, tag: number | undefined, id: string | undefined): void {
     if (!tx.trackable || tx.tagBase === null) return;
     if (tag === undefined || id === undefined) {
