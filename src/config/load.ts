@@ -15,14 +15,14 @@ import { readConfigFile, type ConfigFile, type TableRule } from './config-file.j
 import { databaseSettings, type DatabaseSettings } from './database.js';
 import { checkUnknownEnv, defaultLayer, envLayer, errorCode, fallbackLayer, flagLayer, type Raw } from './layers.js';
 import { OPTIONS, type SNAPSHOT_MODES, type FLOOD_ACTIONS, type LOG_LEVELS, type SINKS, type OptionName, type OptionValue, type UNROUTABLE_ACTIONS } from './options.js';
-import { redactSecrets, redactUrl } from './redact.js';
+import { redactSecrets, redactUrl } from '../shared/redact.js';
 import { quote } from './validators.js';
 import type { COMPRESSIONS } from '../sink/compression.js';
 import { FilterSyntaxError, parseFilter, sqlExpressionProblem, SUBSET_TEXT } from '../filter/row-filter.js';
 
 export { pgClientConfig, SSL_MODES, type DatabaseSettings, type SslMode } from './database.js';
 export type { TableRule } from './config-file.js';
-export { redactUrl } from './redact.js';
+export { redactUrl } from '../shared/redact.js';
 
 export class ConfigError extends Error {
   constructor(readonly problems: readonly string[]) {

@@ -5,7 +5,7 @@
  * the setting's name, so wording lives here, next to the rule it explains.
  */
 import { z } from 'zod';
-import { redactUrl } from './redact.js';
+import { redactUrl } from '../shared/redact.js';
 import { GlobSyntaxError, parseTableGlob, splitGlobList } from '../shared/table-name.js';
 
 /** How the loader treats a value besides parsing it. */

@@ -9,6 +9,9 @@ export interface RoutingFields {
   readonly op: string;
 }
 
+/** AMQP encodes a routing key as a short string: at most 255 bytes. */
+export const ROUTING_KEY_MAX_BYTES = 255;
+
 export type RoutingKeyFn = (fields: RoutingFields) => string;
 
 const PLACEHOLDER = /\{(db|schema|table|op)\}/g;

@@ -38,7 +38,7 @@ import { Wal2jsonDecoder, wal2jsonTableFilter } from '../source/wal2json-decoder
 import type { Decoder } from '../source/decoder.js';
 import { formatLsn, parseLsn } from '../source/lsn.js';
 import { pgFailure, PrerequisiteError, SessionFailure, sqlState, UsageError } from '../errors.js';
-import { redactUrl } from '../config/redact.js';
+import { redactUrl } from '../shared/redact.js';
 import { LogThrottle } from '../ops/throttle.js';
 import { PeriodicTask } from '../ops/periodic.js';
 import type { SourceInfo } from '../types.js';
@@ -182,6 +182,7 @@ export class SessionAssembly implements SessionParts {
         exchanges: this.exchanges(router),
         unroutable: settings.unroutable,
         tls: settings.amqpTls,
+        encoder: bodyEncoder(settings.compression),
         log: log.child({ component: 'broker' }),
         onUnroutable: (info) => {
           opts.metrics.unroutable.inc();
@@ -229,13 +230,12 @@ export class SessionAssembly implements SessionParts {
       builder,
       prepareRelation: (rel) => types.ensure(builder.typeOids(rel)),
       router,
-      publisher: sink,
+      sink,
       checkpoint,
       maxInflight: settings.maxInflight,
       batch: { maxEvents: settings.batchMaxEvents, maxBytes: settings.batchMaxBytes },
       deadLetter: { exchange: settings.deadLetterExchange, maxMessageBytes: settings.maxMessageBytes },
       shaper: this.shaper(types, builder, log),
-      encoder: settings.compression === 'none' ? undefined : bodyEncoder(settings.compression),
       memory: opts.memory,
       metrics: opts.metrics,
       log,
@@ -488,7 +488,7 @@ export class SessionAssembly implements SessionParts {
   private async openOtherSink(): Promise<Sink> {
     const { settings, opts } = this;
     const log = opts.log;
-    if (settings.sink === 'stdout') return new StdoutSink();
+    if (settings.sink === 'stdout') return new StdoutSink(process.stdout, bodyEncoder(settings.compression));
     const s = settings.stream;
     if (!s) throw new Error('stream sink without stream settings');
     // Bounded like the AMQP open (CONTRACT §9); an open abandoned at the deadline is closed if it completes.
@@ -502,6 +502,7 @@ export class SessionAssembly implements SessionParts {
       maxBytes: s.maxBytes,
       amqpUrls: settings.amqpUrls,
       amqpTls: settings.amqpTls,
+      encoder: bodyEncoder(settings.compression),
       log: log.child({ component: 'stream' }),
       onDeduplicated: (n) => opts.metrics.streamDeduplicated.inc(n),
     });

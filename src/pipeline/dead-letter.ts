@@ -3,13 +3,11 @@
  * configured goes to `PGWARREN_DEAD_LETTER_EXCHANGE` instead, so that it never blocks the
  * changes after it. This module holds the pure parts: what a dead letter is, its routing key and
  * the stub that replaces a body too big to publish anywhere. The pipeline sends them
- * (`Pipeline.deadLetter`), as one message slot of their transaction, confirmed like any other
- * message before the slot passes the transaction.
+ * (`Pipeline.deadLetter`), as one message slot of their transaction (or of their snapshot chunk),
+ * confirmed like any other message before the slot passes the transaction.
  */
 import type { SourceInfo, TxInfo } from '../types.js';
-
-/** AMQP encodes a routing key as a short string: at most 255 bytes. */
-export const ROUTING_KEY_MAX_BYTES = 255;
+import { ROUTING_KEY_MAX_BYTES } from '../events/routing.js';
 
 /**
  * Why an event was dead-lettered; the label of `pgwarren_dead_lettered_total{reason}`.
@@ -74,13 +72,14 @@ export function utf8Bytes(text: string): number {
  * it names the event (id, op, table, transaction, source), the error and the size of the body it
  * replaces, so that a consumer can fetch the row itself.
  */
-export function stubBody(letter: Pick<DeadLetter, 'id' | 'schema' | 'table' | 'op' | 'error'>, tx: TxInfo, lsn: string, source: SourceInfo, bytes: number): string {
+export function stubBody(letter: Pick<DeadLetter, 'id' | 'schema' | 'table' | 'op' | 'error'>, tx: TxInfo | null, lsn: string, source: SourceInfo, bytes: number): string {
   return JSON.stringify({
     id: letter.id,
     op: letter.op,
     schema: letter.schema,
     table: letter.table,
-    tx: { xid: tx.xid, lsn, commit_time: tx.commitTime },
+    // A snapshot read belongs to no transaction: `tx` null, as in the read event itself.
+    tx: tx && { xid: tx.xid, lsn, commit_time: tx.commitTime },
     source,
     dead_letter: { error: letter.error, bytes, truncated: true },
   });

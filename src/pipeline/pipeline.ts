@@ -1,20 +1,23 @@
 /**
- * The loop's body: decoded items in stream order -> filter -> events -> publisher, with every
- * published message accounted for in the checkpoint.
+ * The loop's body: decoded items in stream order -> filter -> events -> sink, with every
+ * delivery accounted for in the checkpoint. The pipeline hands the sink domain deliveries
+ * (src/sink/sink.ts: events of one transaction, a dead letter, snapshot reads) with what it
+ * decided (destination, ids, what travels together); what they look like on the wire
+ * (properties, headers, JSON arrays, compression) is the sink's business.
  *
  * Transaction states: outside -> (Begin) inside -> (Commit) outside. Changes outside a
  * transaction cannot happen with either plugin; logical messages outside one are ignored.
  *
- * Backpressure: `handle` does not return while the publisher is not writable, while
+ * Backpressure: `handle` does not return while the sink is not writable, while
  * `maxInflight` messages wait for confirms, or (at a Begin) while the checkpoint holds
  * `maxInflight` open transactions; the replication stream does not read on until it returns.
  * Both bound memory: the checkpoint merges settled transactions, so open ones outnumber those
  * with unconfirmed messages at most twice, but the bound holds whatever it does.
  *
  * Batched mode (`batch.maxEvents` > 1): consecutive events of one transaction that share every
- * message property but the id (exchange, routing key, schema, table, op) travel as one message
- * whose body is a JSON array of them, with header `pgwarren-batch` = the count and `messageId` =
- * the first event's id. A batch is sent when it holds `maxEvents` events, when the next event
+ * message property but the id (exchange, routing key, schema, table, op) travel as one delivery,
+ * which the sink writes as one message whose body is a JSON array of them, with header
+ * `pgwarren-batch` = the count and `messageId` = the first event's id. A batch is sent when it holds `maxEvents` events, when the next event
  * would take its body over `maxBytes` (an event bigger than that travels alone), when the next
  * event differs in any of those properties, and at commit: a batch never spans transactions, so
  * the checkpoint simply counts one outstanding message per batch, and the batches of a
@@ -35,26 +38,27 @@
  * body is over the max message size goes to the dead-letter exchange instead (`deadLetter`, also
  * for callers that find an event cannot be published), as one message of its transaction.
  *
+ * Snapshot reads (`publishReads`) take the same path as streamed events (transform, dead
+ * letters, the sink's compression), outside any transaction and never batched.
+ *
  * Message slots: every message a read of a transaction produces, sent or not, has a slot number
  * (its position among them). Slots are the same on every read under the same flood plan, so after
  * a nack the next read skips the slots the broker confirmed before (`DeliveryMemory`), mapping the
- * publisher's tags back to slots to know which were confirmed; it publishes one message at a time
+ * sink's tags back to slots to know which were confirmed; it publishes one message at a time
  * (window 1) while the supervisor says to be careful (`remember`).
  *
- * The hot path allocates little per event: route, routing key, metric child and the AMQP headers
- * object are shared by the events of one table and op (the headers also by one transaction),
- * and a message's content is released as soon as the publisher has written it, so the window of
- * unconfirmed messages holds only small objects (less garbage promoted, a flatter RSS).
+ * The hot path allocates little per event: the route (the router's), its metric child and the
+ * confirm callback are shared by the events of one table and op in one transaction, and the sink
+ * keeps nothing of a delivery but its confirm, so the window of unconfirmed messages holds only
+ * small objects (less garbage promoted, a flatter RSS).
  */
 import type { Checkpoint, TxEntry } from './checkpoint.js';
 import type { EventBuilder, BuiltEvent, SchemaColumn } from '../events/envelope.js';
-import type { Router } from '../events/router.js';
+import type { Route, Router } from '../events/router.js';
 import type { OperationSelection, TableSelection } from '../filter/selection.js';
 import type { Metrics } from '../ops/metrics.js';
 import type { Logger } from '../ops/logger.js';
-import type { Confirm, Publisher } from '../sink/publisher.js';
-import type { OutgoingMessage } from '../sink/amqp-sink.js';
-import type { TableRoute } from '../events/router.js';
+import type { Confirm, DeadLetterDelivery, DeliverySink, EventDelivery, TxRef } from '../sink/sink.js';
 import type { Change, Decoded, LogicalMessage, Op, RelationInfo, SourceInfo, TxInfo } from '../types.js';
 import { formatLsn } from '../source/lsn.js';
 import { FloodGuard, type FloodAction, type FloodedTable, type TxPlan } from '../filter/flood-guard.js';
@@ -62,9 +66,8 @@ import { tableKey, tableName } from '../shared/table-name.js';
 import { APP_EVENT_PREFIX, messageRoutingKey, readAppEvent } from '../events/app-event.js';
 import { ShapeMemory, shapeSignature } from './shapes.js';
 import { DeliveryMemory } from './delivery-memory.js';
-import { deadLetterRoutingKey, ROUTING_KEY_MAX_BYTES, stubBody, utf8Bytes, type DeadLetter, type DeadLetterReason } from './dead-letter.js';
+import { deadLetterRoutingKey, stubBody, utf8Bytes, type DeadLetter, type DeadLetterReason } from './dead-letter.js';
 import { NackError, publishRefused } from '../sink/amqp-sink.js';
-import type { BodyEncoder } from '../sink/compression.js';
 import type { Shaper } from './shaping.js';
 import type { ReadBatch, SnapshotTap } from '../snapshot/tap.js';
 
@@ -76,7 +79,7 @@ export interface PipelineDeps {
   /** Loads catalog facts for a relation's column types before its first event is built. */
   readonly prepareRelation: (relation: RelationInfo) => Promise<void>;
   readonly router: Router;
-  readonly publisher: Publisher;
+  readonly sink: DeliverySink;
   readonly checkpoint: Checkpoint;
   /** Bound on messages awaiting confirms, and on transactions open in the checkpoint. */
   readonly maxInflight: number;
@@ -105,8 +108,6 @@ export interface PipelineDeps {
   readonly memory?: DeliveryMemory;
   /** Row filter (in-process), skip-unchanged and transform (README "Shaping the stream"). */
   readonly shaper?: Shaper;
-  /** Body compression; absent: UTF-8 JSON as it is. */
-  readonly encoder?: BodyEncoder;
   /** Snapshots (src/snapshot/): watermarks and the changes that fall between them. */
   readonly snapshots?: SnapshotTap;
 }
@@ -129,6 +130,8 @@ function isFloodMarker(msg: LogicalMessage): boolean {
 
 interface OpenTx {
   readonly info: TxInfo;
+  /** What the sink is told of the transaction (one object per read of it). */
+  readonly ref: TxRef;
   readonly entry: TxEntry;
   readonly commitMs: number;
   readonly timestampSeconds: number;
@@ -152,51 +155,33 @@ interface OpenTx {
   confirmedLastId: string | null;
   /** Slots confirmed beyond a gap (confirms out of order), by slot, with their ids. */
   ahead: Map<number, string> | null;
-  /** Publisher tag minus slot for this transaction's messages; null before the first send. */
+  /** Sink tag minus slot for this transaction's messages; null before the first send. */
   tagBase: number | null;
-  /** False once a publisher tag did not follow the slots (no prefix is recorded then). */
+  /** False once a sink tag did not follow the slots (no prefix is recorded then). */
   trackable: boolean;
 }
 
-/** Everything a message needs that is the same for all events of one table and op. */
-interface Route {
-  readonly schema: string;
-  readonly table: string;
-  readonly op: string;
-  /** Routed by a key of its own, not by table (application and commit events). */
-  readonly fixed: boolean;
-  readonly table_: TableRoute;
-  readonly routingKey: string;
-  /** Why the routing key cannot be used (over 255 bytes), or null. */
-  readonly keyError: string | null;
-  /** The labelled published-events counter, resolved once. */
-  readonly counter: { inc(n?: number): void };
-}
-
-/** The AMQP headers of one route in one transaction, shared by its messages (read-only). */
-interface HeaderSet {
+/** The confirm callback of single-event messages of one route in one transaction. */
+interface ConfirmSet {
   readonly tx: OpenTx;
   readonly route: Route;
-  readonly headers: Readonly<Record<string, string | number>>;
-  /** Confirm callback of a single-event message of this route and transaction. */
   readonly confirmOne: Confirm;
 }
+
+/** A published-events counter, resolved once per route. */
+type Counter = { inc(n?: number): void };
 
 /** A batch being filled (batched mode only). */
 interface OpenBatch {
   readonly tx: OpenTx;
   readonly exchange: string;
   readonly route: Route;
-  readonly firstId: string;
   readonly bodies: string[];
   /** Event ids, for dead-lettering the batch should the broker refuse it. */
   readonly ids: string[];
   /** Body bytes so far, brackets and commas included. */
   bytes: number;
 }
-
-type Mutable<T> = { -readonly [K in keyof T]: T[K] };
-const EMPTY = Buffer.alloc(0);
 
 /**
  * An event the pipeline knows it cannot publish (an application event with malformed JSON): it is
@@ -219,9 +204,8 @@ export class Pipeline {
   /** The waiting `handle`, woken by a confirm (or a failure) once `ready` holds. */
   private confirmWaiter: { readonly ready: () => boolean; readonly wake: () => void } | null = null;
   private readonly guard: FloodGuard<BuiltEvent>;
-  private readonly routes = new Map<string, Route>();
-  private lastRoute: Route | null = null;
-  private lastHeaders: HeaderSet | null = null;
+  private readonly counters = new WeakMap<Route, Counter>();
+  private lastConfirm: ConfirmSet | null = null;
   private readonly batchMaxEvents: number;
   private readonly batchMaxBytes: number;
   private batch: OpenBatch | null = null;
@@ -307,12 +291,14 @@ export class Pipeline {
     const plan = this.deps.plans.get(commitLsn) ?? null;
     const prefix = this.memory.prefix(commitLsn, plan);
     this.window = this.memory.careful(commitLsn) ? 1 : this.deps.maxInflight;
+    const lsn = formatLsn(commitLsn);
     this.tx = {
       info: { xid, commitLsn, commitTime },
+      ref: { commitLsn, lsn, xid },
       entry: this.deps.checkpoint.begin(commitLsn),
       commitMs,
       timestampSeconds: Math.floor(commitMs / 1000),
-      lsn: formatLsn(commitLsn),
+      lsn,
       seq: 0,
       published: 0,
       plan,
@@ -529,19 +515,14 @@ export class Pipeline {
 
   /** Send `event` (or add it to the open batch). Returns a promise only when it has to wait. */
   private publish(event: BuiltEvent, tx: OpenTx, destination: 'normal' | 'flood'): Promise<void> | void {
-    const refused = (event as Partial<RefusedEvent>).refused;
-    if (refused) return this.deadLetterIn(tx, { ...letterOf(event), body: event.body, reason: refused.reason, error: refused.error });
-    const route = event.routingKey === undefined ? this.route(event.schema, event.table, event.op) : this.fixedRoute(event.table, event.op, event.routingKey);
+    const refused = this.refusal(event);
+    if (refused) return this.deadLetterIn(tx, refused);
+    const { router, source } = this.deps;
+    const route = event.routingKey === undefined ? router.route(source.db, event.schema, event.table, event.op) : router.fixedRoute(event.table, event.op, event.routingKey);
     // A change that can never be published as configured must not block the ones after it.
-    if (route.keyError !== null && event.ownRoutingKey === undefined) return this.deadLetterIn(tx, { ...letterOf(event), body: event.body, reason: 'routing_key', error: route.keyError });
-    if (event.body.length * 3 > this.maxMessageBytes) {
-      const bytes = utf8Bytes(event.body);
-      if (bytes > this.maxMessageBytes) {
-        const error = `the body is ${bytes} bytes, above PGWARREN_MAX_MESSAGE_BYTES (${this.maxMessageBytes})`;
-        return this.deadLetterIn(tx, { ...letterOf(event), body: event.body, reason: 'size', error });
-      }
-    }
-    const exchange = destination === 'flood' ? this.deps.flood.exchange : route.table_.exchange;
+    const unpublishable = this.unpublishable(event, route);
+    if (unpublishable) return this.deadLetterIn(tx, unpublishable);
+    const exchange = destination === 'flood' ? this.deps.flood.exchange : route.exchange;
     if (event.ownRoutingKey !== undefined || event.ownHeaders !== undefined) {
       // A transform gave it its own routing key or headers: it travels alone (a batch of one in
       // batched mode), after the batch being filled.
@@ -552,15 +533,15 @@ export class Pipeline {
       if (tx.counts && destination === 'normal') this.tally(tx.counts, event);
       const batched = this.batchMaxEvents > 1;
       const own = { routingKey: event.ownRoutingKey, headers: event.ownHeaders };
-      const sendAlone = () => this.send(tx, exchange, route, event.id, batched ? `[${event.body}]` : event.body, batched ? [event.id] : null, own);
+      const sendAlone = () => this.send(tx, exchange, route, [event.id], [event.body], batched, own);
       if (this.mustWait()) return this.waitToSend().then(sendAlone);
       sendAlone();
       return;
     }
     if (this.batchMaxEvents === 1) {
       if (tx.counts && destination === 'normal') this.tally(tx.counts, event);
-      if (this.mustWait()) return this.waitToSend().then(() => this.send(tx, exchange, route, event.id, event.body, null));
-      this.send(tx, exchange, route, event.id, event.body, null);
+      if (this.mustWait()) return this.waitToSend().then(() => this.send(tx, exchange, route, [event.id], [event.body], false));
+      this.send(tx, exchange, route, [event.id], [event.body], false);
       return;
     }
     const bytes = Buffer.byteLength(event.body, 'utf8');
@@ -576,9 +557,28 @@ export class Pipeline {
       open.ids.push(event.id);
       open.bytes += 1 + bytes;
     } else {
-      this.batch = { tx, exchange, route, firstId: event.id, bodies: [event.body], ids: [event.id], bytes: 2 + bytes };
+      this.batch = { tx, exchange, route, bodies: [event.body], ids: [event.id], bytes: 2 + bytes };
     }
     if (this.batch!.bodies.length >= this.batchMaxEvents) return this.flush();
+  }
+
+  /** The dead letter of an event the pipeline already knows it cannot publish (malformed), or null. */
+  private refusal(event: BuiltEvent): DeadLetter | null {
+    const refused = (event as Partial<RefusedEvent>).refused;
+    return refused ? { ...letterOf(event), body: event.body, reason: refused.reason, error: refused.error } : null;
+  }
+
+  /** The dead letter of an event that cannot travel on `route` (routing key, size), or null. */
+  private unpublishable(event: BuiltEvent, route: Route): DeadLetter | null {
+    if (route.keyError !== null && event.ownRoutingKey === undefined) return { ...letterOf(event), body: event.body, reason: 'routing_key', error: route.keyError };
+    if (event.body.length * 3 > this.maxMessageBytes) {
+      const bytes = utf8Bytes(event.body);
+      if (bytes > this.maxMessageBytes) {
+        const error = `the body is ${bytes} bytes, above PGWARREN_MAX_MESSAGE_BYTES (${this.maxMessageBytes})`;
+        return { ...letterOf(event), body: event.body, reason: 'size', error };
+      }
+    }
+    return null;
   }
 
   /** Count an event for the transaction's commit event (not the commit event itself). */
@@ -596,7 +596,7 @@ export class Pipeline {
     if (!b) return;
     if (this.mustWait()) return this.waitToSend().then(() => this.flush());
     this.batch = null;
-    this.send(b.tx, b.exchange, b.route, b.firstId, '[' + b.bodies.join(',') + ']', b.ids);
+    this.send(b.tx, b.exchange, b.route, b.ids, b.bodies, true);
   }
 
   /**
@@ -629,53 +629,19 @@ export class Pipeline {
    * then a JSON array of stubs, with `pgwarren-batch`).
    */
   private sendDeadLetter(tx: OpenTx, letter: DeadLetter, batchIds: readonly string[] | null): void {
-    const { log, metrics, source } = this.deps;
+    const { log, metrics } = this.deps;
     const rejected = this.memory.anyRejected() ? this.memory.rejection(letter.id) : undefined;
-    const where = { id: letter.id, table: letter.schema === '' ? letter.table : tableName(letter.schema, letter.table), op: letter.op, lsn: tx.lsn, reason: letter.reason, error: letter.error };
     if (rejected && rejected.times >= 2) {
       // The broker closed the channel even over the stub: nothing of it can be published.
+      const where = { id: letter.id, table: letter.schema === '' ? letter.table : tableName(letter.schema, letter.table), op: letter.op, lsn: tx.lsn, reason: letter.reason, error: letter.error };
       log.error({ ...where, broker: rejected.error }, `event ${letter.id} skipped: the broker refused it even as a dead-letter stub (${rejected.error})`);
       metrics.deadLettered.inc({ reason: letter.reason });
       this.skipSlot(tx, letter.id);
       return;
     }
-    let body = letter.body;
-    let bytes = utf8Bytes(body);
-    if (batchIds || rejected || bytes > this.maxMessageBytes) {
-      const stub = { ...letter, error: rejected ? `${letter.error}; the broker refused the message (${rejected.error})` : letter.error };
-      body = batchIds
-        ? '[' + batchIds.map((id) => stubBody({ ...stub, id }, tx.info, tx.lsn, source, bytes)).join(',') + ']'
-        : stubBody(stub, tx.info, tx.lsn, source, bytes);
-      bytes = utf8Bytes(body);
-    }
-    log.warn(where, `event ${letter.id} dead-lettered to exchange "${this.deadExchange}": ${letter.error}`);
-    const headers: Record<string, string | number> = {
-      'pgwarren-schema': letter.schema,
-      'pgwarren-table': letter.table,
-      'pgwarren-op': letter.op,
-      'pgwarren-lsn': tx.lsn,
-      'pgwarren-xid': tx.info.xid,
-      'pgwarren-error': letter.error,
-    };
-    if (batchIds) headers['pgwarren-batch'] = batchIds.length;
     const reason: DeadLetterReason = letter.reason;
     const count = batchIds?.length ?? 1;
-    const msg: Mutable<OutgoingMessage> = {
-      exchange: this.deadExchange,
-      routingKey: deadLetterRoutingKey(letter.schema, letter.table, letter.op),
-      content: Buffer.from(body, 'utf8'),
-      properties: {
-        messageId: letter.id,
-        contentType: 'application/json',
-        persistent: true,
-        timestamp: tx.timestampSeconds,
-        type: letter.op,
-        appId: 'pgwarren',
-        mandatory: true,
-        headers,
-      },
-    };
-    this.write(tx, msg, (err, tag) => {
+    this.write(tx, this.letterDelivery(tx, letter, batchIds, rejected?.error), (err, tag) => {
       if (err) return this.confirmFailed(err);
       this.deps.checkpoint.confirmed(tx.entry);
       this.confirmedTag(tx, tag, letter.id);
@@ -686,66 +652,119 @@ export class Pipeline {
   }
 
   /**
+   * The delivery of a dead letter of `tx` (null: a snapshot read), logged: its body, or a stub
+   * without row values when it is too big, `batchIds` were refused together, or the broker
+   * refused it before (`rejected`: what it said).
+   */
+  private letterDelivery(tx: OpenTx | null, letter: DeadLetter, batchIds: readonly string[] | null, rejected: string | undefined): DeadLetterDelivery {
+    const { log, source } = this.deps;
+    const lsn = tx?.lsn ?? '';
+    const where = { id: letter.id, table: letter.schema === '' ? letter.table : tableName(letter.schema, letter.table), op: letter.op, ...(tx && { lsn }), reason: letter.reason, error: letter.error };
+    let bodies = [letter.body];
+    const bytes = utf8Bytes(letter.body);
+    if (batchIds || rejected !== undefined || bytes > this.maxMessageBytes) {
+      const stub = { ...letter, error: rejected !== undefined ? `${letter.error}; the broker refused the message (${rejected})` : letter.error };
+      const info = tx?.info ?? null;
+      bodies = batchIds ? batchIds.map((id) => stubBody({ ...stub, id }, info, lsn, source, bytes)) : [stubBody(stub, info, lsn, source, bytes)];
+    }
+    log.warn(where, `event ${letter.id} dead-lettered to exchange "${this.deadExchange}": ${letter.error}`);
+    return {
+      kind: 'dead-letter',
+      tx: tx?.ref ?? null,
+      timestampSeconds: tx?.timestampSeconds ?? Math.floor(Date.now() / 1000),
+      exchange: this.deadExchange,
+      routingKey: deadLetterRoutingKey(letter.schema, letter.table, letter.op),
+      id: letter.id,
+      schema: letter.schema,
+      table: letter.table,
+      op: letter.op,
+      error: letter.error,
+      bodies,
+      batch: batchIds !== null,
+    };
+  }
+
+  /**
    * A snapshot chunk's `read` events (src/snapshot/tap.ts), published where its high watermark
-   * stands in the stream: outside any transaction, never batched, never a flood. They count in
-   * the checkpoint as one entry that moves nothing, so later transactions are acknowledged only
-   * once the chunk is confirmed, and the inflight window bounds them like any message.
+   * stands in the stream: outside any transaction, never batched, never a flood, but otherwise
+   * like streamed events: shaped (transform), dead-lettered when they cannot be published, and
+   * written by the same sink (compression). They count in the checkpoint as one entry that moves
+   * nothing, so later transactions are acknowledged only once the chunk is confirmed, and the
+   * inflight window bounds them like any message.
    */
   private async publishReads(batch: ReadBatch): Promise<void> {
-    const { checkpoint, publisher, router, source, metrics } = this.deps;
-    const table_ = router.forTable(batch.schema, batch.table);
-    const exchange = batch.exchange ?? table_.exchange;
-    const routingKey = (batch.routingKey ?? table_.routingKey)({ db: source.db, schema: batch.schema, table: batch.table, op: 'read' });
-    const counter = metrics.publishedCounter(tableName(batch.schema, batch.table), 'read');
-    const headers = { 'pgwarren-schema': batch.schema, 'pgwarren-table': batch.table, 'pgwarren-op': 'read' };
+    const { checkpoint, sink, router, source, metrics, shaper } = this.deps;
+    const { schema, table } = batch;
+    const route = batch.exchange === undefined && batch.routingKey === undefined ? router.route(source.db, schema, table, 'read') : router.snapshotRoute(source.db, schema, table, batch);
+    const counter = this.counter(route);
     const entry = checkpoint.begin(checkpoint.safeLsn());
-    let left = batch.events.length;
+    // Messages sent and not yet confirmed, plus one until every event has been handed over.
+    let left = 1;
     let settled = false;
-    const confirm = (err: Error | null) => {
+    const settle = (err: Error | null) => {
       if (settled) return;
       if (err) {
         settled = true;
         this.failure ??= err;
         batch.onConfirmed(err);
-      } else {
-        checkpoint.confirmed(entry);
-        counter.inc();
-        if (--left === 0) {
-          settled = true;
-          batch.onConfirmed(null);
-        }
+      } else if (--left === 0) {
+        settled = true;
+        batch.onConfirmed(null);
       }
       this.wakeConfirmWaiter();
     };
-    const timestamp = Math.floor(Date.now() / 1000);
-    for (const event of batch.events) {
+    const confirmed = (count: () => void) => (err: Error | null) => {
+      if (!err && !settled) {
+        checkpoint.confirmed(entry);
+        count();
+      }
+      settle(err);
+    };
+    const confirmEvent = confirmed(() => counter.inc());
+    const timestampSeconds = Math.floor(Date.now() / 1000);
+    const shapes = shaper?.shapes(schema, table) ?? false;
+    for (const read of batch.events) {
+      let event = read;
+      let letter: DeadLetter | null = null;
+      if (shapes) {
+        const out = shaper!.shape(read);
+        const shaped = out instanceof Promise ? await out : out;
+        if (shaped.kind === 'drop') {
+          metrics.eventsFiltered.inc({ reason: shaped.reason });
+          continue;
+        }
+        if (shaped.kind === 'fail') letter = { ...letterOf(read), body: read.body, reason: 'transform', error: shaped.error };
+        else event = shaped.event;
+      }
+      letter ??= this.unpublishable(event, route);
       if (this.mustWait()) await this.waitToSend();
       checkpoint.published(entry);
-      publisher.publish(
-        {
-          exchange,
-          routingKey,
-          content: Buffer.from(event.body, 'utf8'),
-          properties: {
-            messageId: event.id,
-            contentType: 'application/json',
-            persistent: true,
-            timestamp,
-            type: 'read',
-            appId: 'pgwarren',
-            mandatory: true,
-            expiration: table_.expiration,
-            headers,
-          },
-        },
-        confirm,
-      );
+      left++;
+      if (letter) {
+        const reason = letter.reason;
+        sink.deliver(this.letterDelivery(null, letter, null, undefined), confirmed(() => metrics.deadLettered.inc({ reason })));
+        continue;
+      }
+      const delivery: EventDelivery = {
+        kind: 'events',
+        tx: null,
+        timestampSeconds,
+        route,
+        exchange: route.exchange,
+        routingKey: event.ownRoutingKey ?? route.routingKey,
+        ids: [event.id],
+        bodies: [event.body],
+        batch: false,
+        ...(event.ownHeaders && { ownHeaders: event.ownHeaders }),
+      };
+      sink.deliver(delivery, confirmEvent);
     }
     checkpoint.committed(entry, 0n);
+    settle(null);
   }
 
   private mustWait(): boolean {
-    return !this.deps.publisher.writable() || this.windowFull();
+    return !this.deps.sink.writable() || this.windowFull();
   }
 
   private windowFull(): boolean {
@@ -758,13 +777,13 @@ export class Pipeline {
   }
 
   private async waitToSend(): Promise<void> {
-    const { publisher } = this.deps;
+    const { sink } = this.deps;
     this.brokerWait = true;
     try {
-      while (!publisher.writable() || this.windowFull()) {
-        const reason = publisher.failureReason() ?? this.failure;
+      while (!sink.writable() || this.windowFull()) {
+        const reason = sink.failureReason() ?? this.failure;
         if (reason) throw reason;
-        if (!publisher.writable()) await publisher.whenWritable();
+        if (!sink.writable()) await sink.whenWritable();
         else await this.confirms(() => !this.windowFull());
       }
     } finally {
@@ -776,7 +795,7 @@ export class Pipeline {
     this.brokerWait = true;
     try {
       while (this.tooManyOpen()) {
-        const reason = this.deps.publisher.failureReason() ?? this.failure;
+        const reason = this.deps.sink.failureReason() ?? this.failure;
         if (reason) throw reason;
         await this.confirms(() => !this.tooManyOpen());
       }
@@ -790,16 +809,17 @@ export class Pipeline {
     return new Promise<void>((wake) => (this.confirmWaiter = { ready, wake }));
   }
 
-  /** One AMQP message: one event (`ids` null outside batched mode) or a batch of `ids`. */
+  /** One message: one event, or (`batch`: batched mode) a batch of them, even of one. */
   private send(
     tx: OpenTx,
     exchange: string,
     route: Route,
-    messageId: string,
-    body: string,
-    ids: readonly string[] | null,
+    ids: readonly string[],
+    bodies: readonly string[],
+    batch: boolean,
     own: { readonly routingKey?: string; readonly headers?: BuiltEvent['ownHeaders'] } | null = null,
   ): void {
+    const messageId = ids[0]!;
     if (this.memory.anyRejected() && this.memory.rejection(messageId)) {
       // The broker closed the channel over this very message in an earlier session.
       const letter: DeadLetter = {
@@ -807,66 +827,51 @@ export class Pipeline {
         schema: route.schema,
         table: route.table,
         op: route.op,
-        body,
+        body: batch ? '[' + bodies.join(',') + ']' : bodies[0]!,
         reason: 'broker_rejected',
         error: 'the broker closed the channel when this message was published (406 PRECONDITION_FAILED: above its max_message_size?)',
       };
-      this.sendDeadLetter(tx, letter, ids);
+      this.sendDeadLetter(tx, letter, batch ? ids : null);
       return;
     }
-    const count = ids?.length ?? 1;
-    const set = this.headerSet(tx, route);
-    let headers: OutgoingMessage['properties']['headers'] = this.batchMaxEvents > 1 ? { ...set.headers, 'pgwarren-batch': count } : set.headers;
-    if (own?.headers) headers = { ...own.headers, ...headers };
-    const encoder = this.deps.encoder;
-    const msg: Mutable<OutgoingMessage> = {
+    const delivery: EventDelivery = {
+      kind: 'events',
+      tx: tx.ref,
+      timestampSeconds: tx.timestampSeconds,
+      route,
       exchange,
       routingKey: own?.routingKey ?? route.routingKey,
-      content: encoder ? encoder.encode(body) : Buffer.from(body, 'utf8'),
-      properties: {
-        messageId,
-        contentType: 'application/json',
-        ...(encoder?.contentEncoding !== undefined && { contentEncoding: encoder.contentEncoding }),
-        persistent: true,
-        timestamp: tx.timestampSeconds,
-        type: route.op,
-        appId: 'pgwarren',
-        mandatory: true,
-        expiration: route.table_.expiration,
-        headers,
-      },
+      ids,
+      bodies,
+      batch,
+      ...(own?.headers && { ownHeaders: own.headers }),
     };
     // Messages of one route in one transaction share their confirm callback: the window of
     // unconfirmed messages should hold as few objects as possible.
-    this.write(tx, msg, count === 1 ? set.confirmOne : this.confirmer(tx, route, count));
+    this.write(tx, delivery, ids.length === 1 ? this.confirmOne(tx, route) : this.confirmer(tx, route, ids.length));
   }
 
   /**
-   * Account for one message slot of `tx` and publish `msg`, unless an earlier read of the
+   * Account for one message slot of `tx` and deliver it, unless an earlier read of the
    * transaction (under the same plan) had the broker confirm it already.
    */
-  private write(tx: OpenTx, msg: Mutable<OutgoingMessage>, confirm: Confirm): void {
-    const messageId = msg.properties.messageId as string;
+  private write(tx: OpenTx, delivery: EventDelivery | DeadLetterDelivery, confirm: Confirm): void {
+    const messageId = delivery.kind === 'events' ? delivery.ids[0]! : delivery.id;
     const slot = tx.slots++;
     if (slot < tx.skip) {
       if (slot === tx.skip - 1 && messageId !== tx.skipLastId) this.prefixMismatch(tx, `message ${slot} is ${messageId}, was ${tx.skipLastId}`);
       return;
     }
-    const { publisher, checkpoint } = this.deps;
+    const { sink, checkpoint } = this.deps;
     checkpoint.published(tx.entry);
     tx.published++;
     if (tx.tagBase === null && tx.trackable) this.track(tx);
     this.lastSentTx = tx;
     this.lastSentId = messageId;
-    const tag = publisher.publish(msg, confirm);
+    const tag = sink.deliver(delivery, confirm);
     if (typeof tag !== 'number') tx.trackable = false;
     else if (tx.tagBase === null) tx.tagBase = tag - slot;
     else if (tag - tx.tagBase !== slot) tx.trackable = false; // someone else published in between
-    // The publisher has written the message (Publisher contract) and may still hold `msg` until
-    // the confirm: keep only what it may still read, so the window of unconfirmed messages does
-    // not keep every body and property set alive (they would be promoted to V8's old space).
-    msg.content = EMPTY;
-    msg.properties = { messageId };
   }
 
   /** A slot not sent at all (a dead letter refused even as a stub): it counts as confirmed. */
@@ -883,7 +888,7 @@ export class Pipeline {
     this.tracked.push(tx);
   }
 
-  /** The message with publisher tag `tag` of `tx` was confirmed: extend the confirmed prefix. */
+  /** The message with sink tag `tag` of `tx` was confirmed: extend the confirmed prefix. */
   private confirmedTag(tx: OpenTx, tag: number | undefined, id: string | undefined): void {
     if (!tx.trackable || tx.tagBase === null) return;
     if (tag === undefined || id === undefined) {
@@ -949,14 +954,24 @@ export class Pipeline {
   }
 
   private confirmer(tx: OpenTx, route: Route, count: number): Confirm {
+    const counter = this.counter(route);
     return (err, tag, messageId) => {
       if (err) return this.confirmFailed(err);
       this.deps.checkpoint.confirmed(tx.entry);
       this.confirmedTag(tx, tag, messageId);
-      route.counter.inc(count);
+      counter.inc(count);
       if (tx.entry.outstanding === 0 && tx.entry.endLsn !== null) this.observeLatency(tx);
       this.wakeConfirmWaiter();
     };
+  }
+
+  /** The confirm callback of single-event messages of `route` in `tx`, shared by them. */
+  private confirmOne(tx: OpenTx, route: Route): Confirm {
+    const last = this.lastConfirm;
+    if (last && last.tx === tx && last.route === route) return last.confirmOne;
+    const set: ConfirmSet = { tx, route, confirmOne: this.confirmer(tx, route, 1) };
+    this.lastConfirm = set;
+    return set.confirmOne;
   }
 
   private confirmFailed(err: Error): void {
@@ -964,79 +979,14 @@ export class Pipeline {
     this.wakeConfirmWaiter();
   }
 
-  /** The route of events of one table and op; the last one is checked first (runs of one table). */
-  private route(schema: string, table: string, op: string): Route {
-    const last = this.lastRoute;
-    if (last && !last.fixed && last.table === table && last.schema === schema && last.op === op) return last;
-    const key = `${schema}\u0000${table}\u0000${op}`;
-    let route = this.routes.get(key);
-    if (!route) {
-      const { router, source, metrics } = this.deps;
-      const table_ = router.forTable(schema, table);
-      const routingKey = table_.routingKey({ db: source.db, schema, table, op });
-      const keyBytes = utf8Bytes(routingKey);
-      route = {
-        schema,
-        table,
-        op,
-        fixed: false,
-        table_,
-        routingKey,
-        keyError: keyBytes > ROUTING_KEY_MAX_BYTES ? `routing key is ${keyBytes} bytes, above the ${ROUTING_KEY_MAX_BYTES} AMQP allows: "${routingKey.slice(0, 80)}..."` : null,
-        counter: metrics.publishedCounter(tableName(schema, table), op),
-      };
-      if (this.routes.size >= 4096) this.routes.clear();
-      this.routes.set(key, route);
+  /** The published-events counter of a route: by table, or for events of no table by label. */
+  private counter(route: Route): Counter {
+    let counter = this.counters.get(route);
+    if (!counter) {
+      counter = this.deps.metrics.publishedCounter(route.fixed ? route.table : tableName(route.schema, route.table), route.op);
+      this.counters.set(route, counter);
     }
-    this.lastRoute = route;
-    return route;
-  }
-
-  /**
-   * The route of events with a routing key of their own (application and commit events): the
-   * default exchange, no per-table rule. `label` names them in metrics (a prefix, or '').
-   */
-  private fixedRoute(label: string, op: string, routingKey: string): Route {
-    const last = this.lastRoute;
-    if (last && last.fixed && last.routingKey === routingKey && last.op === op && last.table === label) return last;
-    const key = `\u0001${label}\u0000${op}\u0000${routingKey}`;
-    let route = this.routes.get(key);
-    if (!route) {
-      const table_ = this.deps.router.defaultRoute();
-      const keyBytes = utf8Bytes(routingKey);
-      route = {
-        schema: '',
-        table: label,
-        op,
-        fixed: true,
-        table_,
-        routingKey,
-        // An application event may name any routing key: one over 255 bytes is dead-lettered.
-        keyError: keyBytes > ROUTING_KEY_MAX_BYTES ? `routing key is ${keyBytes} bytes, above the ${ROUTING_KEY_MAX_BYTES} AMQP allows: "${routingKey.slice(0, 80)}..."` : null,
-        counter: this.deps.metrics.publishedCounter(label, op),
-      };
-      if (this.routes.size >= 4096) this.routes.clear();
-      this.routes.set(key, route);
-    }
-    this.lastRoute = route;
-    return route;
-  }
-
-  private headerSet(tx: OpenTx, route: Route): HeaderSet {
-    const last = this.lastHeaders;
-    if (last && last.tx === tx && last.route === route) return last;
-    // Events of no table (application, commit) carry the same headers: schema '', table = the
-    // application event's prefix ('' for commit events).
-    const headers = {
-      'pgwarren-schema': route.schema,
-      'pgwarren-table': route.table,
-      'pgwarren-op': route.op,
-      'pgwarren-lsn': tx.lsn,
-      'pgwarren-xid': tx.info.xid,
-    };
-    const set: HeaderSet = { tx, route, headers, confirmOne: this.confirmer(tx, route, 1) };
-    this.lastHeaders = set;
-    return set;
+    return counter;
   }
 
   private wakeConfirmWaiter(): void {

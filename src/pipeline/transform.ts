@@ -23,6 +23,7 @@ import { pathToFileURL } from 'node:url';
 import { resolve } from 'node:path';
 import { LosslessNumber, parse as parseLossless, stringify as stringifyLossless } from 'lossless-json';
 import type { BuiltEvent } from '../events/envelope.js';
+import { ROUTING_KEY_MAX_BYTES } from '../events/routing.js';
 
 export type TransformFn = (event: Record<string, unknown>) => unknown;
 
@@ -46,7 +47,6 @@ export async function loadTransform(path: string, cwd = process.cwd()): Promise<
 }
 
 const HEADER_RESERVED = /^pgwarren-/i;
-const ROUTING_KEY_MAX_BYTES = 255;
 
 /** Numbers as `Number` when that keeps their text exactly, else as LosslessNumber. */
 const parseNumber = (text: string): number | LosslessNumber => (String(Number(text)) === text ? Number(text) : new LosslessNumber(text));

@@ -16,23 +16,20 @@
  * first *returned* and then still acked, so returns are tracked separately; `publish()` returning
  * false means "wait for drain".
  */
-import type { ChannelModel, ConfirmChannel, Message, Options } from 'amqplib';
+import type { ChannelModel, ConfirmChannel, Message } from 'amqplib';
 import type { Logger } from '../ops/logger.js';
-import type { Confirm } from './publisher.js';
-import { redactUrl } from '../config/load.js';
-import { tlsFailure } from '../config/database.js';
+import type { Confirm, Delivery, Sink } from './sink.js';
+import type { BodyEncoder } from './compression.js';
+import { MessageBuilder, type OutgoingMessage } from './amqp/message.js';
+import { redactUrl } from '../shared/redact.js';
+import { tlsFailure } from '../shared/tls.js';
 import { closeWithin } from '../ops/close.js';
 import { classify, errorMessage, TimeoutError } from '../errors.js';
 import { closeAmqp, connectAmqp, type AmqpTls } from './amqp-connect.js';
 
 export type { AmqpTls } from './amqp-connect.js';
 
-export interface OutgoingMessage {
-  readonly exchange: string;
-  readonly routingKey: string;
-  readonly content: Buffer;
-  readonly properties: Options.Publish;
-}
+export type { OutgoingMessage } from './amqp/message.js';
 
 export interface ExchangeDeclaration {
   readonly name: string;
@@ -46,6 +43,8 @@ export interface AmqpSinkOptions {
   readonly exchanges: readonly ExchangeDeclaration[];
   readonly unroutable: 'warn' | 'block';
   readonly tls?: AmqpTls;
+  /** Body compression of event messages (PGWARREN_COMPRESSION); absent: UTF-8 JSON. */
+  readonly encoder?: BodyEncoder;
   readonly log: Logger;
   readonly onUnroutable?: (msg: { exchange: string; routingKey: string; messageId: string | undefined }) => void;
   readonly onBlockedChange?: (blocked: boolean, reason?: string) => void;
@@ -91,7 +90,7 @@ export function publishRefused(err: unknown): boolean {
   return false;
 }
 
-export class AmqpSink {
+export class AmqpSink implements Sink {
   private blocked = false;
   private needsDrain = false;
   private failure: SinkError | null = null;
@@ -100,6 +99,7 @@ export class AmqpSink {
   private closing = false;
   /** Messages published on this channel: the last one's number (its AMQP delivery tag). */
   private published = 0;
+  private readonly messages: MessageBuilder;
   /** Resolves once, with the reason, when the sink stops working. Never rejects. */
   readonly failed: Promise<SinkError> = new Promise((resolve) => (this.resolveFailed = resolve));
 
@@ -109,7 +109,9 @@ export class AmqpSink {
     readonly url: string,
     readonly urlIndex: number,
     private readonly options: AmqpSinkOptions,
-  ) {}
+  ) {
+    this.messages = new MessageBuilder(options.encoder);
+  }
 
   static async open(options: AmqpSinkOptions): Promise<AmqpSink> {
     const { urls, firstUrl, log } = options;
@@ -253,9 +255,6 @@ export class AmqpSink {
     return !this.blocked && !this.needsDrain && this.failure === null;
   }
 
-  isBlocked(): boolean {
-    return this.blocked;
-  }
 
   /** Resolves when writable again, or when the sink failed (check `failure()` afterwards). */
   whenWritable(): Promise<void> {
@@ -267,11 +266,20 @@ export class AmqpSink {
     return this.failure;
   }
 
+  /** One delivery as one AMQP message (amqp/message.ts); see `publish`. */
+  deliver(delivery: Delivery, confirm: Confirm): number | undefined {
+    if (this.failure) {
+      confirm(this.failure);
+      return undefined;
+    }
+    return this.publish(this.messages.build(delivery), confirm);
+  }
+
   /**
    * Publish one message; `confirm` is called exactly once: with null when the broker took it,
    * with an error when it nacked it or the sink failed first.
    */
-  publish(msg: OutgoingMessage, confirm: Confirm): number | undefined {
+  private publish(msg: OutgoingMessage, confirm: Confirm): number | undefined {
     if (this.failure) {
       confirm(this.failure);
       return undefined;

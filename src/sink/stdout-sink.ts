@@ -1,14 +1,16 @@
 /**
  * `PGWARREN_SINK=stdout`: each message body (an event, or a batch array) as one JSON line on
- * standard output, for development, piping into `jq`, and tests. A line counts as confirmed once
+ * standard output, for development, piping into `jq`, and tests; the same bytes the AMQP sink
+ * would publish (amqp/message.ts), compressed too when configured. A line counts as confirmed once
  * the write callback reports it flushed to the file descriptor, so the slot still moves only past
  * what was written. Logs go to standard error in this mode (see ops/logger.ts). A closed pipe
  * (EPIPE: the reader went away) fails the sink like a lost broker connection.
  */
 import type { Writable } from 'node:stream';
-import type { OutgoingMessage } from './amqp-sink.js';
 import { SinkError, errorText } from './amqp-sink.js';
-import type { Sink } from './sink.js';
+import { MessageBuilder } from './amqp/message.js';
+import type { BodyEncoder } from './compression.js';
+import type { Confirm, Delivery, Sink } from './sink.js';
 
 const NEWLINE = Buffer.from('\n');
 
@@ -26,7 +28,13 @@ export class StdoutSink implements Sink {
     this.wake();
   };
 
-  constructor(private readonly out: Writable = process.stdout) {
+  private readonly messages: MessageBuilder;
+
+  constructor(
+    private readonly out: Writable = process.stdout,
+    encoder?: BodyEncoder,
+  ) {
+    this.messages = new MessageBuilder(encoder);
     out.on('error', this.onError);
     out.on('drain', this.onDrain);
   }
@@ -35,9 +43,6 @@ export class StdoutSink implements Sink {
     return !this.needsDrain && this.failure === null;
   }
 
-  isBlocked(): boolean {
-    return false;
-  }
 
   whenWritable(): Promise<void> {
     if (this.writable() || this.failure) return Promise.resolve();
@@ -48,12 +53,12 @@ export class StdoutSink implements Sink {
     return this.failure;
   }
 
-  publish(msg: OutgoingMessage, confirm: (err: Error | null) => void): void {
+  deliver(delivery: Delivery, confirm: Confirm): void {
     if (this.failure) {
       confirm(this.failure);
       return;
     }
-    this.out.write(msg.content);
+    this.out.write(this.messages.content(delivery));
     const ok = this.out.write(NEWLINE, (err) => {
       if (err) this.fail(new SinkError(`stdout: ${errorText(err)}`, 'transient', { cause: err }));
       confirm(this.failure ?? (err ? err : null));

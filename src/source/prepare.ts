@@ -18,7 +18,7 @@ import { connectPg, destroyClient, within, type PgTimeouts, type QueryFn } from 
 import { Stopped, type Step } from '../shared/step.js';
 import { tableName } from '../shared/table-name.js';
 import { errorMessage, pgFailure, PrerequisiteError, SessionFailure, UsageError } from '../errors.js';
-import { tlsFailure } from '../config/database.js';
+import { tlsFailure } from '../shared/tls.js';
 import type { Config } from '../config/load.js';
 import { checkSlot, ensureSlot, requireLogicalWal, type SlotState } from './slot-admin.js';
 import { ensurePublication, type PublicationPlan } from './publication.js';

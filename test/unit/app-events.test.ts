@@ -14,8 +14,8 @@ import { Router } from '../../src/events/router.js';
 import { OperationSelection, TableSelection } from '../../src/filter/selection.js';
 import { Metrics } from '../../src/ops/metrics.js';
 import { createLogger } from '../../src/ops/logger.js';
-import type { Publisher } from '../../src/sink/publisher.js';
-import type { OutgoingMessage } from '../../src/sink/amqp-sink.js';
+import type { Delivery, DeliverySink } from '../../src/sink/sink.js';
+import { MessageBuilder } from '../../src/sink/amqp/message.js';
 import type { TypeInfo } from '../../src/source/type-catalog.js';
 import type { Decoded, RelationInfo, SourceInfo } from '../../src/types.js';
 
@@ -48,9 +48,13 @@ interface Sent {
   confirm: (err: Error | null) => void;
 }
 
-class RecordingPublisher implements Publisher {
+const wire = new MessageBuilder();
+
+class RecordingPublisher implements DeliverySink {
   sent: Sent[] = [];
-  publish(msg: OutgoingMessage, confirm: (err: Error | null) => void): void {
+  deliver(delivery: Delivery, confirm: (err: Error | null) => void): void {
+    // The AMQP message the AMQP sink would publish for it.
+    const msg = wire.build(delivery);
     this.sent.push({
       exchange: msg.exchange,
       routingKey: msg.routingKey,
@@ -81,7 +85,7 @@ function pipeline(
     builder: new EventBuilder(source, types),
     prepareRelation: async () => undefined,
     router: new Router({ exchange: 'ex', routingKey: '{schema}.{table}.{op}' }),
-    publisher,
+    sink: publisher,
     checkpoint: new Checkpoint(0n),
     maxInflight: 10_000,
     metrics: new Metrics({ processMetrics: false }),

@@ -17,8 +17,8 @@ import { OperationSelection, TableSelection } from '../../src/filter/selection.j
 import { Metrics } from '../../src/ops/metrics.js';
 import { createLogger } from '../../src/ops/logger.js';
 import { NackError, SinkError } from '../../src/sink/amqp-sink.js';
-import type { Confirm, Publisher } from '../../src/sink/publisher.js';
-import type { OutgoingMessage } from '../../src/sink/amqp-sink.js';
+import type { Confirm, Delivery, DeliverySink } from '../../src/sink/sink.js';
+import { MessageBuilder } from '../../src/sink/amqp/message.js';
 import type { Decoded, RelationInfo, SourceInfo } from '../../src/types.js';
 import type { TxPlan } from '../../src/filter/flood-guard.js';
 
@@ -47,11 +47,15 @@ interface Sent {
   confirm: (err: Error | null) => void;
 }
 
+const wire = new MessageBuilder();
+
 /** Numbers messages like the AMQP sink: tag = 1, 2, ...; confirms carry tag and id. */
-class NumberingPublisher implements Publisher {
+class NumberingPublisher implements DeliverySink {
   sent: Sent[] = [];
   private tag = 0;
-  publish(msg: OutgoingMessage, confirm: Confirm): number {
+  deliver(delivery: Delivery, confirm: Confirm): number {
+    // The AMQP message the AMQP sink would publish for it.
+    const msg = wire.build(delivery);
     const tag = ++this.tag;
     const id = String(msg.properties.messageId);
     this.sent.push({
@@ -87,7 +91,7 @@ function pipeline(opts: { memory?: DeliveryMemory; routingKey?: string; maxMessa
     builder: new EventBuilder(source, { get: () => undefined }),
     prepareRelation: async () => undefined,
     router: new Router({ exchange: 'ex', routingKey: opts.routingKey ?? '{schema}.{table}.{op}' }),
-    publisher,
+    sink: publisher,
     checkpoint,
     maxInflight: 100,
     metrics,

@@ -12,8 +12,8 @@ import { Router } from '../../src/events/router.js';
 import { OperationSelection, TableSelection } from '../../src/filter/selection.js';
 import { Metrics } from '../../src/ops/metrics.js';
 import { createLogger } from '../../src/ops/logger.js';
-import type { Publisher } from '../../src/sink/publisher.js';
-import type { OutgoingMessage } from '../../src/sink/amqp-sink.js';
+import type { Delivery, DeliverySink } from '../../src/sink/sink.js';
+import { MessageBuilder } from '../../src/sink/amqp/message.js';
 import type { Decoded, RelationInfo, SourceInfo } from '../../src/types.js';
 
 const source: SourceInfo = { name: 'pgwarren', db: 'app', slot: 's', plugin: 'pgoutput' };
@@ -40,11 +40,15 @@ interface Sent {
   confirm: (err: Error | null) => void;
 }
 
-class RecordingPublisher implements Publisher {
+const wire = new MessageBuilder();
+
+class RecordingPublisher implements DeliverySink {
   sent: Sent[] = [];
   open = true;
   private waiters: Array<() => void> = [];
-  publish(msg: OutgoingMessage, confirm: (err: Error | null) => void): void {
+  deliver(delivery: Delivery, confirm: (err: Error | null) => void): void {
+    // The AMQP message the AMQP sink would publish for it.
+    const msg = wire.build(delivery);
     // Copy what the contract lets the caller take back after the call.
     this.sent.push({
       exchange: msg.exchange,
@@ -79,7 +83,7 @@ function pipeline(opts: { batch?: { maxEvents: number; maxBytes: number }; maxIn
     builder: new EventBuilder(source, { get: () => undefined }),
     prepareRelation: async () => undefined,
     router: new Router({ exchange: 'ex', routingKey: '{schema}.{table}.{op}' }),
-    publisher,
+    sink: publisher,
     checkpoint,
     maxInflight: opts.maxInflight ?? 10_000,
     metrics: new Metrics({ processMetrics: false }),

@@ -9,8 +9,8 @@ import { Transformer } from '../../src/pipeline/transform.js';
 import { UNCHANGED_TOAST, type RawTuple, type RelationInfo, type RowChange } from '../../src/types.js';
 import type { TypeLookup } from '../../src/source/type-catalog.js';
 import type { Decoded, SourceInfo } from '../../src/types.js';
-import type { Publisher } from '../../src/sink/publisher.js';
-import type { OutgoingMessage } from '../../src/sink/amqp-sink.js';
+import type { Delivery, DeliverySink } from '../../src/sink/sink.js';
+import { MessageBuilder } from '../../src/sink/amqp/message.js';
 import { Pipeline } from '../../src/pipeline/pipeline.js';
 import { Shaper } from '../../src/pipeline/shaping.js';
 import { Checkpoint } from '../../src/pipeline/checkpoint.js';
@@ -119,9 +119,13 @@ test('transform outcomes: event, routing key and headers, drop, throw, bad resul
 
 // ---- in the pipeline --------------------------------------------------------------------------
 
-class Recorder implements Publisher {
+const wire = new MessageBuilder();
+
+class Recorder implements DeliverySink {
   sent: Array<{ routingKey: string; body: string; headers: Record<string, unknown> }> = [];
-  publish(msg: OutgoingMessage, confirm: (err: Error | null) => void): void {
+  deliver(delivery: Delivery, confirm: (err: Error | null) => void): void {
+    // The AMQP message the AMQP sink would publish for it.
+    const msg = wire.build(delivery);
     this.sent.push({ routingKey: msg.routingKey, body: msg.content.toString('utf8'), headers: { ...(msg.properties.headers as Record<string, unknown>) } });
     queueMicrotask(() => confirm(null));
   }
@@ -141,7 +145,7 @@ function shapedPipeline(transform: (e: Record<string, unknown>) => unknown, batc
     builder: new EventBuilder(source, types),
     prepareRelation: async () => undefined,
     router: new Router({ exchange: 'ex', routingKey: '{schema}.{table}.{op}' }),
-    publisher,
+    sink: publisher,
     checkpoint: new Checkpoint(0n),
     maxInflight: 1000,
     metrics,

@@ -92,7 +92,7 @@ export function partitionOf(schema: string, table: string, keyText: string | nul
   return h % partitions;
 }
 
-/** Partition of one event body (`schema`, `table` from the message headers). */
+/** Partition of one event body (`schema`, `table` of the delivery). */
 export function partitionOfEvent(schema: string, table: string, body: string, partitions: number): number {
   if (partitions <= 1) return 0;
   return partitionOf(schema, table, memberText(body, 'key'), partitions);

@@ -23,14 +23,15 @@ import { connect as connectClient, Offset, type Client, type Publisher as Stream
 
 type MessageOptions = Parameters<StreamPublisher['basicSend']>[2];
 import type { Logger } from '../../ops/logger.js';
-import type { OutgoingMessage } from '../amqp-sink.js';
 import { SinkError, errorText } from '../amqp-sink.js';
-import type { Sink } from '../sink.js';
-import { redactUrl } from '../../config/redact.js';
+import { MessageBuilder, type OutgoingMessage } from '../amqp/message.js';
+import type { BodyEncoder } from '../compression.js';
+import type { Delivery, Sink } from '../sink.js';
+import { redactUrl } from '../../shared/redact.js';
 import { installStreamCompat, STREAM_AUTH_FAILED } from './compat.js';
 import { parseStreamUrl } from './url.js';
-import { arrayElements, memberText, partitionOf, partitionOfEvent } from './partition.js';
-import { atOrBefore, lsnOf, tailEntryOf, INDEX_PROPERTY, PUBLISHING_ID_PROPERTY, type Position, type TailEntry } from './position.js';
+import { memberText, partitionOf, partitionOfEvent } from './partition.js';
+import { atOrBefore, tailEntryOf, INDEX_PROPERTY, PUBLISHING_ID_PROPERTY, type Position, type TailEntry } from './position.js';
 import { declareSuperStream, partitionNames } from './topology.js';
 import type { AmqpTls } from '../amqp-connect.js';
 import { createRequire } from 'node:module';
@@ -51,6 +52,8 @@ export interface StreamSinkOptions {
   readonly amqpUrls: readonly string[];
   /** TLS for the AMQP connection that declares the super-stream topology. */
   readonly amqpTls?: AmqpTls;
+  /** Body compression (PGWARREN_COMPRESSION); absent: UTF-8 JSON. */
+  readonly encoder?: BodyEncoder;
   readonly log: Logger;
   readonly timeoutMs?: number;
   /** Messages not sent because the stream already holds them. */
@@ -122,7 +125,6 @@ export class StreamSink implements Sink {
   private readonly byPublisher = new Map<string, Partition>();
   private client: Client | null = null;
   // The transaction being published and the index of its next stream message.
-  private txLsnText: string | number | undefined;
   private txLsn = -1n;
   private txIndex = 0;
   private pendingTotal = 0;
@@ -133,11 +135,14 @@ export class StreamSink implements Sink {
   private frameBudget = 0;
   private frameMax = 0;
   private resetScheduled = false;
+  private readonly messages: MessageBuilder;
 
   private constructor(
     readonly url: string,
     private readonly options: StreamSinkOptions,
-  ) {}
+  ) {
+    this.messages = new MessageBuilder(options.encoder);
+  }
 
   static async open(options: StreamSinkOptions): Promise<StreamSink> {
     const sink = new StreamSink(redactUrl(options.url), options);
@@ -248,9 +253,6 @@ export class StreamSink implements Sink {
     return this.failure === null;
   }
 
-  isBlocked(): boolean {
-    return false;
-  }
 
   whenWritable(): Promise<void> {
     return Promise.resolve();
@@ -260,28 +262,26 @@ export class StreamSink implements Sink {
     return this.failure;
   }
 
-  publish(msg: OutgoingMessage, confirm: Confirm): void {
+  deliver(delivery: Delivery, confirm: Confirm): void {
     if (this.failure) {
       confirm(this.failure);
       return;
     }
-    const headers = (msg.properties.headers ?? {}) as Headers;
-    const lsnText = headers['pgwarren-lsn'];
-    if (lsnText !== this.txLsnText) {
-      const lsn = lsnOf(String(lsnText));
-      if (lsn !== this.txLsn) {
-        this.txLsn = lsn;
-        this.txIndex = 0;
-      }
-      this.txLsnText = lsnText;
+    // Snapshots are refused with this sink (snapshot/session.ts): reads have no position here.
+    if (!delivery.tx) throw new Error('stream sink: an event outside any transaction has no position in the stream');
+    const lsn = delivery.tx.commitLsn;
+    if (lsn !== this.txLsn) {
+      this.txLsn = lsn;
+      this.txIndex = 0;
     }
+    const msg = this.messages.build(delivery);
+    const headers = (msg.properties.headers ?? {}) as Headers;
     const messageId = String(msg.properties.messageId);
     if (this.parts.length === 1) {
       this.send(this.parts[0]!, msg, headers, msg.content, messageId, undefined, confirm);
       return;
     }
-    const schema = String(headers['pgwarren-schema']);
-    const table = String(headers['pgwarren-table']);
+    const { schema, table } = delivery.kind === 'events' ? delivery.route : delivery;
     const n = this.parts.length;
     if (msg.properties.contentEncoding) {
       // A compressed body cannot be read for its key: route by table, which also keeps every
@@ -289,13 +289,13 @@ export class StreamSink implements Sink {
       this.send(this.parts[partitionOf(schema, table, null, n)]!, msg, headers, msg.content, messageId, undefined, confirm);
       return;
     }
-    if (headers['pgwarren-batch'] === undefined) {
-      this.send(this.parts[partitionOfEvent(schema, table, msg.content.toString('utf8'), n)]!, msg, headers, msg.content, messageId, undefined, confirm);
+    if (!delivery.batch) {
+      this.send(this.parts[partitionOfEvent(schema, table, delivery.bodies[0]!, n)]!, msg, headers, msg.content, messageId, undefined, confirm);
       return;
     }
     // A batch of events of one table: split it so every row's events stay in its partition.
     const groups = new Map<number, string[]>();
-    for (const element of arrayElements(msg.content.toString('utf8'))) {
+    for (const element of delivery.bodies) {
       const p = partitionOfEvent(schema, table, element, n);
       let g = groups.get(p);
       if (!g) groups.set(p, (g = []));
