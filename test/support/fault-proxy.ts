@@ -112,9 +112,23 @@ export interface FaultProxyOptions {
   readonly preferPorts?: readonly number[];
 }
 
-/** Random ports whose text contains "403": a classifier that greps messages for 403 trips on them. */
+/**
+ * The proxy's port must stay free while it is `down` and be listened on again after, so it comes
+ * from below the kernel's ephemeral range (32768-60999 here), where no outgoing connection of a
+ * test file running alongside can take it in between.
+ */
+const BELOW_EPHEMERAL = { from: 20_000, to: 32_000 };
+
+/** Ports whose text contains "403": a classifier that greps messages for 403 trips on them. */
+const PORTS_403 = Array.from({ length: 32_000 - 1_024 }, (_, i) => i + 1_024).filter((p) => String(p).includes('403'));
+
+/** Random ports whose text contains "403", all below the ephemeral range. */
 export function ports403(count = 8): number[] {
-  return Array.from({ length: count }, () => 40300 + Math.floor(Math.random() * 100));
+  return Array.from({ length: count }, () => PORTS_403[Math.floor(Math.random() * PORTS_403.length)]!);
+}
+
+function randomPorts(count: number): number[] {
+  return Array.from({ length: count }, () => BELOW_EPHEMERAL.from + Math.floor(Math.random() * (BELOW_EPHEMERAL.to - BELOW_EPHEMERAL.from)));
 }
 
 export async function startFaultProxy(target: { host: string; port: number }, options: FaultProxyOptions = {}): Promise<FaultProxy> {
@@ -256,7 +270,7 @@ export async function startFaultProxy(target: { host: string; port: number }, op
       });
     });
   let port = 0;
-  for (const p of options.preferPorts ?? []) {
+  for (const p of [...(options.preferPorts ?? []), ...randomPorts(100)]) {
     try {
       await listen(p);
       port = p;
@@ -265,10 +279,7 @@ export async function startFaultProxy(target: { host: string; port: number }, op
       server = net.createServer(onConnection);
     }
   }
-  if (port === 0) {
-    await listen(0);
-    port = (server.address() as net.AddressInfo).port;
-  }
+  if (port === 0) throw new Error(`fault proxy: no free port between ${BELOW_EPHEMERAL.from} and ${BELOW_EPHEMERAL.to}`);
   let listening = true;
 
   const closeListener = () =>
