@@ -37,6 +37,13 @@ export interface TestBroker {
   cleanup(): Promise<void>;
 }
 
+/** Settles within `ms` whatever `op` does; its outcome is ignored. */
+async function within(op: Promise<unknown>, ms: number): Promise<void> {
+  let timer: NodeJS.Timeout | undefined;
+  await Promise.race([op.catch(() => undefined), new Promise<void>((r) => (timer = setTimeout(r, ms)))]);
+  clearTimeout(timer);
+}
+
 async function openChannel(model: ChannelModel): Promise<Channel> {
   const ch = await model.createChannel();
   // A 404 or 406 closes the channel with an 'error' event; unhandled, it would kill the test process.
@@ -95,11 +102,12 @@ export async function createTestBroker(prefix: string): Promise<TestBroker> {
       exchanges.add(name);
     },
     async cleanup() {
-      for (const ch of consumerChannels) await ch.close().catch(() => undefined);
-      await model.close().catch(() => undefined);
+      // Bounded: a close on a connection the broker dropped (a restart) may never be answered.
+      for (const ch of consumerChannels) await within(ch.close(), 5_000);
+      await within(model.close(), 5_000);
       // Deletes go over a fresh connection and a fresh channel each: the test's own may be dead, and
       // a failed delete closes its channel. Deleting what does not exist is not an error in RabbitMQ.
-      const admin = await amqp.connect(testEnv().amqpUrl);
+      const admin = await amqp.connect(testEnv().amqpUrl, { timeout: 10_000 });
       admin.on('error', () => undefined);
       const failures: string[] = [];
       const del = async (what: string, op: (ch: Channel) => Promise<unknown>) => {
@@ -117,7 +125,7 @@ export async function createTestBroker(prefix: string): Promise<TestBroker> {
         // The daemons' dead-letter exchange for it (support/daemon.ts), whether or not one declared it.
         await del(`exchange ${deadLetterExchangeOf(e)}`, (ch) => ch.deleteExchange(deadLetterExchangeOf(e)));
       }
-      await admin.close().catch(() => undefined);
+      await within(admin.close(), 5_000);
       if (failures.length > 0) throw new Error(`broker cleanup failed: ${failures.join('; ')}`);
     },
   };
