@@ -465,7 +465,10 @@ class Bench {
     const { PublishFrames } = await import('../dist/sink/stream/frame.js');
     const producer = await client.declarePublisher({ stream, publisherRef: 'bench-raw' });
     const connection = producer.connection;
-    const frames = new PublishFrames(producer.publisherId, client.maxFrameSize, (frame) => void connection.send({ key: 2, toBuffer: () => frame }));
+    let failed = null;
+    const frames = new PublishFrames(producer.publisherId, client.maxFrameSize, (frame) => {
+      connection.send({ key: 2, toBuffer: () => frame }).catch((err) => failed?.(err));
+    });
     let flushScheduled = false;
     const flush = () => {
       flushScheduled = false;
@@ -476,17 +479,21 @@ class Bench {
     let sent = 0;
     let wake = null;
     const t0 = performance.now();
-    const done = new Promise((resolve) => {
+    const done = new Promise((resolve, reject) => {
+      failed = reject;
       producer.on('publish_confirm', (err, ids) => {
-        if (err !== null) throw new Error(`raw stream publish error ${err}`);
+        if (err !== null) return reject(new Error(`raw stream publish error ${err}`));
         confirmed += ids.length;
         if (wake) { const w = wake; wake = null; w(); }
         if (confirmed >= count) resolve();
       });
     });
+    done.catch(() => wake?.());
     let last = await producer.getLastPublishingId();
     for (let i = 0; i < count; i++) {
-      while (sent - confirmed >= window) await new Promise((r) => (wake = r));
+      while (sent - confirmed >= window) {
+        await Promise.race([new Promise((r) => (wake = r)), done]);
+      }
       const id = `0/${(0x1000000 + i).toString(16).toUpperCase()}:${i % 100}`;
       ++last;
       frames.add(last, {
