@@ -403,7 +403,8 @@ class Bench {
    */
   async rawStreamPublisher(count, size, { frames = false, window = 10_000 } = {}) {
     const client = await this.streamClient();
-    const stream = `pgwarren-bench-stream-raw-${process.pid}`;
+    // A stream of its own each: a client whose close timed out may still hear about the last one.
+    const stream = `pgwarren-bench-stream-raw-${process.pid}-${++this.n}`;
     await client.createStream({ stream, arguments: {} });
     if (frames) return this.rawFramePublisher(client, stream, count, size, window);
     // Framed as a careful basicSend user must (and pgwarren's sink did before it encoded its own
@@ -418,17 +419,18 @@ class Bench {
     let sent = 0n;
     let wake = null;
     const t0 = performance.now();
-    const done = new Promise((resolve) => {
+    const done = new Promise((resolve, reject) => {
       producer.on('publish_confirm', (err, ids) => {
-        if (err !== null) throw new Error(`raw stream publish error ${err}`);
+        if (err !== null) return reject(new Error(`raw stream publish error ${err}`));
         confirmed += ids.length;
         if (wake) { const w = wake; wake = null; w(); }
         if (confirmed >= count) resolve();
       });
     });
+    done.catch(() => wake?.());
     let last = await producer.getLastPublishingId();
     for (let i = 0; i < count; i++) {
-      while (Number(sent) - confirmed >= window) await new Promise((r) => (wake = r));
+      while (Number(sent) - confirmed >= window) await Promise.race([new Promise((r) => (wake = r)), done]);
       const id = `0/${(0x1000000 + i).toString(16).toUpperCase()}:${i % 100}`;
       if (producer.queue?.length === 0) queued = 0;
       if (queued + size + 1024 > budget && queued > 0) {
