@@ -3,10 +3,10 @@
  *
  * Why: rabbitmq-stream-js-client encodes every message twice (once to check its size when it is
  * queued, once into the frame), turns every string into a temporary Buffer just to learn its
- * length, and grows its frame buffer by copying. That was most of the stream sink's CPU time
- * (README "Benchmarks", stream sink). Here each message is encoded once, straight into a slab
- * that frames are cut from, with its exact size known as it is written, so frames are filled up to the
- * broker's frame size and a message that can never fit one is recognised exactly.
+ * length, and grows its frame buffer by copying. That was the largest share of the daemon's CPU
+ * time with the stream sink (README "Benchmarks"). Here each message is encoded once, straight
+ * into a slab that frames are cut from, with its exact size known as it is written, so frames are
+ * filled up to the broker's frame size and a message that can never fit one is recognised exactly.
  *
  * The bytes are the client's own: the same AMQP 1.0 sections in the same order with the same
  * encodings (properties as a list of 13 fields, application properties as a map of str8/str32
