@@ -705,3 +705,6 @@ if (results.memory.length) {
   for (const [b, rs] of results.throughput) console.log(`| throughput scenario, batch-max-events ${b} | ${f(m(rs, (r) => r.peakRss))} | ${f(m(rs, (r) => r.finalRss))} | ${f(m(rs, (r) => r.s))} |`);
   console.log(`| one ${BIG_ROWS}-row transaction (flood action pass) | ${f(m(M, (r) => r.peakRss))} | ${f(m(M, (r) => r.finalRss))} | ${f(m(M, (r) => r.s))} |`);
 }
+// Everything is measured and printed: a stream client whose polite close timed out (closeStreamClient)
+// may still hold a socket open, which would keep the bench alive.
+process.exit(0);
