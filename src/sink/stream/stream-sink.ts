@@ -21,7 +21,6 @@
  */
 import { connect as connectClient, Offset, type Client, type Publisher as StreamPublisher } from 'rabbitmq-stream-js-client';
 
-type MessageOptions = Parameters<StreamPublisher['basicSend']>[2];
 import type { Logger } from '../../ops/logger.js';
 import { SinkError, errorText } from '../amqp-sink.js';
 import { MessageBuilder, type OutgoingMessage } from '../amqp/message.js';
@@ -34,11 +33,7 @@ import { memberText, partitionOf, partitionOfEvent } from './partition.js';
 import { atOrBefore, tailEntryOf, INDEX_PROPERTY, PUBLISHING_ID_PROPERTY, type Position, type TailEntry } from './position.js';
 import { declareSuperStream, partitionNames } from './topology.js';
 import type { AmqpTls } from '../amqp-connect.js';
-import { createRequire } from 'node:module';
-
-const { FrameSizeException } = createRequire(import.meta.url)('rabbitmq-stream-js-client/dist/requests/frame_size_exception.js') as {
-  FrameSizeException: new () => Error;
-};
+import { PublishFrames } from './frame.js';
 
 export interface StreamSinkOptions {
   readonly url: string;
@@ -68,6 +63,10 @@ type Confirm = (err: Error | null) => void;
 interface HasSocket {
   socket?: { destroy(): void };
 }
+/** The client's connection of a producer (a private field): what publish frames are written on. */
+interface FrameConnection extends HasSocket {
+  send(cmd: { key: number; toBuffer(): Buffer }): Promise<void>;
+}
 type Headers = Record<string, string | number>;
 
 interface Partition {
@@ -78,20 +77,14 @@ interface Partition {
   /** Position of the stream's last message at connect; null once passed (or empty stream). */
   last: Position | null;
   readonly pending: Map<bigint, Confirm>;
-  /** Estimated bytes in the client's queue, not yet written as a publish frame. */
-  queuedBytes: number;
+  /**
+   * The publish frames of this producer, encoded by the sink (frame.ts) and written on the
+   * producer's connection: exact frame sizes (a frame over the broker's frame size would end the
+   * connection), and a fraction of the client's per-message cost.
+   */
+  readonly frames: PublishFrames;
 }
 
-/**
- * Frame sizing. The client packs up to `maxChunkLength` queued messages into one publish frame
- * without looking at their size; a frame over the broker's frame size fails inside the client,
- * which then drops those messages and writes later ones: a gap no deduplication can repair. So
- * the sink flushes the queue itself before it would outgrow a frame (the client's count limit is
- * set out of the way), and refuses a message that cannot fit a frame at all.
- */
-const CHUNK_MESSAGES = 100_000;
-/** Bytes an encoded message adds beyond its body (AMQP 1.0 sections, properties), generously. */
-const MESSAGE_OVERHEAD = 1024;
 /** A pipeline message split over several partitions: confirmed when all parts are. */
 class Multi {
   constructor(
@@ -131,10 +124,9 @@ export class StreamSink implements Sink {
   /** When a confirm last arrived, or the first message of an idle sink was sent. */
   private lastProgress = 0;
   private watchdog: NodeJS.Timeout | null = null;
-  /** Publish frames stay below this many bytes (a share of the broker's frame size). */
-  private frameBudget = 0;
   private frameMax = 0;
-  private resetScheduled = false;
+  /** Open frames are written once the current turn of the event loop has added what it has. */
+  private flushScheduled = false;
   private readonly messages: MessageBuilder;
 
   private constructor(
@@ -190,8 +182,8 @@ export class StreamSink implements Sink {
       throw classifyConnectError(err, this.url);
     }
     this.client = client;
-    this.frameMax = client.maxFrameSize;
-    this.frameBudget = Math.floor(this.frameMax * 0.8);
+    // 0 would mean unlimited; frames stay within the 1 MiB the broker offers by default then.
+    this.frameMax = client.maxFrameSize > 0 ? client.maxFrameSize : 1 << 20;
     const names = partitionNames(options.stream, options.partitions);
     const args: Record<string, string | number> = {};
     if (options.maxAge) args['max-age'] = options.maxAge;
@@ -200,11 +192,16 @@ export class StreamSink implements Sink {
     if (options.partitions > 1) await declareSuperStream({ urls: options.amqpUrls, tls: options.amqpTls, stream: options.stream, partitions: names, timeoutMs: timeout, log });
     for (const name of names) {
       const producer = await within(
-        client.declarePublisher({ stream: name, publisherRef: options.producer, maxChunkLength: CHUNK_MESSAGES }),
+        client.declarePublisher({ stream: name, publisherRef: options.producer }),
         timeout,
         `declaring producer on ${name}`,
       );
-      const part: Partition = { name, producer, lastId: 0n, last: null, pending: new Map(), queuedBytes: 0 };
+      const connection = (producer as unknown as { connection?: FrameConnection }).connection;
+      if (typeof connection?.send !== 'function') throw new Error('rabbitmq-stream-js-client: a producer without its connection (unsupported client version)');
+      const frames = new PublishFrames(producer.publisherId, this.frameMax, (frame) => {
+        connection.send({ key: 0x0002, toBuffer: () => frame }).catch((err: unknown) => this.fail(new SinkError(`stream ${name}: writing failed: ${errorText(err)}`, 'transient', { cause: err })));
+      });
+      const part: Partition = { name, producer, lastId: 0n, last: null, pending: new Map(), frames };
       const tail = await this.findTail(client, part, timeout);
       part.lastId = tail?.publishingId ?? 0n;
       part.last = tail?.position ?? null;
@@ -278,7 +275,7 @@ export class StreamSink implements Sink {
     const headers = (msg.properties.headers ?? {}) as Headers;
     const messageId = String(msg.properties.messageId);
     if (this.parts.length === 1) {
-      this.send(this.parts[0]!, msg, headers, msg.content, messageId, undefined, confirm);
+      this.send(this.parts[0]!, msg, headers, msg.content, messageId, confirm);
       return;
     }
     const { schema, table } = delivery.kind === 'events' ? delivery.route : delivery;
@@ -286,11 +283,11 @@ export class StreamSink implements Sink {
     if (msg.properties.contentEncoding) {
       // A compressed body cannot be read for its key: route by table, which also keeps every
       // row's events in one partition (and a compressed batch whole).
-      this.send(this.parts[partitionOf(schema, table, null, n)]!, msg, headers, msg.content, messageId, undefined, confirm);
+      this.send(this.parts[partitionOf(schema, table, null, n)]!, msg, headers, msg.content, messageId, confirm);
       return;
     }
     if (!delivery.batch) {
-      this.send(this.parts[partitionOfEvent(schema, table, delivery.bodies[0]!, n)]!, msg, headers, msg.content, messageId, undefined, confirm);
+      this.send(this.parts[partitionOfEvent(schema, table, delivery.bodies[0]!, n)]!, msg, headers, msg.content, messageId, confirm);
       return;
     }
     // A batch of events of one table: split it so every row's events stay in its partition.
@@ -304,11 +301,12 @@ export class StreamSink implements Sink {
     const multi = new Multi(groups.size, confirm);
     for (const [p, elements] of groups) {
       const id = JSON.parse(memberText(elements[0]!, 'id') ?? 'null') as unknown;
-      this.send(this.parts[p]!, msg, headers, Buffer.from('[' + elements.join(',') + ']', 'utf8'), String(id), elements.length, multi.part);
+      const groupHeaders = { ...headers, 'pgwarren-batch': elements.length };
+      this.send(this.parts[p]!, msg, groupHeaders, Buffer.from('[' + elements.join(',') + ']', 'utf8'), String(id), multi.part);
     }
   }
 
-  private send(part: Partition, msg: OutgoingMessage, headers: Headers, content: Buffer, messageId: string, batch: number | undefined, confirm: Confirm): void {
+  private send(part: Partition, msg: OutgoingMessage, headers: Headers, content: Buffer, messageId: string, confirm: Confirm): void {
     const position: Position = { lsn: this.txLsn, index: this.txIndex++ };
     if (this.failure) {
       confirm(this.failure);
@@ -322,9 +320,23 @@ export class StreamSink implements Sink {
       }
       part.last = null; // every later message is after it
     }
-    const size = content.length + MESSAGE_OVERHEAD;
-    if (size > this.frameMax) {
-      // It can never be published: skip it rather than block every change after it (§9).
+    const id = part.lastId + 1n;
+    const p = msg.properties;
+    const size = part.frames.add(id, {
+      content,
+      messageId,
+      contentType: p.contentType ?? 'application/json',
+      contentEncoding: p.contentEncoding,
+      creationTimeMs: typeof p.timestamp === 'number' ? p.timestamp * 1000 : undefined,
+      properties: headers,
+      // After the headers. Text, like the publishing id: rabbitmq-stream-js-client's decoder
+      // rejects a property whose value is falsy (0), so the first message of a transaction
+      // could not be read.
+      more: [INDEX_PROPERTY, String(position.index), PUBLISHING_ID_PROPERTY, String(id)],
+    });
+    if (size < 0) {
+      // It can never be published: skip it rather than block every change after it (§9). It
+      // takes no publishing id, on every read alike, so the ids after it stay the same.
       this.options.log.error(
         { stream: part.name, messageId, bytes: content.length, frameMax: this.frameMax },
         `event ${messageId} (${content.length} bytes) is larger than the stream's frame size and cannot be published: skipped`,
@@ -333,61 +345,20 @@ export class StreamSink implements Sink {
       confirm(null);
       return;
     }
-    // Every flush (the client's or ours) takes the whole queue, so an empty queue means nothing
-    // is pending. The queue is the client's private field; without it, timing stands in (below).
-    const queue = (part.producer as unknown as { queue?: unknown[] }).queue;
-    if (queue?.length === 0) part.queuedBytes = 0;
-    if (part.queuedBytes + size > this.frameBudget && part.queuedBytes > 0) {
-      void part.producer.flush().catch((err: unknown) => this.fail(new SinkError(`stream ${part.name}: writing failed: ${errorText(err)}`, 'transient', { cause: err })));
-      part.queuedBytes = 0;
-    }
-    const id = ++part.lastId;
-    const p = msg.properties;
-    const opts: MessageOptions = {
-      messageProperties: {
-        messageId,
-        contentType: p.contentType ?? 'application/json',
-        ...(p.contentEncoding ? { contentEncoding: p.contentEncoding } : {}),
-        ...(typeof p.timestamp === 'number' ? { creationTime: new Date(p.timestamp * 1000) } : {}),
-      },
-      applicationProperties: {
-        ...headers,
-        ...(batch !== undefined ? { 'pgwarren-batch': batch } : {}),
-        // Text, like the publishing id: rabbitmq-stream-js-client's decoder rejects a property
-        // whose value is falsy (0), so the first message of a transaction could not be read.
-        [INDEX_PROPERTY]: String(position.index),
-        [PUBLISHING_ID_PROPERTY]: String(id),
-      },
-    };
+    part.lastId = id;
     if (this.pendingTotal++ === 0) this.lastProgress = Date.now();
     part.pending.set(id, confirm);
-    part.queuedBytes += size;
-    part.producer.basicSend(id, content, opts).catch((err: unknown) => {
-      if (err instanceof FrameSizeException) {
-        // It can never be published: skip it rather than block every change after it. Its id
-        // stays used, so the ids of the messages after it are the same on every read.
-        if (part.pending.delete(id)) this.pendingTotal--;
-        this.options.log.error(
-          { stream: part.name, messageId, bytes: content.length },
-          `event ${messageId} (${content.length} bytes) is larger than the stream's frame size and cannot be published: skipped`,
-        );
-        this.options.onTooLarge?.({ stream: part.name, messageId, bytes: content.length });
-        confirm(null);
-        return;
-      }
-      const e = new SinkError(`stream ${part.name}: sending message ${messageId} failed: ${errorText(err)}`, 'transient', { cause: err });
-      this.fail(e);
-    });
-    // Without access to the queue: the client flushes its whole queue in a setImmediate that the
-    // basicSend above scheduled (or an earlier one did); this one, scheduled after it, runs after.
-    if (!queue && !this.resetScheduled) {
-      this.resetScheduled = true;
-      setImmediate(() => {
-        this.resetScheduled = false;
-        for (const q of this.parts) q.queuedBytes = 0;
-      });
+    if (!this.flushScheduled) {
+      this.flushScheduled = true;
+      setImmediate(this.flushFrames);
     }
   }
+
+  private readonly flushFrames = (): void => {
+    this.flushScheduled = false;
+    if (this.failure) return;
+    for (const part of this.parts) part.frames.flush();
+  };
 
   private confirmed(connectionId: string, publisherId: number, ids: readonly bigint[]): void {
     const part = this.byPublisher.get(`${connectionId}/${publisherId}`);
