@@ -89,6 +89,17 @@ async function runOne(cluster, chunkSize) {
       latencies.push(Date.now() - Date.parse(body.tx.commit_time));
     }
   }, { noAck: true });
+  // The same changes on a queue of their own, on a channel of its own: the delay a consumer of
+  // the streamed table alone sees, without read events queued ahead of it in the broker.
+  const ch2 = await conn.createChannel();
+  const q2 = await ch2.assertQueue('', { exclusive: true });
+  await ch2.bindQueue(q2.queue, exchange, 'public.ticks.#');
+  const ownLatencies = [];
+  await ch2.consume(q2.queue, (m) => {
+    if (!measuring) return;
+    const body = JSON.parse(m.content.toString('utf8'));
+    ownLatencies.push(Date.now() - Date.parse(body.tx.commit_time));
+  }, { noAck: true });
 
   const httpPort = await freePort();
   const daemon = spawn(process.execPath, [cli, 'run'], { env: { ...env, PGWARREN_HTTP_PORT: String(httpPort) }, stdio: ['ignore', 'inherit', 'inherit'] });
@@ -122,6 +133,7 @@ async function runOne(cluster, chunkSize) {
   await sleep(5000);
   measuring = false;
   const idle = latencies.splice(0).sort((x, y) => x - y);
+  const idleOwn = ownLatencies.splice(0).sort((x, y) => x - y);
   measuring = true;
   const samples = [];
   const sampler = setInterval(() => samples.push(rssMb(daemon.pid)), 100);
@@ -156,6 +168,7 @@ async function runOne(cluster, chunkSize) {
   await c.query("SELECT pg_drop_replication_slot('bench')");
   await c.end();
   const sorted = latencies.sort((a, b) => a - b);
+  const own = ownLatencies.sort((a, b) => a - b);
   return {
     chunkSize,
     rows: ROWS,
@@ -169,6 +182,10 @@ async function runOne(cluster, chunkSize) {
     idleLatencyP99Ms: pct(idle, 0.99),
     latencyP50Ms: pct(sorted, 0.5),
     latencyP99Ms: pct(sorted, 0.99),
+    ownQueueP50Ms: pct(own, 0.5),
+    ownQueueP99Ms: pct(own, 0.99),
+    idleOwnQueueP50Ms: pct(idleOwn, 0.5),
+    idleOwnQueueP99Ms: pct(idleOwn, 0.99),
     streamed: sorted.length,
     seconds: +snapSeconds.toFixed(1),
   };
