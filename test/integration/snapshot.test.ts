@@ -74,7 +74,8 @@ async function snapshotState(db: TestDatabase, id: number): Promise<{ state: str
 }
 
 async function waitDone(s: Setup, id: number, timeoutMs = 120_000): Promise<void> {
-  await waitUntil(async () => (await snapshotState(s.db, id)).state !== 'running' && (await snapshotState(s.db, id)).state !== 'pending', {
+  // One read per look: two could see 'pending' and then 'running' and take that for the end.
+  await waitUntil(async () => !['running', 'pending'].includes((await snapshotState(s.db, id)).state), {
     timeoutMs,
     intervalMs: 200,
     message: async () => `snapshot ${id}: ${JSON.stringify(await snapshotState(s.db, id))}\n${s.daemon.output().split('\n').slice(-20).join('\n')}`,
@@ -242,6 +243,18 @@ for (const plugin of ['pgoutput', 'wal2json'] as const) {
     }
   });
 }
+
+test('PGWARREN_QUERY_TIMEOUT bounds a snapshot read like every query: a read that takes longer is given up and retried', async (t) => {
+  const schema = 'CREATE TABLE slow (id int PRIMARY KEY); INSERT INTO slow SELECT generate_series(1, 10);';
+  const s = await setup(t, 'snaptimeout', schema, { PGWARREN_QUERY_TIMEOUT: '2' });
+  await drained(s, 0);
+  // The read sleeps 6 s on row 3: longer than the 2 s query timeout.
+  const id = await snapshot(s, ['public.slow', '--where', '(id <> 3 OR (SELECT true FROM pg_sleep(6)))']);
+  const failed = await s.daemon.waitForLog((l) => l.msg === 'snapshot runner: database error; retrying', 20_000);
+  assert.match(String(failed.err), /statement timeout|no answer within|timed out|timeout/i, `the read was bounded: ${String(failed.err)}`);
+  assert.equal(reads(s.queue, 'slow').length, 0, 'nothing of the timed-out read was published');
+  assert.equal((await runCli(['snapshot', '--cancel', String(id)], s.env)).code, 0);
+});
 
 const KEYS_SCHEMA = `
 CREATE TYPE mood AS ENUM ('sad', 'ok', 'happy');
