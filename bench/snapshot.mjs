@@ -63,7 +63,8 @@ async function runOne(cluster, chunkSize) {
   await c.query(`INSERT INTO big SELECT g, g % 1000, 'row ' || g FROM generate_series(1, ${ROWS}) g`);
   await c.query('ANALYZE big');
 
-  const exchange = `pgwarren-bench-snapshot-${chunkSize}-${process.pid}`;
+  // Not named pgwarren*: the test runner removes such exchanges from the shared broker (leak check).
+  const exchange = `bench-snapshot-${chunkSize}-${process.pid}`;
   const env = {
     PATH: process.env.PATH, PGWARREN_DATABASE_URL: url, PGWARREN_AMQP_URL: AMQP_URL, PGWARREN_SLOT: 'bench',
     PGWARREN_PUBLICATION: 'bench', PGWARREN_EXCHANGE: exchange, PGWARREN_LOG_LEVEL: 'warn', MALLOC_ARENA_MAX: '2',

@@ -143,9 +143,11 @@ export interface TapOptions {
 }
 
 /**
- * Chosen by measurement (README "Benchmarks", snapshots): a slice publishes in about a
- * millisecond, so a streamed transaction waits at most that long behind read events; a few
- * slices unconfirmed keep the broker busy without queueing the stream behind a chunk's worth.
+ * Chosen by measurement (README "Benchmarks", snapshots): a slice is published in a few
+ * milliseconds, so a streamed transaction waits at most that long in the daemon behind read
+ * events; the stream's messages also wait in the broker behind unconfirmed reads, so few are let
+ * out (2,000 instead of 400 tripled the streamed changes' added delay; 400 bounds the snapshot to
+ * about 400 rows per confirm round trip).
  */
 const SLICE_EVENTS = 100;
 const MAX_UNCONFIRMED = 400;
