@@ -742,8 +742,8 @@ export class Pipeline {
   /**
    * A slice of a snapshot chunk's `read` events (src/snapshot/tap.ts), published between
    * streamed transactions after its high watermark (scheduleReads): never batched, never a
-   * flood, but otherwise like streamed events: shaped (transform), dead-lettered when they cannot be published, and
-   * written by the same sink (compression). They count in the checkpoint as one entry that moves
+   * flood, but otherwise like streamed events: shaped (transform), dead-lettered when they
+   * cannot be published, and written by the same sink (compression). They count in the checkpoint as one entry that moves
    * nothing, so later transactions are acknowledged only once the chunk is confirmed, and the
    * inflight window bounds them like any message.
    */
