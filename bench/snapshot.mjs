@@ -6,13 +6,16 @@
  *     measured in the same run (N/10 rows inserted in 5,000-row transactions);
  *   - peak RSS of the daemon (sampled every 100 ms from /proc);
  *   - WAL the slot retains at the end (current WAL position minus the slot's restart_lsn);
- *   - commit-to-delivery latency p50/p99 of the streamed changes during the snapshot.
+ *   - commit-to-delivery latency p50/p99 of the streamed changes during the snapshot (on the queue
+ *     that also gets the read events, and on a queue of their own);
+ *   - the load average (1 min) at the snapshot's start and end: the machine may be shared.
  *
- * Usage: npm run build && node bench/snapshot.mjs [--rows 1000000] [--chunk-sizes 1000,5000,20000] [--stream-rate 500]
+ * Usage: npm run build && node bench/snapshot.mjs [--rows 1000000] [--chunk-sizes 1000,5000] [--stream-rate 500]
  * Needs the Postgres 15 server binaries and RabbitMQ at AMQP_URL (default amqp://guest:guest@127.0.0.1:5672).
  */
 import { spawn, spawnSync } from 'node:child_process';
 import { readFileSync } from 'node:fs';
+import { loadavg } from 'node:os';
 import { fileURLToPath } from 'node:url';
 import pg from 'pg';
 import amqp from 'amqplib';
@@ -20,7 +23,7 @@ import { startCluster, freePort } from '../scripts/pg-cluster.mjs';
 
 const args = Object.fromEntries(process.argv.slice(2).join(' ').split('--').filter(Boolean).map((a) => a.trim().split(/\s+/)));
 const ROWS = Number(args.rows ?? 1_000_000);
-const CHUNK_SIZES = (args['chunk-sizes'] ?? '5000').split(',').map(Number);
+const CHUNK_SIZES = (args['chunk-sizes'] ?? '1000').split(',').map(Number);
 const STREAM_RATE = Number(args['stream-rate'] ?? 500);
 const AMQP_URL = process.env.AMQP_URL ?? 'amqp://guest:guest@127.0.0.1:5672';
 const cli = fileURLToPath(new URL('../dist/cli.js', import.meta.url));
@@ -60,7 +63,8 @@ async function runOne(cluster, chunkSize) {
   await c.query(`INSERT INTO big SELECT g, g % 1000, 'row ' || g FROM generate_series(1, ${ROWS}) g`);
   await c.query('ANALYZE big');
 
-  const exchange = `pgwarren-bench-snapshot-${chunkSize}`;
+  // Not named pgwarren*: the test runner removes such exchanges from the shared broker (leak check).
+  const exchange = `bench-snapshot-${chunkSize}-${process.pid}`;
   const env = {
     PATH: process.env.PATH, PGWARREN_DATABASE_URL: url, PGWARREN_AMQP_URL: AMQP_URL, PGWARREN_SLOT: 'bench',
     PGWARREN_PUBLICATION: 'bench', PGWARREN_EXCHANGE: exchange, PGWARREN_LOG_LEVEL: 'warn', MALLOC_ARENA_MAX: '2',
@@ -88,6 +92,17 @@ async function runOne(cluster, chunkSize) {
       const body = JSON.parse(m.content.toString('utf8'));
       latencies.push(Date.now() - Date.parse(body.tx.commit_time));
     }
+  }, { noAck: true });
+  // The same changes on a queue of their own, on a channel of its own: the delay a consumer of
+  // the streamed table alone sees, without read events queued ahead of it in the broker.
+  const ch2 = await conn.createChannel();
+  const q2 = await ch2.assertQueue('', { exclusive: true });
+  await ch2.bindQueue(q2.queue, exchange, 'public.ticks.#');
+  const ownLatencies = [];
+  await ch2.consume(q2.queue, (m) => {
+    if (!measuring) return;
+    const body = JSON.parse(m.content.toString('utf8'));
+    ownLatencies.push(Date.now() - Date.parse(body.tx.commit_time));
   }, { noAck: true });
 
   const httpPort = await freePort();
@@ -122,10 +137,12 @@ async function runOne(cluster, chunkSize) {
   await sleep(5000);
   measuring = false;
   const idle = latencies.splice(0).sort((x, y) => x - y);
+  const idleOwn = ownLatencies.splice(0).sort((x, y) => x - y);
   measuring = true;
   const samples = [];
   const sampler = setInterval(() => samples.push(rssMb(daemon.pid)), 100);
   const t0 = Date.now();
+  const loadStart = loadavg()[0];
   // Not spawnSync: the consumer must keep receiving (and timing) meanwhile.
   const req = await new Promise((resolve) => {
     const child = spawn(process.execPath, [cli, 'snapshot', 'public.big', '--chunk-size', String(chunkSize)], { env, stdio: ['ignore', 'pipe', 'pipe'] });
@@ -139,6 +156,7 @@ async function runOne(cluster, chunkSize) {
   const id = Number(req.out.trim());
   await waitFor(async () => (await c.query('SELECT state FROM pgwarren.snapshots WHERE id = $1', [id])).rows[0].state === 'done', 3_600_000, 'snapshot done');
   const snapSeconds = (Date.now() - t0) / 1000;
+  const loadEnd = loadavg()[0];
   measuring = false;
   clearInterval(sampler);
   await sleep(2000); // one status interval or so for the slot to report its position
@@ -156,6 +174,7 @@ async function runOne(cluster, chunkSize) {
   await c.query("SELECT pg_drop_replication_slot('bench')");
   await c.end();
   const sorted = latencies.sort((a, b) => a - b);
+  const own = ownLatencies.sort((a, b) => a - b);
   return {
     chunkSize,
     rows: ROWS,
@@ -169,8 +188,13 @@ async function runOne(cluster, chunkSize) {
     idleLatencyP99Ms: pct(idle, 0.99),
     latencyP50Ms: pct(sorted, 0.5),
     latencyP99Ms: pct(sorted, 0.99),
+    ownQueueP50Ms: pct(own, 0.5),
+    ownQueueP99Ms: pct(own, 0.99),
+    idleOwnQueueP50Ms: pct(idleOwn, 0.5),
+    idleOwnQueueP99Ms: pct(idleOwn, 0.99),
     streamed: sorted.length,
     seconds: +snapSeconds.toFixed(1),
+    load: `${loadStart.toFixed(1)} / ${loadEnd.toFixed(1)}`,
   };
 }
 
@@ -185,8 +209,8 @@ try {
 } finally {
   cluster.stop();
 }
-console.log('| chunk size | rows | snapshot rows/s | streaming rows/s (same run) | ratio | peak RSS MB | WAL retained at end MB | streamed change latency p50 / p99 ms | same without a snapshot | seconds |');
-console.log('|---|---|---|---|---|---|---|---|---|---|');
+console.log('| chunk size | rows | snapshot rows/s | streaming rows/s (same run) | ratio | peak RSS MB | WAL retained at end MB | streamed change latency p50 / p99 ms | same, own queue | same without a snapshot | seconds | load avg start / end |');
+console.log('|---|---|---|---|---|---|---|---|---|---|---|---|');
 for (const r of results) {
-  console.log(`| ${r.chunkSize} | ${r.rows} | ${r.snapshotRowsPerS} | ${r.streamRowsPerS} | ${r.ratio} | ${r.peakRssMb} | ${r.walRetainedMb} | ${r.latencyP50Ms} / ${r.latencyP99Ms} | ${r.idleLatencyP50Ms} / ${r.idleLatencyP99Ms} | ${r.seconds} |`);
+  console.log(`| ${r.chunkSize} | ${r.rows} | ${r.snapshotRowsPerS} | ${r.streamRowsPerS} | ${r.ratio} | ${r.peakRssMb} | ${r.walRetainedMb} | ${r.latencyP50Ms} / ${r.latencyP99Ms} | ${r.ownQueueP50Ms} / ${r.ownQueueP99Ms} | ${r.idleLatencyP50Ms} / ${r.idleLatencyP99Ms} | ${r.seconds} | ${r.load} |`);
 }

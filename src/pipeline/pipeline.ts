@@ -224,6 +224,11 @@ export class Pipeline {
   private lastSentId = '';
   /** Inflight window of the transaction being read. */
   private window: number;
+  /** Inside `handle` (its items, sync or async): no snapshot reads are handed on meanwhile. */
+  private handling = false;
+  private readsScheduled = false;
+  /** A slice of snapshot reads being handed on (scheduleReads). */
+  private readsRunning: Promise<void> | null = null;
 
   constructor(private readonly deps: PipelineDeps) {
     this.guard = new FloodGuard<BuiltEvent>({
@@ -241,6 +246,7 @@ export class Pipeline {
     // A batch is a message: it must not outgrow the max message size either.
     this.batchMaxBytes = Math.min(this.maxMessageBytes, Math.max(1, Math.floor(deps.batch?.maxBytes ?? Number.MAX_SAFE_INTEGER)));
     this.window = deps.maxInflight;
+    deps.snapshots?.onReads(() => this.scheduleReads());
   }
 
   inTransaction(): boolean {
@@ -259,11 +265,60 @@ export class Pipeline {
 
   /** Returns a promise only when it has to wait (backpressure, a relation's catalog facts). */
   handle(items: readonly Decoded[]): Promise<void> | void {
+    // A slice of snapshot reads being handed on goes first (see scheduleReads).
+    if (this.readsRunning) return this.readsRunning.then(() => this.handle(items));
+    this.handling = true;
+    let p: Promise<void> | void;
+    try {
+      p = this.handleItems(items);
+    } catch (err) {
+      this.handling = false;
+      throw err;
+    }
+    if (!p) {
+      this.handling = false;
+      this.scheduleReads();
+      return;
+    }
+    return p.finally(() => {
+      this.handling = false;
+      this.scheduleReads();
+    });
+  }
+
+  private handleItems(items: readonly Decoded[]): Promise<void> | void {
     for (let i = 0; i < items.length; i++) {
       if (this.failure) throw this.failure;
       const p = this.item(items[i]!);
-      if (p) return p.then(() => this.handle(items.slice(i + 1)));
+      if (p) return p.then(() => this.handleItems(items.slice(i + 1)));
     }
+  }
+
+  /**
+   * Snapshot reads past their high watermark (src/snapshot/tap.ts) are handed on a slice at a
+   * time, in the event loop's turns between streamed items and only outside a transaction, so a
+   * streamed change waits at most one slice, never a whole chunk. `handle` waits for a slice in
+   * progress, so the changes the tap saw are exactly those handled before the slice.
+   */
+  private scheduleReads(): void {
+    if (this.readsScheduled || this.readsRunning || !this.deps.snapshots?.hasReads()) return;
+    this.readsScheduled = true;
+    setImmediate(() => {
+      this.readsScheduled = false;
+      // Mid-transaction or mid-item: handle() schedules again when it is done.
+      if (this.handling || this.tx || this.failure || this.readsRunning) return;
+      const batch = this.deps.snapshots!.nextReads();
+      if (!batch) return;
+      this.readsRunning = this.publishReads(batch)
+        .catch((err: unknown) => {
+          this.failure ??= err as Error;
+          batch.onConfirmed(err as Error);
+        })
+        .finally(() => {
+          this.readsRunning = null;
+          this.scheduleReads();
+        });
+    });
   }
 
   private item(item: Decoded): Promise<void> | void {
@@ -275,7 +330,7 @@ export class Pipeline {
         return this.commit(item.endLsn);
       case 'message':
         // Snapshot watermarks are non-transactional: they arrive between transactions.
-        if (!this.tx && this.deps.snapshots?.isWatermark(item)) return this.deps.snapshots.watermark(item, (b) => this.publishReads(b));
+        if (!this.tx && this.deps.snapshots?.isWatermark(item)) return this.deps.snapshots.watermark(item);
         if (item.prefix === APP_EVENT_PREFIX) return this.appEvent(item);
         if (this.tx && isFloodMarker(item)) return this.divert(this.guard.markMarker(), this.tx);
         return;
@@ -685,10 +740,10 @@ export class Pipeline {
   }
 
   /**
-   * A snapshot chunk's `read` events (src/snapshot/tap.ts), published where its high watermark
-   * stands in the stream: outside any transaction, never batched, never a flood, but otherwise
-   * like streamed events: shaped (transform), dead-lettered when they cannot be published, and
-   * written by the same sink (compression). They count in the checkpoint as one entry that moves
+   * A slice of a snapshot chunk's `read` events (src/snapshot/tap.ts), published between
+   * streamed transactions after its high watermark (scheduleReads): never batched, never a
+   * flood, but otherwise like streamed events: shaped (transform), dead-lettered when they
+   * cannot be published, and written by the same sink (compression). They count in the checkpoint as one entry that moves
    * nothing, so later transactions are acknowledged only once the chunk is confirmed, and the
    * inflight window bounds them like any message.
    */

@@ -15,25 +15,23 @@
  */
 import pg from 'pg';
 import type { Logger } from '../ops/logger.js';
-import type { EventBuilder, BuiltEvent } from '../events/envelope.js';
+import type { EventBuilder } from '../events/envelope.js';
 import type { TypeCatalog } from '../source/type-catalog.js';
 import { REPLICA_IDENTITY, RelationCatalog, keyColumnsOf } from '../source/relation-catalog.js';
 import { REPLICATION_SESSION_OPTIONS } from '../source/replication-stream.js';
 import { quoteIdent } from '../source/decoder.js';
-import { destroyClient, queryFn, type QueryFn } from '../shared/pg-query.js';
+import { connectPg, destroyClient, within, type PgTimeouts, type QueryFn } from '../shared/pg-query.js';
 import { compileRoutingKey } from '../events/routing.js';
 import { sqlState } from '../errors.js';
 import { closeWithin, pgSocketOwner } from '../ops/close.js';
 import type { RawTuple, RelationInfo } from '../types.js';
-import { WATERMARK_PREFIX, type ChunkOutcome, type SnapshotTap } from './tap.js';
+import { WATERMARK_PREFIX, type ChunkDelivery, type ChunkOutcome, type SnapshotTap } from './tap.js';
 import { finishSnapshot, markRunning, nextSnapshot, recordChunk, setUpper, type SnapshotRow } from './store.js';
 import { splitName } from './tables.js';
 import type { SnapshotMetrics } from './metrics.js';
 
 /** How long stop() waits for the loop after failing its connections. */
 const STOP_WAIT_MS = 1_000;
-/** Client-side bound on a query beyond the server's statement_timeout (a silent network). */
-const CLIENT_TIMEOUT_MARGIN_MS = 5_000;
 
 export interface RunnerOptions {
   readonly pg: pg.ClientConfig;
@@ -47,8 +45,11 @@ export interface RunnerOptions {
   readonly log: Logger;
   /** How often to look for new snapshot requests while idle. */
   readonly pollMs?: number;
-  /** Per statement, in the database. */
-  readonly statementTimeoutMs?: number;
+  /**
+   * PGWARREN_CONNECT_TIMEOUT and PGWARREN_QUERY_TIMEOUT, as for every connection (CONTRACT §9):
+   * each chunk's statements are bounded by the query timeout, in the database too.
+   */
+  readonly timeouts: PgTimeouts;
   /** The table's row filter (a rule's `where`), so a snapshot publishes only rows the stream would. */
   readonly rowFilter?: (schema: string, table: string) => string | null;
   /** Set when the configured sink cannot carry snapshots: every request fails with this reason. */
@@ -79,6 +80,11 @@ interface Flight {
 
 /** Chunks read ahead of the stream (memory: this many chunks of rows). */
 const READ_AHEAD = 4;
+/**
+ * The closing read (see `closeTable`) tries this often when every row it read changed within its
+ * window; it reads the greatest row, then twice as many each time.
+ */
+const CLOSING_ATTEMPTS = 8;
 
 /** A snapshot cannot go on (the table vanished or lost its key, the --where is invalid). */
 class SnapshotFailed extends Error {}
@@ -89,7 +95,9 @@ const RAW_TEXT = { getTypeParser: () => (v: string) => v } as unknown as pg.Cust
 export class SnapshotRunner {
   private stopped = false;
   private client: pg.Client | null = null;
+  private clientQuery: QueryFn | null = null;
   private progress: pg.Client | null = null;
+  private progressQueryFn: QueryFn | null = null;
   private wake: (() => void) | null = null;
   private loop: Promise<void> | null = null;
   private warnedMissing = false;
@@ -172,47 +180,59 @@ export class SnapshotRunner {
   }
 
   private async connection(): Promise<QueryFn> {
-    if (!this.client) {
-      const c = new pg.Client({
-        ...this.opts.pg,
-        application_name: 'pgwarren-snapshot',
-        // The text of values depends on these, exactly as on the replication connection.
-        options: `${REPLICATION_SESSION_OPTIONS} -c bytea_output=hex -c statement_timeout=${this.opts.statementTimeoutMs ?? 300_000}`,
-        connectionTimeoutMillis: 10_000,
-        // A silent network never answers, so the server's statement_timeout cannot fire: bound it here too.
-        query_timeout: (this.opts.statementTimeoutMs ?? 300_000) + CLIENT_TIMEOUT_MARGIN_MS,
-      });
-      c.on('error', (err) => this.opts.log.debug({ err: err.message }, 'snapshot connection error'));
-      this.client = c;
-      try {
-        await c.connect();
-      } catch (err) {
-        this.client = null;
-        throw err;
-      }
+    if (!this.client || !this.clientQuery) {
+      const { client, query } = await this.open('pgwarren-snapshot', `${REPLICATION_SESSION_OPTIONS} -c bytea_output=hex`, (c) => (this.client = c));
+      this.client = client;
+      this.clientQuery = query;
     }
-    return queryFn(this.client);
+    return this.clientQuery;
   }
 
   private async progressQuery(): Promise<QueryFn> {
-    if (!this.progress) {
-      const c = new pg.Client({ ...this.opts.pg, application_name: 'pgwarren-snapshot-progress', connectionTimeoutMillis: 10_000, query_timeout: (this.opts.statementTimeoutMs ?? 300_000) + CLIENT_TIMEOUT_MARGIN_MS, options: `-c statement_timeout=${this.opts.statementTimeoutMs ?? 300_000}` });
-      c.on('error', (err) => this.opts.log.debug({ err: err.message }, 'snapshot progress connection error'));
-      this.progress = c;
-      try {
-        await c.connect();
-      } catch (err) {
-        this.progress = null;
-        throw err;
-      }
+    if (!this.progress || !this.progressQueryFn) {
+      const { client, query } = await this.open('pgwarren-snapshot-progress', '', (c) => (this.progress = c));
+      this.progress = client;
+      this.progressQueryFn = query;
     }
-    return queryFn(this.progress);
+    return this.progressQueryFn;
+  }
+
+  /**
+   * A connection through the shared connectPg: its connect and every query bounded by
+   * PGWARREN_CONNECT_TIMEOUT / PGWARREN_QUERY_TIMEOUT (a timed-out query destroys it; the loop
+   * then opens a new one). The server's statement_timeout is the query timeout too, so a slow
+   * read is also stopped in the database. `hold` gets the client while it connects, so stop()
+   * can destroy a connect in progress.
+   */
+  private async open(applicationName: string, options: string, hold: (c: pg.Client) => void): Promise<{ client: pg.Client; query: QueryFn }> {
+    const { timeouts, log } = this.opts;
+    try {
+      return await connectPg(
+        // The text of values depends on the session options, exactly as on the replication connection.
+        { ...this.opts.pg, options: `${options} -c statement_timeout=${timeouts.queryMs}`.trim() },
+        { applicationName, timeouts, hold, onError: (err) => log.debug({ err: err.message }, `${applicationName} connection error`) },
+      );
+    } catch (err) {
+      if (applicationName === 'pgwarren-snapshot') this.client = null;
+      else this.progress = null;
+      throw err;
+    }
+  }
+
+  /** A query of the reading connection in array mode with values as Postgres' text, bounded like every query. */
+  private readRows(config: pg.QueryConfig): Promise<pg.QueryResult<unknown[]>> {
+    const c = this.client!;
+    const { queryMs } = this.opts.timeouts;
+    const work = c.query<unknown[]>({ ...config, rowMode: 'array', types: RAW_TEXT } as pg.QueryArrayConfig);
+    return queryMs > 0 ? within(work, queryMs, 'reading a snapshot chunk', () => destroyClient(c)) : work;
   }
 
   private async dropConnection(): Promise<void> {
     const clients = [this.client, this.progress];
     this.client = null;
     this.progress = null;
+    this.clientQuery = null;
+    this.progressQueryFn = null;
     await Promise.all(clients.map((c) => c && closeWithin(() => c.end(), () => pgSocketOwner(c))));
   }
 
@@ -275,14 +295,14 @@ export class SnapshotRunner {
       // most one chunk waits to be recorded when the next one starts.
       const recording: Promise<boolean>[] = [];
       let last: Promise<boolean> = Promise.resolve(true);
-      const record = (confirmed: Promise<void>, p: { cursor: string[] | null; chunk: number; published: number; final: boolean }) => {
+      const record = (confirmed: Promise<ChunkDelivery>, p: { cursor: string[] | null; chunk: number; final: boolean }) => {
         const before = last;
         last = (async () => {
           if (!(await before)) return false;
-          await confirmed;
-          const ok = await recordChunk(await this.progressQuery(), snap.id, { tableIndex: t, cursor: p.cursor, chunk: p.chunk, rows: p.published, final: p.final });
+          const { count } = await confirmed;
+          const ok = await recordChunk(await this.progressQuery(), snap.id, { tableIndex: t, cursor: p.cursor, chunk: p.chunk, rows: count, final: p.final });
           if (ok) {
-            rows += p.published;
+            rows += count;
             chunks++;
             metrics.progress(snap.id, { rows, chunks, startedMs, estimate });
           }
@@ -297,7 +317,7 @@ export class SnapshotRunner {
       };
       if (!upper) {
         // An empty table: one empty chunk moves the snapshot to the next table.
-        record(Promise.resolve(), { cursor: null, chunk: chunk + 1, published: 0, final: true });
+        record(Promise.resolve({ count: 0, endSent: false }), { cursor: null, chunk: chunk + 1, final: true });
         if (!(await last)) return cancelled();
         continue;
       }
@@ -310,7 +330,7 @@ export class SnapshotRunner {
         while (recording.length > 1) if (!(await recording.shift())) return cancelled();
         if (!allRead && flights.length < READ_AHEAD) {
           const began = Date.now();
-          const f = await this.startChunk(query, snap, t, plan, cursor, upper, chunk, limit, routingKey);
+          const f = await this.startChunk(query, snap, t, plan, cursor, upper, chunk, limit, routingKey, false);
           if (f === 'failed') return;
           flights.push(f);
           cursor = f.cursorAfter;
@@ -336,11 +356,25 @@ export class SnapshotRunner {
           allRead = false;
           continue;
         }
-        record(outcome.confirmed, { cursor: head.cursorAfter, chunk: head.chunk + 1, published: outcome.count, final: head.final });
-        if (head.final) {
+        if (!head.final) {
+          record(outcome.confirmed, { cursor: head.cursorAfter, chunk: head.chunk + 1, final: false });
+          continue;
+        }
+        if ((await outcome.confirmed).endSent) {
+          record(outcome.confirmed, { cursor: head.cursorAfter, chunk: head.chunk + 1, final: true });
           if (!(await last)) return cancelled();
           break;
         }
+        // CONTRACT §10: the final event of a table's snapshot carries `last`. The final chunk
+        // published none (every row it read changed meanwhile, or it read none): the closing read
+        // publishes the table's greatest rows again, the last of them marked.
+        record(outcome.confirmed, { cursor: head.cursorAfter, chunk: head.chunk + 1, final: false });
+        if (!(await last)) return cancelled();
+        const closed = await this.closeTable(query, snap, t, plan, head.cursorAfter, upper, head.chunk + 1, limit, routingKey);
+        if (!closed) return;
+        record(Promise.resolve(closed.delivery), { cursor: head.cursorAfter, chunk: closed.chunk + 1, final: true });
+        if (!(await last)) return cancelled();
+        break;
       }
     }
     await finishSnapshot(query, snap.id, 'done');
@@ -350,8 +384,46 @@ export class SnapshotRunner {
   }
 
   /**
-   * Start one chunk: low watermark, SELECT (in key order, after `cursor`, up to `upper`), high
-   * watermark. Its outcome comes when the stream reaches the high watermark.
+   * The closing read of a table whose final chunk published no event: the table's greatest row
+   * (up to `upper`, within --where and the rule's filter) read again under watermarks like any
+   * chunk, so its event carries `last`; should that row change within the window too, the
+   * greatest two, four, ... rows. Null when the snapshot ended (failed, stopped).
+   * When no row is left (all deleted meanwhile) there is nothing to publish.
+   */
+  private async closeTable(
+    query: QueryFn,
+    snap: SnapshotRow,
+    tableIndex: number,
+    plan: TablePlan,
+    cursor: readonly string[] | null,
+    upper: readonly string[],
+    chunk: number,
+    limit: number,
+    routingKey: ReturnType<typeof compileRoutingKey> | undefined,
+  ): Promise<{ chunk: number; delivery: ChunkDelivery } | null> {
+    for (let attempt = 1; ; attempt++) {
+      if (this.stopped) return null;
+      const f = await this.startChunk(query, snap, tableIndex, plan, cursor, upper, chunk, Math.min(limit, 2 ** (attempt - 1)), routingKey, true);
+      if (f === 'failed') return null;
+      const outcome = await f.done;
+      if (outcome.kind === 'redo') {
+        this.opts.tap.restart();
+        continue;
+      }
+      const delivery = await outcome.confirmed;
+      if (delivery.endSent || f.read === 0) return { chunk, delivery };
+      if (attempt >= CLOSING_ATTEMPTS) {
+        this.opts.log.warn({ snapshot: snap.id, table: plan.from, attempts: attempt }, `snapshot ${snap.id}: the greatest rows of ${plan.from} kept changing; its snapshot ends without an event marked last`);
+        return { chunk, delivery };
+      }
+      chunk++;
+    }
+  }
+
+  /**
+   * Start one chunk: low watermark, SELECT (in key order, after `cursor`, up to `upper`; or, for
+   * the closing read, the greatest `limit` rows up to `upper`), high watermark. Its outcome comes
+   * when the stream reaches the high watermark.
    */
   private async startChunk(
     query: QueryFn,
@@ -363,6 +435,7 @@ export class SnapshotRunner {
     chunk: number,
     limit: number,
     routingKey: ReturnType<typeof compileRoutingKey> | undefined,
+    closing: boolean,
   ): Promise<Flight | 'failed'> {
     const { tap, builder } = this.opts;
     let final = false;
@@ -371,24 +444,18 @@ export class SnapshotRunner {
       identities: plan.identities,
       exchange: snap.exchange ?? undefined,
       routingKey,
-      toEvents: (rows) => {
-        const out: BuiltEvent[] = [];
-        for (let i = 0; i < rows.length; i++) {
-          out.push(builder.buildRead(plan.relation, rows[i]!, `${snap.id}:${tableIndex}:${chunk}:${i}`, { id: String(snap.id), chunk, last: final && i === rows.length - 1 }));
-        }
-        return out;
-      },
+      toEvent: (row, i, end) => builder.buildRead(plan.relation, row, `${snap.id}:${tableIndex}:${chunk}:${i}`, { id: String(snap.id), chunk, last: final && end }),
     });
     // Until the outcome is awaited, a rejection (session ending) must not go unhandled.
     pending.done.catch(() => undefined);
     let rows: RawTuple[];
     try {
       await this.emit(query, pending.low, false);
-      const read = await this.select(snap, plan, cursor, upper, limit);
-      rows = read.rows.slice(0, limit);
+      const read = await this.select(snap, plan, closing ? null : cursor, upper, limit, closing);
+      rows = closing ? read.rows.reverse() : read.rows.slice(0, limit);
       // Done when nothing follows, or this chunk reached the bound (so the last row carries `last`).
       const tail = rows[rows.length - 1];
-      final = read.rows.length <= limit || (tail !== undefined && plan.keyIndexes.every((k, i) => tail[k] === upper[i]));
+      final = closing || read.rows.length <= limit || (tail !== undefined && plan.keyIndexes.every((k, i) => tail[k] === upper[i]));
       pending.setRead({ rows, xip: read.xip });
       await this.emit(query, pending.high, true);
     } catch (err) {
@@ -396,7 +463,7 @@ export class SnapshotRunner {
       if (await this.failOnQueryError(query, snap, plan, err)) return 'failed';
       throw err;
     }
-    const tail = rows[rows.length - 1];
+    const tail = closing ? undefined : rows[rows.length - 1];
     return {
       chunk,
       cursorBefore: cursor ? [...cursor] : null,
@@ -436,24 +503,26 @@ export class SnapshotRunner {
   /** The table's greatest key now, as text; null when it is empty (or --where is not applied: all rows count). */
   private async greatestKey(plan: TablePlan): Promise<string[] | null> {
     const keys = plan.keyColumns.map(quoteIdent);
-    const res = await this.client!.query<unknown[]>({
+    const res = await this.readRows({
       text: `SELECT ${keys.join(', ')} FROM ${plan.from} ORDER BY ${keys.map((k) => `${k} DESC`).join(', ')} LIMIT 1`,
-      rowMode: 'array',
-      types: RAW_TEXT,
     });
     const row = res.rows[0] as unknown as string[] | undefined;
     return row ? [...row] : null;
   }
 
-  /** The chunk's rows (one more than `limit` when there are more), and the snapshot's in-progress xids. */
+  /**
+   * The chunk's rows (one more than `limit` when there are more), and the snapshot's in-progress
+   * xids; `greatest`: the `limit` greatest rows up to `upper`, greatest first.
+   */
   private async select(
     snap: SnapshotRow,
     plan: TablePlan,
     cursor: readonly string[] | null,
     upper: readonly string[],
     limit: number,
+    greatest: boolean,
   ): Promise<{ rows: RawTuple[]; xip: Set<number> }> {
-    const c = this.client!;
+    const q = this.clientQuery!;
     const cols = plan.relation.columns.map((col) => quoteIdent(col.name)).join(', ');
     const keys = plan.keyColumns.map(quoteIdent);
     const conditions: string[] = [];
@@ -471,17 +540,17 @@ export class SnapshotRunner {
     if (ruleWhere) conditions.push(`(${ruleWhere})`);
     const sql =
       `SELECT ${cols} FROM ${plan.from}${conditions.length ? ` WHERE ${conditions.join(' AND ')}` : ''} ` +
-      `ORDER BY ${keys.join(', ')} LIMIT ${limit + 1}`;
-    await c.query('BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY');
+      (greatest ? `ORDER BY ${keys.map((k) => `${k} DESC`).join(', ')} LIMIT ${limit}` : `ORDER BY ${keys.join(', ')} LIMIT ${limit + 1}`);
+    await q('BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY');
     try {
       // The first statement fixes the transaction's snapshot; the chunk is read with the same one.
-      const snapRes = await c.query<{ s: string }>('SELECT pg_current_snapshot()::text AS s');
+      const snapRes = await q<{ s: string }>('SELECT pg_current_snapshot()::text AS s');
       // Extended protocol always: one statement only, whatever the --where holds.
-      const res = await c.query<unknown[]>({ text: sql, values, rowMode: 'array', types: RAW_TEXT, queryMode: 'extended' } as pg.QueryConfig);
-      await c.query('COMMIT');
+      const res = await this.readRows({ text: sql, values, queryMode: 'extended' } as pg.QueryConfig);
+      await q('COMMIT');
       return { rows: res.rows as unknown as RawTuple[], xip: parseXip(snapRes.rows[0]!.s) };
     } catch (err) {
-      await c.query('ROLLBACK').catch(() => undefined);
+      await q('ROLLBACK').catch(() => undefined);
       throw err;
     }
   }

@@ -9,7 +9,7 @@ import type { Logger } from '../ops/logger.js';
 import type { Metrics } from '../ops/metrics.js';
 import type { EventBuilder } from '../events/envelope.js';
 import type { TypeCatalog } from '../source/type-catalog.js';
-import type { QueryFn } from '../shared/pg-query.js';
+import type { PgTimeouts, QueryFn } from '../shared/pg-query.js';
 import { sqlState } from '../errors.js';
 import { ruleLookup } from '../filter/selection.js';
 import { SnapshotTap } from './tap.js';
@@ -20,6 +20,8 @@ import { requestInitial } from './request.js';
 
 export interface SnapshotSessionSettings {
   readonly pg: pg.ClientConfig;
+  /** PGWARREN_CONNECT_TIMEOUT / PGWARREN_QUERY_TIMEOUT, for the snapshot's connections. */
+  readonly timeouts: PgTimeouts;
   readonly slot: string;
   readonly exchangeType: string;
   readonly tables: readonly string[];
@@ -46,6 +48,7 @@ export class SnapshotSession {
     const { settings, sink } = deps;
     this.runner = new SnapshotRunner({
       pg: settings.pg,
+      timeouts: settings.timeouts,
       slot: settings.slot,
       tap: this.tap,
       builder: deps.builder,

@@ -14,8 +14,15 @@
  *   waiting-low -> (low watermark read from the stream) open -> (high watermark) published
  *   open: every change of the table the stream delivers removes its keys (old and new) from the
  *         chunk; a truncate removes every row
- *   high: the rows left are published as `read` events, right there in the stream's order, so
- *         every change delivered after them is newer than what they carry
+ *   (high watermark) draining: the rows left are handed to the pipeline as `read` events a slice
+ *         at a time (`nextReads`), between the streamed transactions that follow the high
+ *         watermark, so a streamed change never waits behind a whole chunk. Until a row is handed
+ *         on, changes keep removing its key exactly as in the window: a row is published either
+ *         before every later change of its key (its state is the one at the high watermark, so
+ *         those changes are newer) or not at all (a change of its key, delivered first, carries a
+ *         newer state). Handing a row on at the high watermark is the special case of a slice
+ *         that holds the whole chunk.
+ *   -> done once every slice was confirmed by the broker (or failed)
  *
  * Why that is consistent: the SELECT runs after the low watermark was written, so it sees every
  * transaction committed before the low watermark, and any transaction it sees that committed after
@@ -45,7 +52,7 @@ export interface ChunkRead {
   readonly xip: ReadonlySet<number>;
 }
 
-/** Read events of a chunk, for the pipeline to publish (Pipeline.publishReads). */
+/** Read events of a slice of a chunk, for the pipeline to publish (Pipeline.publishReads). */
 export interface ReadBatch {
   readonly schema: string;
   readonly table: string;
@@ -57,13 +64,22 @@ export interface ReadBatch {
   readonly onConfirmed: (err: Error | null) => void;
 }
 
+/** What a chunk published, once the broker confirmed all of it. */
+export interface ChunkDelivery {
+  /** Read events published. */
+  readonly count: number;
+  /** Whether the chunk's final event (the `end` of `toEvent`) was among them. */
+  readonly endSent: boolean;
+}
+
 /**
- * 'published': the chunk's events were handed to the pipeline at the high watermark; `confirmed`
- * settles when the broker confirmed them all (the reader records progress only then, while it
- * already reads the next chunk). 'redo': nothing was published; read the chunk again.
+ * 'published': the high watermark was reached and the chunk's rows are being handed to the
+ * pipeline; `confirmed` settles when the broker confirmed every one of them (the reader records
+ * progress only then, while it already reads the next chunk). 'redo': nothing was published;
+ * read the chunk again.
  */
 export type ChunkOutcome =
-  | { readonly kind: 'published'; readonly count: number; readonly confirmed: Promise<void> }
+  | { readonly kind: 'published'; readonly confirmed: Promise<ChunkDelivery> }
   | { readonly kind: 'redo'; readonly reason: string };
 
 export interface ChunkSpec {
@@ -72,8 +88,11 @@ export interface ChunkSpec {
   readonly identities: readonly (readonly string[])[];
   readonly exchange: string | undefined;
   readonly routingKey: RoutingKeyFn | undefined;
-  /** Builds the events of the rows left at the high watermark. */
-  readonly toEvents: (rows: readonly RawTuple[]) => BuiltEvent[];
+  /**
+   * Builds the event of a row left at the high watermark: `index` is its place in the chunk's
+   * read (unique within the chunk), `end` is true on the chunk's final published event.
+   */
+  readonly toEvent: (row: RawTuple, index: number, end: boolean) => BuiltEvent;
 }
 
 export interface PendingChunk {
@@ -82,7 +101,7 @@ export interface PendingChunk {
   readonly high: string;
   /** What the SELECT returned, before the high watermark is emitted. */
   setRead(read: ChunkRead): void;
-  /** Settles once the high watermark was handled (the chunk's events handed to the pipeline). */
+  /** Settles once the high watermark was handled (from then on the chunk's rows are handed on). */
   readonly done: Promise<ChunkOutcome>;
 }
 
@@ -100,11 +119,46 @@ interface Active {
   reject(err: Error): void;
 }
 
+/** A chunk past its high watermark whose rows are handed to the pipeline a slice at a time. */
+interface Draining {
+  readonly chunk: Active;
+  readonly rows: readonly RawTuple[];
+  /** Index of the next row of `rows` to consider. */
+  next: number;
+  count: number;
+  endSent: boolean;
+  /** Slices handed on and not yet confirmed. */
+  unconfirmed: number;
+  settled: boolean;
+  settle(err: Error | null): void;
+}
+
 const RECENT_XIDS = 4096;
+
+export interface TapOptions {
+  /** Read events handed on at once, between two streamed transactions. */
+  readonly sliceEvents?: number;
+  /** Read events handed on and not yet confirmed, beyond which no slice is handed on. */
+  readonly maxUnconfirmed?: number;
+}
+
+/**
+ * Chosen by measurement (README "Benchmarks", snapshots): a slice is published in a few
+ * milliseconds, so a streamed transaction waits at most that long in the daemon behind read
+ * events; the stream's messages also wait in the broker behind unconfirmed reads, so few are let
+ * out (2,000 instead of 400 tripled the streamed changes' added delay; 400 bounds the snapshot to
+ * about 400 rows per confirm round trip).
+ */
+const SLICE_EVENTS = 100;
+const MAX_UNCONFIRMED = 400;
 
 export class SnapshotTap {
   /** Chunks whose high watermark the stream has not reached, in the order they were emitted. */
   private chunks: Active[] = [];
+  /** Chunks past their high watermark with rows still to hand on, in stream order. */
+  private draining: Draining[] = [];
+  /** Chunks handed on completely, waiting for the broker's confirms. */
+  private confirming = new Set<Draining>();
   /**
    * A chunk had to be read again and the reader has not yet started over (`restart`): chunks it
    * begins meanwhile start after the range to be read again, so they are read again as well.
@@ -123,6 +177,22 @@ export class SnapshotTap {
   private counter = 0;
   /** Column indexes of name lists, per relation object the stream or the reader uses. */
   private readonly indexCache = new WeakMap<RelationInfo, Map<string, number[] | null>>();
+  private readonly sliceEvents: number;
+  private readonly maxUnconfirmed: number;
+  /** Read events handed on, not yet confirmed. */
+  private unconfirmedEvents = 0;
+  /** The pipeline's "reads may be handed on now" (set by `onReads`). */
+  private readable: () => void = () => undefined;
+
+  constructor(opts: TapOptions = {}) {
+    this.sliceEvents = Math.max(1, opts.sliceEvents ?? SLICE_EVENTS);
+    this.maxUnconfirmed = Math.max(this.sliceEvents, opts.maxUnconfirmed ?? MAX_UNCONFIRMED);
+  }
+
+  /** The pipeline's wake-up: called when reads wait to be handed on (`nextReads`). */
+  onReads(fn: () => void): void {
+    this.readable = fn;
+  }
 
   /**
    * Open a chunk; the reader then emits `low`, SELECTs, calls `setRead`, emits `high`. Several
@@ -166,6 +236,10 @@ export class SnapshotTap {
   abort(err: Error): void {
     this.redoPending = false;
     for (const c of [...this.chunks]) c.reject(err);
+    // Their progress is not recorded: the next session reads them again.
+    for (const d of [...this.draining, ...this.confirming]) d.settle(err);
+    this.draining = [];
+    this.confirming.clear();
   }
 
   /** The reader starts over at the chunk that was read again. */
@@ -187,9 +261,10 @@ export class SnapshotTap {
 
   /**
    * A watermark read from the stream. Unknown ones (a previous session's, read again after a
-   * restart) are ignored. At the high watermark, returns the publishing of the chunk's rows.
+   * restart) are ignored. At the high watermark the chunk's rows start to be handed on
+   * (`nextReads`).
    */
-  watermark(msg: LogicalMessage, publish: (batch: ReadBatch) => Promise<void> | void): Promise<void> | void {
+  watermark(msg: LogicalMessage): void {
     const text = msg.content.toString('utf8');
     const space = text.indexOf(' ');
     const kind = text.slice(0, space);
@@ -211,28 +286,93 @@ export class SnapshotTap {
     for (const xid of read.xip) {
       if (c.beforeLow!.has(xid)) return this.redo(c, `transaction ${xid} committed before the low watermark but was not yet visible to the chunk's read`);
     }
-    const rows = c.truncated ? [] : read.rows.filter((row) => !this.touched(c, row));
-    if (rows.length === 0) return c.resolve({ kind: 'published', count: 0, confirmed: Promise.resolve() });
-    const events = c.spec.toEvents(rows);
-    const count = events.length;
     let settle!: (err: Error | null) => void;
-    const confirmed = new Promise<void>((resolve, reject) => (settle = (err) => (err ? reject(err) : resolve())));
-    confirmed.catch(() => undefined); // the reader awaits it; a session ending first must not leave it unhandled
-    const handed = publish({
-      schema: c.spec.relation.schema,
-      table: c.spec.relation.table,
-      exchange: c.spec.exchange,
-      routingKey: c.spec.routingKey,
-      events,
-      onConfirmed: (err) => settle(err),
-    });
-    return Promise.resolve(handed).then(
-      () => c.resolve({ kind: 'published', count, confirmed }),
-      (err: unknown) => {
-        c.reject(err as Error);
-        throw err;
+    const d: Draining = {
+      chunk: c,
+      rows: c.truncated ? [] : read.rows,
+      next: 0,
+      count: 0,
+      endSent: false,
+      unconfirmed: 0,
+      settled: false,
+      settle: (err) => {
+        if (d.settled) return;
+        d.settled = true;
+        this.confirming.delete(d);
+        settle(err);
       },
-    );
+    };
+    const confirmed = new Promise<ChunkDelivery>((resolve, reject) => (settle = (err) => (err ? reject(err) : resolve({ count: d.count, endSent: d.endSent }))));
+    confirmed.catch(() => undefined); // the reader awaits it; a session ending first must not leave it unhandled
+    this.draining.push(d);
+    c.resolve({ kind: 'published', confirmed });
+    this.readable();
+  }
+
+  /** True while a chunk past its high watermark has rows to hand on and the broker keeps up. */
+  hasReads(): boolean {
+    return this.draining.length > 0 && this.unconfirmedEvents + this.sliceEvents <= this.maxUnconfirmed;
+  }
+
+  /**
+   * The next slice of read events (at most `max`), in key order of the oldest chunk past its high
+   * watermark; null when none is waiting. The pipeline calls it between streamed transactions
+   * and publishes the slice before it handles the next one, so the changes it handled before
+   * are exactly those that removed keys from the slice.
+   */
+  nextReads(): ReadBatch | null {
+    const max = this.sliceEvents;
+    while (this.hasReads()) {
+      const d = this.draining[0]!;
+      const c = d.chunk;
+      if (c.taint) {
+        // A change whose key cannot be worked out may have touched any row left: the rest of
+        // the chunk cannot be published safely. Its progress is not recorded, so the reader
+        // (after this failure) reads it again from the last confirmed chunk.
+        this.draining.shift();
+        d.settle(new Error(`snapshot chunk to be read again: ${c.taint}`));
+        continue;
+      }
+      const picked: number[] = [];
+      while (d.next < d.rows.length && picked.length < max) {
+        const i = d.next++;
+        if (!c.truncated && !this.touched(c, d.rows[i]!)) picked.push(i);
+      }
+      // Rows already touched never come back: skipping them now tells whether this slice ends the chunk.
+      while (d.next < d.rows.length && (c.truncated || this.touched(c, d.rows[d.next]!))) d.next++;
+      const ends = d.next >= d.rows.length;
+      if (ends) {
+        this.draining.shift();
+        this.confirming.add(d);
+      }
+      if (picked.length === 0) {
+        if (ends && d.unconfirmed === 0) d.settle(null);
+        continue;
+      }
+      const events = picked.map((i, n) => c.spec.toEvent(d.rows[i]!, i, ends && n === picked.length - 1));
+      d.count += events.length;
+      if (ends) d.endSent = true;
+      d.unconfirmed++;
+      this.unconfirmedEvents += events.length;
+      let settled = false;
+      return {
+        schema: c.spec.relation.schema,
+        table: c.spec.relation.table,
+        exchange: c.spec.exchange,
+        routingKey: c.spec.routingKey,
+        events,
+        onConfirmed: (err) => {
+          if (settled) return;
+          settled = true;
+          this.unconfirmedEvents -= events.length;
+          if (err) return d.settle(err);
+          d.unconfirmed--;
+          if (d.unconfirmed === 0 && d.next >= d.rows.length && !this.draining.includes(d)) d.settle(null);
+          if (this.hasReads()) this.readable();
+        },
+      };
+    }
+    return null;
   }
 
   /** A row change (or truncate) of an included table, as the stream delivers it, in transaction `xid`. */
@@ -245,6 +385,10 @@ export class SnapshotTap {
     }
     for (const c of this.chunks) {
       if (c.state === 'open' && c.spec.relation.table === rel.table && c.spec.relation.schema === rel.schema) this.remove(c, change);
+    }
+    for (const d of this.draining) {
+      const c = d.chunk;
+      if (c.spec.relation.table === rel.table && c.spec.relation.schema === rel.schema) this.remove(c, change);
     }
   }
 

@@ -74,7 +74,8 @@ async function snapshotState(db: TestDatabase, id: number): Promise<{ state: str
 }
 
 async function waitDone(s: Setup, id: number, timeoutMs = 120_000): Promise<void> {
-  await waitUntil(async () => (await snapshotState(s.db, id)).state !== 'running' && (await snapshotState(s.db, id)).state !== 'pending', {
+  // One read per look: two could see 'pending' and then 'running' and take that for the end.
+  await waitUntil(async () => !['running', 'pending'].includes((await snapshotState(s.db, id)).state), {
     timeoutMs,
     intervalMs: 200,
     message: async () => `snapshot ${id}: ${JSON.stringify(await snapshotState(s.db, id))}\n${s.daemon.output().split('\n').slice(-20).join('\n')}`,
@@ -199,6 +200,61 @@ for (const plugin of ['pgoutput', 'wal2json'] as const) {
     assert.ok(slot?.confirmedFlushLsn);
   });
 }
+
+/** Wait until the snapshot's read is inside its pg_sleep (a --where that sleeps on one row). */
+async function whileReadSleeps(db: TestDatabase): Promise<void> {
+  await waitUntil(
+    async () => (await db.query("SELECT 1 FROM pg_stat_activity WHERE application_name = 'pgwarren-snapshot' AND wait_event = 'PgSleep'")).rows.length > 0,
+    { timeoutMs: 30_000, intervalMs: 20, message: 'the snapshot read never reached its pg_sleep' },
+  );
+}
+
+for (const plugin of ['pgoutput', 'wal2json'] as const) {
+  test(`last: true on the final read event even when the final chunk's rows all changed within its window, or it read none (${plugin})`, { skip: plugin === 'wal2json' && wal2jsonMissing }, async (t) => {
+    // Rows 1..10 in chunks of 5. A --where that sleeps on one row holds a chunk's read open
+    // between its watermarks, long enough for the test to change rows in that window.
+    const schema = `CREATE TABLE a (id int PRIMARY KEY, v text); INSERT INTO a SELECT g, 'v' || g FROM generate_series(1, 10) g;
+      CREATE TABLE b (id int PRIMARY KEY, v text); INSERT INTO b SELECT g, 'v' || g FROM generate_series(1, 10) g;`;
+    const s = await setup(t, `snaplast_${plugin}`, schema, { PGWARREN_PLUGIN: plugin });
+    await drained(s, 0);
+    const sleepOn = (id: number) => `(id <> ${id} OR (SELECT true FROM pg_sleep(2)))`;
+
+    // a: the final chunk (6..10) sleeps on 8; meanwhile every row of it changes, inside its window.
+    const ida = await snapshot(s, ['public.a', '--chunk-size', '5', '--where', sleepOn(8)]);
+    await whileReadSleeps(s.db);
+    await s.db.query("UPDATE a SET v = 'changed' WHERE id > 5");
+    await waitDone(s, ida);
+    // b: the first chunk sleeps on 3 (it has read past 5, so more follows); meanwhile 6..10 are
+    // deleted, and the final chunk reads nothing.
+    const idb = await snapshot(s, ['public.b', '--chunk-size', '5', '--where', sleepOn(3)]);
+    await whileReadSleeps(s.db);
+    await s.db.query('DELETE FROM b WHERE id > 5');
+    await waitDone(s, idb);
+    await drained(s, 1);
+
+    for (const table of ['a', 'b']) {
+      const r = reads(s.queue, table);
+      assert.ok(r.length > 0, `${table}: read events`);
+      assert.deepEqual(r.map((b) => b.snapshot.last), r.map((_, i) => i === r.length - 1), `${table}: last on the final read event, and only there: ${JSON.stringify(r.map((b) => [b.key.id, b.snapshot.chunk, b.snapshot.last]))}`);
+      assert.equal(new Set(r.map((b) => b.id)).size, r.length, `${table}: read ids unique within the snapshot`);
+      const { rows } = await s.db.query(`SELECT id, v FROM ${table}`);
+      const expected = new Map(rows.map((row) => [JSON.stringify({ id: row.id }), { id: row.id, v: row.v }]));
+      assert.deepEqual(replica(s.queue, table), expected, `${table}: the replica built from the events equals the table`);
+    }
+  });
+}
+
+test('PGWARREN_QUERY_TIMEOUT bounds a snapshot read like every query: a read that takes longer is given up and retried', async (t) => {
+  const schema = 'CREATE TABLE slow (id int PRIMARY KEY); INSERT INTO slow SELECT generate_series(1, 10);';
+  const s = await setup(t, 'snaptimeout', schema, { PGWARREN_QUERY_TIMEOUT: '2' });
+  await drained(s, 0);
+  // The read sleeps 6 s on row 3: longer than the 2 s query timeout.
+  const id = await snapshot(s, ['public.slow', '--where', '(id <> 3 OR (SELECT true FROM pg_sleep(6)))']);
+  const failed = await s.daemon.waitForLog((l) => l.msg === 'snapshot runner: database error; retrying', 20_000);
+  assert.match(String(failed.err), /statement timeout|no answer within|timed out|timeout/i, `the read was bounded: ${String(failed.err)}`);
+  assert.equal(reads(s.queue, 'slow').length, 0, 'nothing of the timed-out read was published');
+  assert.equal((await runCli(['snapshot', '--cancel', String(id)], s.env)).code, 0);
+});
 
 const KEYS_SCHEMA = `
 CREATE TYPE mood AS ENUM ('sad', 'ok', 'happy');

@@ -44,7 +44,7 @@ function chunk(tap: SnapshotTap, relation = items, identities: string[][] = [['i
     identities,
     exchange: undefined,
     routingKey: undefined,
-    toEvents: (rows) => rows.map((r) => ({ id: r[0] as string, op: 'read' as const, schema: 'public', table: relation.table, body: String(r[0]) })),
+    toEvent: (r, _i, end) => ({ id: r[0] as string, op: 'read' as const, schema: 'public', table: relation.table, body: end ? `${String(r[0])} end` : String(r[0]) }),
   });
   let outcome: ChunkOutcome | undefined;
   void pending.done.then((o) => (outcome = o));
@@ -55,13 +55,15 @@ function chunk(tap: SnapshotTap, relation = items, identities: string[][] = [['i
   return {
     pending,
     published,
-    low: () => tap.watermark(msg(pending.low), publish),
+    low: () => tap.watermark(msg(pending.low)),
     high: async () => {
-      await tap.watermark(msg(pending.high), publish);
+      tap.watermark(msg(pending.high));
+      // The pipeline hands every slice on (here: all at once, nothing streamed in between).
+      for (let b = tap.nextReads(); b; b = tap.nextReads()) publish(b);
       await new Promise((r) => setImmediate(r));
       if (outcome?.kind === 'published') {
-        await outcome.confirmed;
-        return { kind: outcome.kind, count: outcome.count };
+        const { count } = await outcome.confirmed;
+        return { kind: outcome.kind, count };
       }
       return outcome;
     },
@@ -134,7 +136,8 @@ test("other sessions' watermarks, transactional messages and a high watermark wi
   const tap = new SnapshotTap();
   const c = chunk(tap);
   assert.equal(tap.isWatermark(msg('low x', true)), false, 'only non-transactional messages are watermarks');
-  tap.watermark(msg('high someone-else-1'), () => assert.fail('published'));
+  tap.watermark(msg('high someone-else-1'));
+  assert.equal(tap.nextReads(), null, 'nothing to publish');
   c.pending.setRead({ rows: [row(1)], xip: new Set() });
   const outcome = await c.high();
   assert.equal(outcome?.kind, 'redo');
@@ -173,7 +176,8 @@ test('chunks read ahead: each window removes keys only from its own chunk; a red
   assert.equal((await r1.high())?.kind, 'redo');
   const second = await r2.pending.done;
   assert.equal(second.kind, 'redo', 'the chunk after a redo is read again too');
-  tap.watermark(msg(r2.pending.high), () => assert.fail('a chunk dropped by a redo must not publish'));
+  tap.watermark(msg(r2.pending.high));
+  assert.equal(tap.nextReads(), null, 'a chunk dropped by a redo must not publish');
   // Begun after the redo but before the reader started over: read again as well, then normal again.
   const late = chunk(tap);
   assert.equal((await late.pending.done).kind, 'redo');
@@ -191,4 +195,51 @@ test('the invisible transaction was delivered before the chunk even began, throu
   c.low();
   c.pending.setRead({ rows: [row(1)], xip: new Set([777]) });
   assert.equal((await c.high())?.kind, 'redo');
+});
+
+test('after the high watermark rows go out a slice at a time; a change streamed between slices removes its row from the rest', async () => {
+  const tap = new SnapshotTap({ sliceEvents: 2, maxUnconfirmed: 4 });
+  let wakes = 0;
+  tap.onReads(() => wakes++);
+  const c = chunk(tap);
+  let outcome: ChunkOutcome | undefined;
+  void c.pending.done.then((o) => (outcome = o));
+  c.low();
+  c.pending.setRead({ rows: [row(1), row(2), row(3), row(4), row(5), row(6), row(7)], xip: new Set() });
+  tap.watermark(msg(c.pending.high));
+  assert.equal(wakes, 1, 'the pipeline is told that reads wait');
+  const s1 = tap.nextReads()!;
+  assert.deepEqual(s1.events.map((e) => e.body), ['1', '2']);
+  tap.changed(upd(3), 10); // streamed after the first slice: row 3 must not follow it with an older state
+  const s2 = tap.nextReads()!;
+  assert.deepEqual(s2.events.map((e) => e.body), ['4', '5']);
+  assert.equal(tap.nextReads(), null, 'four read events unconfirmed: the broker is given time');
+  s1.onConfirmed(null);
+  assert.equal(wakes, 2, 'a confirm wakes the pipeline');
+  tap.changed(del(7), 11); // the greatest row goes: the end mark moves to the last row published
+  const s3 = tap.nextReads()!;
+  assert.deepEqual(s3.events.map((e) => e.body), ['6 end']);
+  assert.equal(tap.nextReads(), null);
+  s2.onConfirmed(null);
+  s3.onConfirmed(null);
+  await new Promise((r) => setImmediate(r));
+  assert.equal(outcome?.kind, 'published');
+  assert.deepEqual(await (outcome as { confirmed: Promise<unknown> }).confirmed, { count: 5, endSent: true });
+});
+
+test('a chunk whose rows all changed after its high watermark reports that its end was not sent', async () => {
+  const tap = new SnapshotTap({ sliceEvents: 1 });
+  const c = chunk(tap);
+  let outcome: ChunkOutcome | undefined;
+  void c.pending.done.then((o) => (outcome = o));
+  c.low();
+  c.pending.setRead({ rows: [row(1), row(2)], xip: new Set() });
+  tap.watermark(msg(c.pending.high));
+  const s1 = tap.nextReads()!;
+  assert.deepEqual(s1.events.map((e) => e.body), ['1']);
+  tap.changed(del(2), 1);
+  assert.equal(tap.nextReads(), null);
+  s1.onConfirmed(null);
+  await new Promise((r) => setImmediate(r));
+  assert.deepEqual(await (outcome as { confirmed: Promise<unknown> }).confirmed, { count: 1, endSent: false });
 });
