@@ -108,6 +108,8 @@ async function runAction(cluster, action) {
     env: {
       PATH: process.env.PATH, PGWARREN_DATABASE_URL: url, PGWARREN_AMQP_URL: AMQP_URL, PGWARREN_SLOT: 'bench',
       PGWARREN_PUBLICATION: 'bench', PGWARREN_EXCHANGE: exchange, PGWARREN_FLOOD_EXCHANGE: floodExchange,
+      // Its own dead-letter exchange, deleted below: the default (pgwarren.dead) would outlive the bench.
+      PGWARREN_DEAD_LETTER_EXCHANGE: `${exchange}.dead`,
       PGWARREN_FLOOD_ACTION: action, PGWARREN_HTTP_PORT: String(httpPort), PGWARREN_LOG_LEVEL: 'warn',
       MALLOC_ARENA_MAX: '2', // as the Docker image and `npm start` run it
       // Tuning knobs under study pass through from the bench's own environment.
@@ -133,6 +135,7 @@ async function runAction(cluster, action) {
   await new Promise((r) => daemon.on('exit', r));
   await ch.deleteExchange(exchange);
   await ch.deleteExchange(floodExchange);
+  await ch.deleteExchange(`${exchange}.dead`);
   await conn.close();
   await c.query("SELECT pg_drop_replication_slot('bench')");
   await c.query("SELECT pg_drop_replication_slot('baseline')");

@@ -123,7 +123,10 @@ class Bench {
   async cleanupBroker() {
     const ch = await this.amqpConn.createChannel();
     ch.on('error', () => undefined);
-    for (const name of this.exchanges) await ch.deleteExchange(name).catch(() => undefined);
+    for (const name of this.exchanges) {
+      await ch.deleteExchange(name).catch(() => undefined);
+      await ch.deleteExchange(`${name}.dead`).catch(() => undefined);
+    }
     await ch.close().catch(() => undefined);
   }
 
@@ -166,6 +169,7 @@ class Bench {
     return async () => {
       await ch.deleteQueue(q.queue).catch(() => undefined);
       await ch.deleteExchange(name).catch(() => undefined);
+      await ch.deleteExchange(`${name}.dead`).catch(() => undefined);
       await ch.close().catch(() => undefined);
     };
   }
@@ -177,6 +181,8 @@ class Bench {
       env: {
         PATH: process.env.PATH, PGWARREN_DATABASE_URL: url, PGWARREN_AMQP_URL: AMQP_URL, PGWARREN_SLOT: 'bench',
         PGWARREN_PUBLICATION: 'bench', PGWARREN_EXCHANGE: exchange, PGWARREN_HTTP_PORT: String(httpPort),
+        // Its own dead-letter exchange, deleted with the bench's exchanges: the default (pgwarren.dead) would outlive the bench.
+        PGWARREN_DEAD_LETTER_EXCHANGE: `${exchange}.dead`,
         PGWARREN_LOG_LEVEL: 'warn', PGWARREN_PUBLICATION_SYNC_INTERVAL: '0',
         MALLOC_ARENA_MAX: '2', // as the Docker image and `npm start` run it; override from the environment
         ...Object.fromEntries(Object.entries(process.env).filter(([k]) => k.startsWith('PGWARREN_') || k.startsWith('MALLOC_') || k === 'NODE_OPTIONS')),

@@ -68,6 +68,8 @@ async function runOne(cluster, chunkSize) {
   const env = {
     PATH: process.env.PATH, PGWARREN_DATABASE_URL: url, PGWARREN_AMQP_URL: AMQP_URL, PGWARREN_SLOT: 'bench',
     PGWARREN_PUBLICATION: 'bench', PGWARREN_EXCHANGE: exchange, PGWARREN_LOG_LEVEL: 'warn', MALLOC_ARENA_MAX: '2',
+    // Its own dead-letter exchange, deleted below: the default (pgwarren.dead) would outlive the bench.
+    PGWARREN_DEAD_LETTER_EXCHANGE: `${exchange}.dead`,
   };
   const setup = spawnSync(process.execPath, [cli, 'setup'], { env, encoding: 'utf8' });
   if (setup.status !== 0) throw new Error(`setup: ${setup.stdout}${setup.stderr}`);
@@ -170,6 +172,7 @@ async function runOne(cluster, chunkSize) {
   daemon.kill('SIGTERM');
   await new Promise((r) => daemon.on('exit', r));
   await ch.deleteExchange(exchange);
+  await ch.deleteExchange(`${exchange}.dead`);
   await conn.close();
   await c.query("SELECT pg_drop_replication_slot('bench')");
   await c.end();
