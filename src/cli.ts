@@ -1,6 +1,6 @@
 #!/usr/bin/env node
 /**
- * The command line (CONTRACT §1–§2, §8). yargs parses flags only; environment variables, `_FILE`
+ * The command line (README "Running without Docker", "Commands"). yargs parses flags only; environment variables, `_FILE`
  * secrets, the config file and defaults are layered by `config/load.ts`, so precedence lives in
  * one place. Exit codes: 0 ok, 1 unexpected, 2 configuration or usage, 3 prerequisite.
  */

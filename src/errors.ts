@@ -1,6 +1,6 @@
 /**
- * Errors that decide the exit code (CONTRACT §8), and the one table that classifies every fault
- * (CONTRACT §9): transient (a session retries it with backoff) or permanent (exit 3 with the fix).
+ * Errors that decide the exit code (README "Commands"), and the one table that classifies every fault
+ * (README "Failure handling"): transient (a session retries it with backoff) or permanent (exit 3 with the fix).
  *
  * Faults are classified by their code only: a Postgres SQLSTATE, an AMQP reply code or a Node
  * errno. Never by the text of a message, which also carries host names, ports and user input

@@ -12,7 +12,7 @@
  * - Change: one row change (or one truncated table) as the slot delivered it, values still in
  *   Postgres' text form.
  * - seq: a change's 0-based position among the changes of its transaction for the configured tables.
- * - Event: the JSON document published for a Change (CONTRACT §4).
+ * - Event: the JSON document published for a Change (README "Events").
  * - Outgoing message: an event (or a batch of them) with routing key and AMQP properties, tagged
  *   with the transaction it belongs to so the checkpoint can account for its confirm.
  * - checkpoint: the pure bookkeeping that answers "highest LSN safe to acknowledge".

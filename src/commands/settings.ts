@@ -12,7 +12,7 @@ export function pgConfig(config: Config): pg.ClientConfig {
   return pgClientConfig(config.database);
 }
 
-/** Connect and query bounds for every ordinary Postgres connection (CONTRACT §9). */
+/** Connect and query bounds for every ordinary Postgres connection (README "Failure handling"). */
 export function pgTimeouts(config: Config): PgTimeouts {
   return { connectMs: config.connectTimeout * 1000, queryMs: config.queryTimeout * 1000 };
 }

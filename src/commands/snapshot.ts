@@ -1,5 +1,5 @@
 /**
- * `pgwarren snapshot`: ask the running daemon to publish the current rows of tables (CONTRACT §10),
+ * `pgwarren snapshot`: ask the running daemon to publish the current rows of tables (README "Snapshots"),
  * list snapshots, cancel one, or follow one to its end. The request is a row in `pgwarren.snapshots`;
  * the daemon that holds the slot picks it up (README "Snapshots").
  *

@@ -1,5 +1,5 @@
 /**
- * Application events (CONTRACT §12): a transaction calls
+ * Application events (README "Beyond rows"): a transaction calls
  * `pg_logical_emit_message(true, 'pgwarren.event', '<json>')` and that JSON is published as an
  * `op: "message"` event, atomically with the transaction's row changes.
  *

@@ -1,5 +1,5 @@
 /**
- * Change -> event document (CONTRACT §4). Deterministic: the same change in the same transaction
+ * Change -> event document (README "Events"). Deterministic: the same change in the same transaction
  * always serializes to the same bytes, so a redelivery repeats the first delivery exactly.
  *
  * How replica identity shapes the event:
@@ -21,7 +21,7 @@ import { converterFor, type Converter } from './values.js';
 import type { TypeLookup } from '../source/type-catalog.js';
 import { tableName } from '../shared/table-name.js';
 
-/** What an event reports: a row operation, or one of the events beyond rows (CONTRACT §4, §12). */
+/** What an event reports: a row operation, or one of the events beyond rows (README "Events", "Beyond rows"). */
 export type EventOp = Op | 'bulk' | 'schema' | 'message' | 'commit' | 'read';
 
 export interface BuiltEvent {
@@ -50,7 +50,7 @@ export interface SchemaColumn {
   readonly key: boolean;
 }
 
-/** The routing key of commit events (CONTRACT §12); routing key templates do not apply. */
+/** The routing key of commit events (README "Beyond rows"); routing key templates do not apply. */
 export const COMMIT_ROUTING_KEY = 'pgwarren.tx.commit';
 
 /** The columns of one `key` variant. */
@@ -130,7 +130,7 @@ export class EventBuilder {
     return { id, op: change.op, schema: rel.schema, table: rel.table, body, unchanged: parts.changed === '[]' };
   }
 
-  /** The summary that replaces a flooded table's rows (CONTRACT §4, the bulk event). */
+  /** The summary that replaces a flooded table's rows (README "Events", the bulk event). */
   buildBulk(
     flood: { schema: string; table: string; counts: { insert: number; update: number; delete: number; firstSeq: number }; reason: string },
     tx: TxInfo,
@@ -159,7 +159,7 @@ export class EventBuilder {
     return rel.columns.filter((c) => !excluded.has(c.name)).map((c) => ({ name: c.name, type: typeName(this.types, c.typeOid), key: key.has(c.name) }));
   }
 
-  /** A table changed shape before change `seq` of the transaction (CONTRACT §12). */
+  /** A table changed shape before change `seq` of the transaction (README "Beyond rows"). */
   buildSchema(schema: string, table: string, columns: readonly SchemaColumn[], previous: readonly SchemaColumn[], tx: TxInfo, seq: number): BuiltEvent {
     const lsn = formatLsn(tx.commitLsn);
     // The schema event precedes change `seq`, which belongs to exactly one table: unique, and the
@@ -173,7 +173,7 @@ export class EventBuilder {
   }
 
   /**
-   * An application event (CONTRACT §12). `payload` is valid JSON text (validated by the caller),
+   * An application event (README "Beyond rows"). `payload` is valid JSON text (validated by the caller),
    * embedded as it was given: no number is ever parsed into a double.
    */
   buildMessage(prefix: string, payload: string, routingKey: string, tx: TxInfo, seq: number): BuiltEvent {
@@ -186,7 +186,7 @@ export class EventBuilder {
   }
 
   /**
-   * The transaction boundary (CONTRACT §12): how many events of each table (or application event
+   * The transaction boundary (README "Beyond rows"): how many events of each table (or application event
    * prefix) and op the transaction published, in the order they first appeared.
    */
   buildCommit(counts: ReadonlyMap<string, ReadonlyMap<string, number>>, tx: TxInfo): BuiltEvent {
@@ -212,7 +212,7 @@ export class EventBuilder {
   }
 
   /**
-   * A snapshot's `read` event (CONTRACT §10): the row as `new`, its key, no old values, and which
+   * A snapshot's `read` event (README "Snapshots"): the row as `new`, its key, no old values, and which
    * snapshot and chunk it belongs to. `row` holds Postgres' text of each column, like a change's.
    */
   buildRead(rel: RelationInfo, row: RawTuple, id: string, snapshot: { id: string; chunk: number; last: boolean }): BuiltEvent {

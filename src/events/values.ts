@@ -1,5 +1,5 @@
 /**
- * Postgres text output -> the event's JSON value (CONTRACT §4), without loss.
+ * Postgres text output -> the event's JSON value (README "Events"), without loss.
  *
  * The text is what the replication connection prints with TimeZone=UTC, DateStyle=ISO,
  * IntervalStyle=postgres, extra_float_digits=3. `converterFor` picks (and memoizes) one function

@@ -1,6 +1,6 @@
 /**
  * Every metric pgwarren exports, in one registry per process (tests create their own). Names and
- * labels are part of the contract (CONTRACT §7).
+ * labels are part of the contract (README "Health and metrics").
  */
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
 

@@ -491,7 +491,7 @@ export class SessionAssembly implements SessionParts {
     if (settings.sink === 'stdout') return new StdoutSink(process.stdout, bodyEncoder(settings.compression));
     const s = settings.stream;
     if (!s) throw new Error('stream sink without stream settings');
-    // Bounded like the AMQP open (CONTRACT §9); an open abandoned at the deadline is closed if it completes.
+    // Bounded like the AMQP open (README "Failure handling"); an open abandoned at the deadline is closed if it completes.
     const opening = StreamSink.open({
       url: s.url,
       stream: s.stream,

@@ -1,5 +1,5 @@
 /**
- * Dead letters (CONTRACT §9, README "Dead letters"): an event that can never be published as
+ * Dead letters (README "Failure handling", README "Dead letters"): an event that can never be published as
  * configured goes to `PGWARREN_DEAD_LETTER_EXCHANGE` instead, so that it never blocks the
  * changes after it. This module holds the pure parts: what a dead letter is, its routing key and
  * the stub that replaces a body too big to publish anywhere. The pipeline sends them
@@ -14,7 +14,7 @@ import { ROUTING_KEY_MAX_BYTES } from '../events/routing.js';
  * - `routing_key`: the routing key expanded past 255 bytes;
  * - `size`: the body is larger than `PGWARREN_MAX_MESSAGE_BYTES`;
  * - `broker_rejected`: the broker closed the channel (406) over this very message;
- * - `malformed`: an application event whose payload is not valid JSON (CONTRACT §12);
+ * - `malformed`: an application event whose payload is not valid JSON (README "Beyond rows");
  * - `transform`: `PGWARREN_TRANSFORM` threw or returned something that is not an event (§13).
  */
 export type DeadLetterReason = 'routing_key' | 'size' | 'broker_rejected' | 'malformed' | 'transform';

@@ -24,7 +24,7 @@
  * transaction are the same on every read of it (a redelivery repeats them byte for byte).
  * With `maxEvents` 1 (the default) messages are exactly one event each, with no batch header.
  *
- * Beyond rows (CONTRACT §12), in stream order with the row changes:
+ * Beyond rows (README "Beyond rows"), in stream order with the row changes:
  * - application events (`pgwarren.event` logical messages) take a `seq` like a row change and
  *   keep their place among held events; they are never part of a flood;
  * - a schema event goes before the first change of an included table whose shape differs from
@@ -655,7 +655,7 @@ export class Pipeline {
   }
 
   /**
-   * Dead-letter one event of the transaction being read instead of publishing it (CONTRACT §9,
+   * Dead-letter one event of the transaction being read instead of publishing it (README "Failure handling",
    * README "Dead letters"). For callers inside the pipeline that find an event cannot be
    * published: an application event whose JSON is malformed, a transform that throws. Call it
    * only between a transaction's begin and commit, in stream order with the transaction's other

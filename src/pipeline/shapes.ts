@@ -1,6 +1,6 @@
 /**
  * The shape (columns, types, key) each table had at its last change, so a change of shape can be
- * reported as a schema event (CONTRACT §12) before the first row event that uses it.
+ * reported as a schema event (README "Beyond rows") before the first row event that uses it.
  *
  * It outlives sessions (the supervisor owns it) and is rewound to the slot's confirmed position
  * when a session starts: shapes first seen in transactions the new session will read again are
@@ -27,7 +27,7 @@ const MAX_CHAIN = 16;
 const MAX_TABLES = 100_000;
 
 /**
- * What a change of shape is (CONTRACT §12): columns added, dropped, renamed or retyped. The key
+ * What a change of shape is (README "Beyond rows"): columns added, dropped, renamed or retyped. The key
  * flags are reported but are not part of it: wal2json gives no sign of a key redefined without a
  * column change, so counting it would make the plugins disagree.
  */

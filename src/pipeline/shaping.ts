@@ -1,5 +1,5 @@
 /**
- * Shaping the stream (CONTRACT §13, README "Shaping the stream"): the steps between table and
+ * Shaping the stream (README "Shaping the stream", README "Shaping the stream"): the steps between table and
  * operation selection and the flood guard, in this order:
  *
  *   row filter      (wal2json only: with pgoutput the publication filters, inside Postgres)

@@ -10,7 +10,7 @@
  *   which may not replace the `pgwarren-*` ones.
  * - null: the event is dropped (counted as filtered, reason "transform").
  * - a throw, a rejection, a timeout, or anything else (undefined, an array, an id changed, a bad
- *   reserved field): a failure; the pipeline dead-letters the event with the reason (CONTRACT §9)
+ *   reserved field): a failure; the pipeline dead-letters the event with the reason (README "Failure handling")
  *   and goes on.
  * A synchronous transform cannot be interrupted: one that runs past the budget is only logged. A
  * promise is awaited at most the budget (PGWARREN_TRANSFORM_TIMEOUT), then it is a timeout.

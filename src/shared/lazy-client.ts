@@ -1,7 +1,7 @@
 /**
  * An ordinary Postgres connection for background loops: opened on first use, dropped after any
  * failure (a timeout included) and opened again on the next use, so a database restart or a
- * dead network heals by itself. Every connect and query is bounded (CONTRACT §9).
+ * dead network heals by itself. Every connect and query is bounded (README "Failure handling").
  */
 import type pg from 'pg';
 import { closeWithin, pgSocketOwner } from '../ops/close.js';

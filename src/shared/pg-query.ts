@@ -1,7 +1,7 @@
 /**
  * The one shape of "run a query" the source side needs, so catalog readers work with a pg.Client,
  * a pg.Pool or a test double alike; and the one way pgwarren opens an ordinary Postgres
- * connection, so every connect and every query has a timeout (CONTRACT §9).
+ * connection, so every connect and every query has a timeout (README "Failure handling").
  */
 import pg from 'pg';
 import { TimeoutError } from '../errors.js';

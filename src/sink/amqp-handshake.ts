@@ -2,8 +2,8 @@
  * amqplib reports a broker that closes the connection during the opening handshake (wrong
  * password: 403 ACCESS_REFUSED; unknown virtual host: 530 NOT_ALLOWED) as a plain Error whose
  * text alone carries the reply code, and for a refused virtual host not even that ("Expected
- * ConnectionOpenOk; got <ConnectionClose channel:0>"). Faults are classified by code (CONTRACT
- * §9), so this module gives those errors the `code`, `classId` and `methodId` amqplib already
+ * ConnectionOpenOk; got <ConnectionClose channel:0>"). Faults are classified by code (README
+ * "Failure handling"), so this module gives those errors the `code`, `classId` and `methodId` amqplib already
  * puts on channel errors: it watches the frames of the handshake (amqplib 2.x reads them with
  * `Connection#step`, and only there) and copies the fields of a Connection.Close onto the error
  * the handshake fails with.

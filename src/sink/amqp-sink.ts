@@ -347,7 +347,7 @@ export class AmqpSink implements Sink {
 const closeModel = closeAmqp;
 
 /**
- * A failed connect, by code (CONTRACT §9): TLS verification failures and the reply codes the
+ * A failed connect, by code (README "Failure handling"): TLS verification failures and the reply codes the
  * classification table calls permanent (403 ACCESS_REFUSED on login, 530 NOT_ALLOWED for the
  * virtual host; see amqp-handshake.ts for how they get a code) are fatal; everything else
  * (refused, reset, timed out, closed during the handshake) is retried.

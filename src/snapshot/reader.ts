@@ -46,7 +46,7 @@ export interface RunnerOptions {
   /** How often to look for new snapshot requests while idle. */
   readonly pollMs?: number;
   /**
-   * PGWARREN_CONNECT_TIMEOUT and PGWARREN_QUERY_TIMEOUT, as for every connection (CONTRACT §9):
+   * PGWARREN_CONNECT_TIMEOUT and PGWARREN_QUERY_TIMEOUT, as for every connection (README "Failure handling"):
    * each chunk's statements are bounded by the query timeout, in the database too.
    */
   readonly timeouts: PgTimeouts;
@@ -112,8 +112,8 @@ export class SnapshotRunner {
     this.stopped = true;
     this.opts.tap.abort(new Error('session ended'));
     this.wake?.();
-    // The session ends within PGWARREN_SHUTDOWN_TIMEOUT + 5 s whatever the network does (CONTRACT
-    // §9): the runner's connections hold nothing worth a graceful goodbye (reads, and progress
+    // The session ends within PGWARREN_SHUTDOWN_TIMEOUT + 5 s whatever the network does (README
+    // "Failure handling"): the runner's connections hold nothing worth a graceful goodbye (reads, and progress
     // writes that are each one statement), so their sockets are destroyed at once, which fails
     // whatever query the loop waits on; the loop itself gets a short, bounded moment to notice.
     const clients = [this.client, this.progress];
@@ -365,7 +365,7 @@ export class SnapshotRunner {
           if (!(await last)) return cancelled();
           break;
         }
-        // CONTRACT §10: the final event of a table's snapshot carries `last`. The final chunk
+        // README "Snapshots": the final event of a table's snapshot carries `last`. The final chunk
         // published none (every row it read changed meanwhile, or it read none): the closing read
         // publishes the table's greatest rows again, the last of them marked.
         record(outcome.confirmed, { cursor: head.cursorAfter, chunk: head.chunk + 1, final: false });

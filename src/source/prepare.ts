@@ -150,7 +150,7 @@ export class SourcePreparation {
       const pub = await ensurePublication(query, { publication: settings.publication, ...opts.plan });
       if (firstSync) publicationExisted = !pub.created;
       // The role may read the publications but not change them (the recommended deployment: setup
-      // as the owner, run as a REPLICATION role). That never stops the stream (CONTRACT §9): the
+      // as the owner, run as a REPLICATION role). That never stops the stream (README "Failure handling"): the
       // tables already published keep flowing; the fix is logged once per distinct change.
       const denied = pub.denied ? pub.denied.statements.join(';\n') : '';
       if (pub.denied && denied !== lastDenied) {

@@ -4,7 +4,7 @@
  * States: idle -> connecting -> streaming -> ended (the `ended` promise resolves with the reason).
  * A stream is never restarted; the session makes a new one.
  *
- * Traps of the library this wrapper closes (DESIGN.md):
+ * Traps of the library this wrapper closes (docs/architecture.md, "Library traps"):
  * - its timer would acknowledge the last *received* LSN: we pass `timeoutSeconds: 0` and
  *   `auto: false`, and only `acknowledge()` here ever reports a position;
  * - `subscribe()` without an LSN resumes from the last LSN *received*: we always start at `0/0`,
@@ -30,7 +30,7 @@ export interface StreamHandlers<P> {
   onKeepalive(walEnd: bigint, shouldRespond: boolean): void;
 }
 
-/** Session settings the text of values depends on (DESIGN.md). */
+/** Session settings the text of values depends on (docs/architecture.md, "Library traps"). */
 export const REPLICATION_SESSION_OPTIONS =
   '-c TimeZone=UTC -c DateStyle=ISO -c IntervalStyle=postgres -c extra_float_digits=3';
 

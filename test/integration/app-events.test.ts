@@ -1,5 +1,5 @@
 /**
- * Beyond rows (CONTRACT §12), through a real Postgres and RabbitMQ, with both plugins side by side:
+ * Beyond rows (README "Beyond rows"), through a real Postgres and RabbitMQ, with both plugins side by side:
  * application events (`pg_logical_emit_message(true, 'pgwarren.event', json)`), schema events for
  * a table altered repeatedly mid-stream (columns dropped, added, renamed, retyped, also several
  * times inside one transaction), and commit events (PGWARREN_TRANSACTION_EVENTS=true).
@@ -26,7 +26,7 @@ interface Side {
   readonly broker: TestBroker;
   readonly all: Collector;
   readonly checkout: Collector;
-  /** Bound to the daemon's own dead-letter exchange (CONTRACT §9). */
+  /** Bound to the daemon's own dead-letter exchange (README "Failure handling"). */
   dead?: Collector;
   readonly deadExchange: string;
   readonly daemon: Daemon;
@@ -57,7 +57,7 @@ function summarize(messages: readonly Received[]): string[] {
   });
 }
 
-describe('application, schema and commit events (CONTRACT §12), pgoutput and wal2json', { skip: wal2jsonMissing && 'wal2json is not installed on the test Postgres server' }, () => {
+describe('application, schema and commit events (README "Beyond rows"), pgoutput and wal2json', { skip: wal2jsonMissing && 'wal2json is not installed on the test Postgres server' }, () => {
   let db: TestDatabase;
   const sides: Side[] = [];
 

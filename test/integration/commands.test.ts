@@ -1,5 +1,5 @@
 /**
- * The one-shot commands and exit codes (CONTRACT §2, §8) against real Postgres and RabbitMQ.
+ * The one-shot commands and exit codes (README "Commands") against real Postgres and RabbitMQ.
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';

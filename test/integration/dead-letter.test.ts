@@ -1,5 +1,5 @@
 /**
- * CONTRACT §9 through real Postgres and RabbitMQ: a change that can never be published as
+ * README "Failure handling" through real Postgres and RabbitMQ: a change that can never be published as
  * configured (a routing key over 255 bytes, a body over the max message size) goes to the
  * dead-letter exchange with `pgwarren-error`, the changes after it arrive, and the slot moves past
  * both. And a broker that nacks (a `reject-publish` queue that is full): every change arrives,

@@ -1,6 +1,6 @@
 // test-runner: alone (raises a broker-wide disk alarm, which blocks every publisher on the broker)
 /**
- * The delivery promise through real Postgres and RabbitMQ (CONTRACT §4–§6): every committed change
+ * The delivery promise through real Postgres and RabbitMQ (README "Events", "Delivery"): every committed change
  * arrives, in commit order, with the contract's fields and properties; crashes, broker outages and
  * shutdowns may repeat messages but never lose one, and the slot never passes an unconfirmed one.
  */
@@ -148,7 +148,7 @@ describe('every operation arrives once, in commit order, with the contract field
     const lsns = queue.messages.map((m) => parseLsn(m.body.tx.lsn));
     for (let i = 1; i < lsns.length; i++) assert.ok(lsns[i]! >= lsns[i - 1]!, 'commit order');
 
-    // AMQP properties and headers (CONTRACT §5).
+    // AMQP properties and headers (README "Events").
     const p = ins!.properties;
     assert.equal(p.messageId, ins!.body.id);
     assert.equal(p.contentType, 'application/json');

@@ -1,5 +1,5 @@
 /**
- * The fault matrix (issue 12, CONTRACT §6 and §9): a fault proxy (test/support/fault-proxy.ts) in
+ * The fault matrix (issue 12, README "Delivery", "Failure handling"): a fault proxy (test/support/fault-proxy.ts) in
  * front of Postgres and in front of RabbitMQ, a fault applied in each lifecycle state, plus kill -9
  * at random points in each delivery mode. Every cell asserts, against the real servers:
  *   - no committed change lost: every inserted or updated row (table, op, key, value) committed

@@ -1,5 +1,5 @@
 /**
- * Failure handling (CONTRACT §9, issue 12): every fault ends in a retry or in exit 3 with the
+ * Failure handling (README "Failure handling", issue 12): every fault ends in a retry or in exit 3 with the
  * fix, classified by code; a silent peer is timed out, not waited on forever; SIGTERM is honoured
  * while connecting and while slot creation waits; a failing session reports its confirmed
  * position; silence while Postgres decodes is not a stall.
@@ -27,7 +27,7 @@ interface Fixture {
   env: Record<string, string>;
 }
 
-/** Shutdown bound of CONTRACT §9 with PGWARREN_SHUTDOWN_TIMEOUT=5: 5 s + 5 s. */
+/** Shutdown bound of README "Failure handling" with PGWARREN_SHUTDOWN_TIMEOUT=5: 5 s + 5 s. */
 const SHUTDOWN_TIMEOUT = 5;
 const SIGTERM_BOUND_MS = (SHUTDOWN_TIMEOUT + 5) * 1000;
 

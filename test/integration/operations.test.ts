@@ -1,5 +1,5 @@
 /**
- * Operations (CONTRACT §7, §3, §8): readiness and metrics through real outages, a stalled
+ * Operations (README "Health and metrics", "Configuration", "Commands"): readiness and metrics through real outages, a stalled
  * replication stream, failover across a list of broker URLs, passwords kept out of every output,
  * and the daemon running as a role with REPLICATION and SELECT only.
  */

@@ -1,5 +1,5 @@
 /**
- * Shaping the stream (CONTRACT §13, README "Shaping the stream"):
+ * Shaping the stream (README "Shaping the stream", README "Shaping the stream"):
  * - a row filter gives the same events with pgoutput (a publication row filter, applied inside
  *   Postgres) and wal2json (evaluated by pgwarren), including updates that move a row into the
  *   filter (an insert) or out of it (a delete), and ids that skip the filtered rows alike;

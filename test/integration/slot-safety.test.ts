@@ -1,6 +1,6 @@
 // test-runner: alone (lowers max_slot_wal_keep_size for the whole cluster, which would invalidate other files' slots)
 /**
- * Source safety (CONTRACT §8): a slot Postgres invalidated because it fell behind
+ * Source safety (README "Commands"): a slot Postgres invalidated because it fell behind
  * max_slot_wal_keep_size has lost changes. `run` must stop with exit 3 and say what to do, and
  * must never quietly re-create the slot, which would hide the gap from consumers. A slot is
  * only ever created after its publications (a slot older than its publication cannot decode the

@@ -1,5 +1,5 @@
 /**
- * Snapshot `read` events take the streamed events' path (CONTRACT §9, §10, §13): the transform
+ * Snapshot `read` events take the streamed events' path (README "Failure handling", "Snapshots", "Shaping the stream"): the transform
  * hook shapes them (a throw dead-letters the event), PGWARREN_COMPRESSION compresses them, and a
  * body over PGWARREN_MAX_MESSAGE_BYTES goes to the dead-letter exchange as a stub.
  */

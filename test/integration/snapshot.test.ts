@@ -1,5 +1,5 @@
 /**
- * Snapshots (CONTRACT §10) through real Postgres and RabbitMQ, with the daemon run as the README
+ * Snapshots (README "Snapshots") through real Postgres and RabbitMQ, with the daemon run as the README
  * deploys it: the owner runs setup, the daemon runs as a REPLICATION+SELECT role with the one
  * snapshot GRANT.
  *

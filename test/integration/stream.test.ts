@@ -1,6 +1,6 @@
 // test-runner: alone (restarts the broker, which every other test file uses)
 /**
- * The stream sink through a real RabbitMQ stream (CONTRACT §11, README "Replay with streams"):
+ * The stream sink through a real RabbitMQ stream (README "Replay with streams", README "Replay with streams"):
  * every change lands exactly once, in commit order, across kill -9, a cut stream connection, an
  * HA takeover and a broker restart, for both plugins and with batching; partitions keep a row's
  * events together; the stdout sink writes the same events as JSON lines.

@@ -1,5 +1,5 @@
 /**
- * Plugin parity (CONTRACT §4: ids "identical for pgoutput and wal2json under the same table
+ * Plugin parity (README "Events": ids "identical for pgoutput and wal2json under the same table
  * selection"): two daemons read the same database, one through pgoutput and one through wal2json,
  * each with its own slot, publication and exchange. One script of mixed DML over every common
  * column type must come out of both as the same messages, byte for byte and in the same order:

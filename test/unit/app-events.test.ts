@@ -1,5 +1,5 @@
 /**
- * CONTRACT §12 in the pipeline with a recording publisher: application events (payload checks,
+ * README "Beyond rows" in the pipeline with a recording publisher: application events (payload checks,
  * seq, routing, holding with the flood guard, batching), schema events (shape memory across
  * sessions, rewinding), commit events.
  */

@@ -135,7 +135,7 @@ test('a truncate has no row parts', () => {
   assert.equal(rowParts({ kind: 'truncate', relation: rel, cascade: false, restartIdentity: false }), '"key":null,"old":null,"new":null,"changed":null,"unchanged_toast":[]');
 });
 
-test('beyond rows (CONTRACT §12): message, schema and commit event bodies, byte for byte', () => {
+test('beyond rows (README "Beyond rows"): message, schema and commit event bodies, byte for byte', () => {
   const src = { name: 'pgwarren', db: 'app', slot: 'pgwarren', plugin: 'pgoutput' } as const;
   const b = new EventBuilder(src, { get: (oid: number) => (oid === 23 ? { oid, name: 'int4', kind: 'base', category: 'N' } : undefined) });
   const tx = { xid: 7, commitLsn: 0x1a2b3c4n, commitTime: '2026-11-22T09:23:15.561510Z' };

@@ -1,5 +1,5 @@
 /**
- * The one classification table (CONTRACT §9): every code it names, by code, never by text.
+ * The one classification table (README "Failure handling"): every code it names, by code, never by text.
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';

@@ -1,5 +1,5 @@
 /**
- * sink/amqp/message.ts: deliveries as AMQP messages (CONTRACT §5): the properties and headers of
+ * sink/amqp/message.ts: deliveries as AMQP messages (README "Events"): the properties and headers of
  * events, batches, transformed events, snapshot reads and dead letters, and compression.
  */
 import { test } from 'node:test';

@@ -1,5 +1,5 @@
 /**
- * A delivery (sink.ts) as an AMQP message (CONTRACT §5, README "Events" and "Dead letters"):
+ * A delivery (sink.ts) as an AMQP message (README "Events", README "Events" and "Dead letters"):
  * the body (one event, or a JSON array of a batch's events), its compression, the properties
  * and the `pgwarren-*` headers. The AMQP sink publishes what this builds; the stream and stdout
  * sinks take the same body and headers, so every sink writes the same bytes.

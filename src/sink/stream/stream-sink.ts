@@ -53,7 +53,7 @@ export interface StreamSinkOptions {
   readonly timeoutMs?: number;
   /** Messages not sent because the stream already holds them. */
   readonly onDeduplicated?: (count: number) => void;
-  /** A message larger than the broker's frame size: logged and skipped (CONTRACT §9). */
+  /** A message larger than the broker's frame size: logged and skipped (README "Failure handling"). */
   readonly onTooLarge?: (info: { stream: string; messageId: string; bytes: number }) => void;
   /** Fail when messages wait this long without any confirm (default CONFIRM_STALL_MS). */
   readonly confirmStallMs?: number;
