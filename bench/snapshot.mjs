@@ -201,7 +201,10 @@ async function runOne(cluster, chunkSize) {
   };
 }
 
-const cluster = await startCluster({ shared_buffers: '256MB', max_wal_size: '8GB' });
+// synchronous_commit on, as in production (and bench/run.mjs): the test cluster's default (off)
+// leaves a commit in WAL buffers until the WAL writer's next round (wal_writer_delay, 200 ms), and
+// a walsender sends only flushed WAL, so every latency would carry up to 200 ms of the cluster's own.
+const cluster = await startCluster({ shared_buffers: '256MB', max_wal_size: '8GB', synchronous_commit: 'on' });
 const results = [];
 try {
   for (const size of CHUNK_SIZES) {
