@@ -9,10 +9,10 @@ import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { gunzipSync } from 'node:zlib';
-import { createTestDatabase } from '../support/pg.js';
-import { createTestBroker, type Received } from '../support/amqp.js';
-import { runCli, setupAsOwner, start } from '../support/daemon.js';
-import { testEnv, uniqueName } from '../support/env.js';
+import type { Received } from '../support/amqp.js';
+import { runCli } from '../support/daemon.js';
+import { uniqueName } from '../support/env.js';
+import { scene } from '../support/scene.js';
 import { waitUntil } from '../support/wait.js';
 
 const TRANSFORM = `
@@ -31,33 +31,26 @@ test('read events: transformed (a throw dead-letters), gzip-compressed, an overs
   const transform = join(tmp, 'transform.mjs');
   writeFileSync(transform, TRANSFORM);
 
-  const db = await createTestDatabase('snapshape');
-  t.after(() => db.drop());
-  await db.query(`CREATE TABLE t (id int PRIMARY KEY, mode text, v text); CREATE TABLE marker (id int PRIMARY KEY)`);
-  await db.query(`INSERT INTO t VALUES (1, 'keep', 'a'), (2, 'drop', 'b'), (3, 'throw', 'c'), (4, 'route', 'd'), (5, 'keep', repeat('x', 6000)), (6, 'keep', 'f')`);
-  const broker = await createTestBroker('snapshape');
-  t.after(() => broker.cleanup());
-  await broker.declareExchange(broker.exchange, 'topic');
   const deadExchange = uniqueName('snapshape-dead', 'amqp');
-  await broker.declareExchange(deadExchange, 'topic');
-  const events = await broker.bindQueue('#');
-  const dead = await broker.bindQueue('#', deadExchange);
-  const slot = uniqueName('snapshape');
-  const env = await setupAsOwner(db, {
-    PGWARREN_AMQP_URL: testEnv().amqpUrl,
-    PGWARREN_SLOT: slot,
-    PGWARREN_PUBLICATION: slot,
-    PGWARREN_EXCHANGE: broker.exchange,
-    PGWARREN_DEAD_LETTER_EXCHANGE: deadExchange,
-    PGWARREN_COMPRESSION: 'gzip',
-    PGWARREN_TRANSFORM: transform,
-    PGWARREN_MAX_MESSAGE_BYTES: '4096',
+  const s = await scene(t, 'snapshape', {
+    schema:
+      "CREATE TABLE t (id int PRIMARY KEY, mode text, v text); CREATE TABLE marker (id int PRIMARY KEY); " +
+      "INSERT INTO t VALUES (1, 'keep', 'a'), (2, 'drop', 'b'), (3, 'throw', 'c'), (4, 'route', 'd'), (5, 'keep', repeat('x', 6000)), (6, 'keep', 'f')",
+    env: {
+      PGWARREN_DEAD_LETTER_EXCHANGE: deadExchange,
+      PGWARREN_COMPRESSION: 'gzip',
+      PGWARREN_TRANSFORM: transform,
+      PGWARREN_MAX_MESSAGE_BYTES: '4096',
+    },
+    asOwner: true,
   });
+  const { db, broker, env } = s;
+  await broker.declareExchange(deadExchange, 'topic');
+  const events = await s.queue();
+  const dead = await broker.bindQueue('#', deadExchange);
   const role = await db.daemonRole();
   await db.query(`GRANT SELECT, INSERT, UPDATE ON pgwarren.snapshots TO ${role.name}`);
-  const daemon = await start(env);
-  t.after(() => daemon.stop());
-  await daemon.waitReady(30_000);
+  const daemon = await s.daemon();
 
   const r = await runCli(['snapshot', 'public.t'], env);
   assert.equal(r.code, 0, `snapshot exited ${r.code}: ${r.stdout}${r.stderr}`);
