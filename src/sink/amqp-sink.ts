@@ -177,7 +177,7 @@ export class AmqpSink implements Sink {
     model.on('error', early);
     let channel: ConfirmChannel;
     // Past the deadline (or on abort) the caller has gone: close what this attempt opened.
-    const abandon = () => void closeModel(model);
+    const abandon = () => void closeAmqp(model);
     const abandoned = setTimeout(abandon, options.openTimeoutMs);
     options.signal?.addEventListener('abort', abandon, { once: true });
     const settled = () => {
@@ -202,7 +202,7 @@ export class AmqpSink implements Sink {
       }
     } catch (err) {
       settled();
-      await closeModel(model);
+      await closeAmqp(model);
       throw err instanceof SinkError ? err : new SinkError(`broker channel failed: ${errorText(err)}`, 'transient', { cause: err });
     }
     settled();
@@ -343,8 +343,6 @@ export class AmqpSink implements Sink {
   }
 }
 
-/** Close a connection whose session never started, bounded like every close. */
-const closeModel = closeAmqp;
 
 /**
  * A failed connect, by code (README "Failure handling"): TLS verification failures and the reply codes the
