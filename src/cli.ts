@@ -52,7 +52,7 @@ async function main(): Promise<void> {
       if (err && !(err instanceof UsageError)) throw err;
       fail(2, `${msg ?? err?.message}\nRun "pgwarren --help" for the options.`);
     });
-  addOptions(cli);
+  addOptions(cli, { forHelp: hideBin(process.argv).some((a) => a === '--help' || a === '-h') });
   cli
     .command(['run', '$0'], 'stream changes from the slot and publish them until SIGTERM/SIGINT', {}, (argv) => {
       // Before anything slow: a signal during start-up must lead to a clean exit, not a kill.

@@ -14,10 +14,14 @@ export function helpText(o: OptionSpec): string {
   return `${description} [env ${env}]${dflt === undefined || dflt === '' ? '' : ` [default: ${dflt}]`}`;
 }
 
-export function addOptions<T>(y: Argv<T>): Argv<T> {
+export function addOptions<T>(y: Argv<T>, { forHelp }: { forHelp: boolean }): Argv<T> {
   for (const [group, options] of optionsByGroup()) {
     for (const o of options) {
-      y.option(o.name, { type: 'string', group: GROUP_TITLES[group], describe: helpText(o) });
+      // yargs renders the whole help text after starting any subcommand (in case it fails later),
+      // which costs about 0.2 s of CPU for these options at every start. Hidden options are left out
+      // of that rendering and parse the same, so they are described only when help was asked for.
+      if (forHelp) y.option(o.name, { type: 'string', group: GROUP_TITLES[group], describe: helpText(o) });
+      else y.option(o.name, { type: 'string', hidden: true });
     }
   }
   return y;

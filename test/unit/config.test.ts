@@ -440,10 +440,15 @@ describe('the option table', () => {
   });
 
   test('yargs flags: every option, no defaults, only what the user typed comes back', async () => {
-    const y = addOptions(yargs(['--slot', 'from_flag', '--flood-threshold', '007', '--tables', 'a.b']).exitProcess(false));
-    const argv = await y.parseAsync();
-    assert.deepEqual(flagsFromArgv(argv), { slot: 'from_flag', 'flood-threshold': '007', tables: 'a.b' });
-    const help = await addOptions(yargs([]).exitProcess(false)).getHelp();
+    for (const forHelp of [false, true]) {
+      const y = addOptions(yargs(['--slot', 'from_flag', '--flood-threshold', '007', '--tables', 'a.b']).strict().exitProcess(false), { forHelp });
+      const argv = await y.parseAsync();
+      assert.deepEqual(flagsFromArgv(argv), { slot: 'from_flag', 'flood-threshold': '007', tables: 'a.b' }, `forHelp ${forHelp}`);
+    }
+    // Without a request for help the options are hidden: the help yargs renders at every start stays small.
+    const quiet = await addOptions(yargs([]).exitProcess(false), { forHelp: false }).getHelp();
+    assert.ok(!quiet.includes('--slot'), quiet);
+    const help = await addOptions(yargs([]).exitProcess(false), { forHelp: true }).getHelp();
     for (const o of OPTIONS) assert.ok(help.includes(`--${o.name}`), o.name);
     assert.match(help.replace(/\s+/g, ' '), /Routing key template; placeholders {db} {schema} {table} {op} \[env PGWARREN_ROUTING_KEY\] \[default: {schema}.{table}.{op}\]/);
     assert.match(help, /Flood guard:/);
