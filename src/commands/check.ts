@@ -17,8 +17,6 @@ import { withDatabase, type Print } from './admin.js';
 import { classifyConnectError, errorText } from '../sink/amqp-sink.js';
 import { closeAmqp, connectAmqp } from '../sink/amqp-connect.js';
 import { tableName } from '../shared/table-name.js';
-import { probeStream } from '../sink/stream/stream-sink.js';
-import { serverKnowsCommandVersions } from '../sink/stream/compat.js';
 
 interface CheckResult {
   name: string;
@@ -183,6 +181,8 @@ async function pluginCheck(query: QueryFn, add: (r: CheckResult) => void): Promi
 async function streamCheck(config: Config, add: (r: CheckResult) => void): Promise<void> {
   const url = redactUrl(config.streamUrl);
   try {
+    // Loaded only for the stream sink: the stream client is slow to load.
+    const [{ probeStream }, { serverKnowsCommandVersions }] = await Promise.all([import('../sink/stream/stream-sink.js'), import('../sink/stream/compat.js')]);
     const { version } = await probeStream(config.streamUrl);
     const note = serverKnowsCommandVersions(version) ? '' : ' (before 3.11: pgwarren skips the command-version exchange and declares super streams over AMQP)';
     add({ name: 'stream protocol', ok: true, detail: `${url} reachable, RabbitMQ ${version}${note}` });

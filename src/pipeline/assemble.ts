@@ -9,7 +9,6 @@ import type { Logger } from '../ops/logger.js';
 import type { Metrics } from '../ops/metrics.js';
 import { AmqpSink, SinkError, type AmqpTls } from '../sink/amqp-sink.js';
 import type { Sink, SinkKind } from '../sink/sink.js';
-import { StreamSink } from '../sink/stream/stream-sink.js';
 import { StdoutSink } from '../sink/stdout-sink.js';
 import { bodyEncoder } from '../sink/compression.js';
 import { Checkpoint } from './checkpoint.js';
@@ -491,6 +490,9 @@ export class SessionAssembly implements SessionParts {
     if (settings.sink === 'stdout') return new StdoutSink(process.stdout, bodyEncoder(settings.compression));
     const s = settings.stream;
     if (!s) throw new Error('stream sink without stream settings');
+    // Loaded only here: the stream client takes a fifth of a start's CPU to load, and most
+    // deployments publish over AMQP.
+    const { StreamSink } = await import('../sink/stream/stream-sink.js');
     // Bounded like the AMQP open (README "Failure handling"); an open abandoned at the deadline is closed if it completes.
     const opening = StreamSink.open({
       url: s.url,
