@@ -76,10 +76,27 @@ export async function setupAsOwner(
   db: { url: string; daemonRole(): Promise<{ url: string }> },
   settings: Record<string, string>,
 ): Promise<Record<string, string>> {
-  const made = await runCli(['setup'], { ...settings, PGWARREN_DATABASE_URL: db.url });
-  if (made.code !== 0) throw new Error(`setup exited ${made.code}: ${made.stdout}${made.stderr}`);
+  await setupInProcess({ ...settings, PGWARREN_DATABASE_URL: db.url });
   const { url } = await db.daemonRole();
   return { ...settings, PGWARREN_DATABASE_URL: url };
+}
+
+/**
+ * `pgwarren setup` with this environment, run by this process through the same code the CLI runs
+ * (config/load.ts, commands/admin.ts). A fixture step, not the thing under test: spawning the CLI
+ * for it cost about 0.6 s of CPU each, in over a hundred fixtures. The CLI's own `setup` is tested
+ * through the binary (commands.test.ts and others).
+ */
+export async function setupInProcess(env: Record<string, string>): Promise<void> {
+  const [{ loadConfig }, { setupCommand }] = await Promise.all([import('../../src/config/load.js'), import('../../src/commands/admin.js')]);
+  const lines: string[] = [];
+  try {
+    const config = loadConfig({ flags: {}, env: baseEnv(env), cwd: process.cwd() });
+    const code = await setupCommand(config, { replicaIdentityFull: false }, (line) => lines.push(line));
+    if (code !== 0) throw new Error(`exit code ${code}`);
+  } catch (err) {
+    throw new Error(`setup failed: ${(err as Error).message}\n${lines.join('\n')}`);
+  }
 }
 
 function baseEnv(env: Record<string, string>): NodeJS.ProcessEnv {
