@@ -1,13 +1,11 @@
-// test-runner: alone (raises a broker-wide disk alarm, which blocks every publisher on the broker)
 /**
  * The delivery promise through real Postgres and RabbitMQ (README "Events", "Delivery"): every committed change
  * arrives, in commit order, with the contract's fields and properties; crashes, broker outages and
  * shutdowns may repeat messages but never lose one, and the slot never passes an unconfirmed one.
  */
-import { execFileSync } from 'node:child_process';
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { slotInfo, type TestDatabase } from '../support/pg.js';
+import { assertSlotNotPassed as assertNotPassed, lsnLe, lsnValue, slotInfo, type TestDatabase } from '../support/pg.js';
 import { type TestBroker } from '../support/amqp.js';
 import { startProxy } from '../support/proxy.js';
 import { start, type Daemon } from '../support/daemon.js';
@@ -46,22 +44,6 @@ async function brokerProxy(t: { after: (fn: () => Promise<unknown>) => void }) {
 
 function ids(bodies: Body[]): string[] {
   return bodies.map((b) => `${b.new?.id ?? b.old?.id}`);
-}
-
-/**
- * Postgres re-sends every transaction whose commit record is at or after the slot's
- * confirmed_flush_lsn, so the promise is exactly: while a transaction is unconfirmed, the slot stays
- * at or before its commit LSN (tx.lsn). A position inside a transaction still being written (a
- * keepalive can report one) is not a pass. `held` was read while the transaction was unconfirmed.
- */
-function assertNotPassed(held: string | null, bodies: Body[], rowId: number, what: string): Body {
-  const event = bodies.find((b) => `${b.new?.id ?? b.old?.id}` === String(rowId));
-  assert.ok(event, `the event for row ${rowId} arrived`);
-  if (held !== null) {
-    // null: the slot never confirmed anything
-    assert.ok(lsnLe(held, event.tx.lsn), `slot at ${held} passed ${what} (commit ${event.tx.lsn}) before the broker confirmed it`);
-  }
-  return event;
 }
 
 describe('every operation arrives once, in commit order, with the contract fields', () => {
@@ -318,41 +300,6 @@ describe('failures never lose a committed change', () => {
     assert.ok(daemon.logs.some((l) => l.target === 'postgres' && /session ended/.test(String(l.msg))), 'the loss of Postgres was noticed');
   });
 
-  test('a broker resource alarm (blocked) pauses reading; readiness drops; nothing lost when it clears', async (t) => {
-    const f = await fixture('alarm', { PGWARREN_STATUS_INTERVAL: '1' });
-    t.after(() => f.cleanup());
-    await f.broker.declareExchange(f.broker.exchange, 'topic');
-    const queue = await f.broker.bindQueue('#');
-    const daemon = await start(f.env);
-    t.after(() => daemon.stop());
-    await daemon.waitReady(30_000);
-    await f.db.query("INSERT INTO orders VALUES (1, 'before', 0)");
-    await queue.waitForCount(1, 20_000);
-
-    // A disk alarm makes RabbitMQ block every publishing connection.
-    const limit = rabbitmqctl(['eval', 'rabbit_disk_monitor:get_disk_free_limit().']).trim();
-    t.after(() => rabbitmqctl(['set_disk_free_limit', /^\d+$/.test(limit) ? limit : '50000000']));
-    rabbitmqctl(['set_disk_free_limit', '100000GB']);
-    await waitUntil(() => /disk space alarm/i.test(rabbitmqctl(['status'])), { timeoutMs: 30_000, message: 'the broker raised the disk alarm' });
-    // RabbitMQ tells a connection it is blocked when it next publishes.
-    await f.db.query("INSERT INTO orders SELECT g, 'blocked', 0 FROM generate_series(2, 50) g");
-    await daemon.waitForLog('broker blocked', 30_000);
-    await waitUntil(async () => (await fetch(`http://127.0.0.1:${daemon.httpPort}/readyz`)).status === 503, { timeoutMs: 10_000, message: 'readyz drops while blocked' });
-    // Reading is paused: a transaction committed now is neither published nor acknowledged.
-    await f.db.query("INSERT INTO orders SELECT g, 'while blocked', 0 FROM generate_series(51, 60) g");
-    await sleep(3_000);
-    const held = (await slotInfo(f.db.name, f.slot))!.confirmedFlushLsn;
-    const seenWhileBlocked = new Set(ids(queue.bodies()));
-    assert.ok(![...seenWhileBlocked].some((id) => Number(id) > 50), 'nothing committed while blocked was published');
-
-    rabbitmqctl(['set_disk_free_limit', /^\d+$/.test(limit) ? limit : '50000000']);
-    await queue.waitForCount(60, 60_000);
-    await daemon.waitReady(30_000);
-    assert.deepEqual(new Set(ids(queue.bodies())).size, 60);
-    if (!seenWhileBlocked.has('50')) assertNotPassed(held, queue.bodies(), 50, 'the transaction the broker blocked');
-    assertNotPassed(held, queue.bodies(), 60, 'the transaction committed while blocked');
-  });
-
   test('two instances on one slot: one streams, the other takes over within seconds of a kill -9', async (t) => {
     const f = await fixture('ha');
     t.after(() => f.cleanup());
@@ -415,13 +362,3 @@ describe('failures never lose a committed change', () => {
     assert.ok(daemon.logs.some((l) => l.msg === 'stopped'), 'logs the stop with the confirmed position');
   });
 });
-
-const lsnValue = (lsn: string | null | undefined): bigint => (lsn ? parseLsn(lsn) : 0n);
-
-function rabbitmqctl(args: string[]): string {
-  return execFileSync('rabbitmqctl', args, { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'] });
-}
-
-function lsnLe(a: string | null | undefined, b: string | null | undefined): boolean {
-  return lsnValue(a) <= lsnValue(b);
-}

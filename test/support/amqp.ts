@@ -2,6 +2,7 @@
  * Broker side of a test: a unique exchange name (declared by the daemon, or by the test), queues
  * that collect what arrives, and a cleanup that deletes everything the test made or named.
  */
+import { execFileSync } from 'node:child_process';
 import amqp, { type Channel, type ChannelModel, type ConsumeMessage } from 'amqplib';
 import { deadLetterExchangeOf, testEnv, uniqueName } from './env.js';
 import { waitUntil } from './wait.js';
@@ -129,4 +130,9 @@ export async function createTestBroker(prefix: string): Promise<TestBroker> {
       if (failures.length > 0) throw new Error(`broker cleanup failed: ${failures.join('; ')}`);
     },
   };
+}
+
+/** rabbitmqctl on this machine's broker (tests that change the whole broker run alone, see docs/architecture.md). */
+export function rabbitmqctl(args: string[], timeoutMs = 120_000): string {
+  return execFileSync('rabbitmqctl', args, { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'], timeout: timeoutMs });
 }

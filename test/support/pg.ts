@@ -3,7 +3,9 @@
  * no slot is left to pin WAL.
  */
 import { randomBytes } from 'node:crypto';
+import assert from 'node:assert/strict';
 import pg from 'pg';
+import { parseLsn } from '../../src/source/lsn.js';
 import { testEnv, uniqueName } from './env.js';
 import { sleep } from './wait.js';
 
@@ -141,4 +143,31 @@ export async function slotInfo(database: string, slot: string): Promise<SlotInfo
 
 export async function listSlots(database: string): Promise<string[]> {
   return withAdmin(async (c) => (await c.query('SELECT slot_name FROM pg_replication_slots WHERE database = $1 ORDER BY 1', [database])).rows.map((r) => r.slot_name));
+}
+
+/** An LSN's value; null and undefined (a slot that never confirmed anything) count as 0. */
+export const lsnValue = (lsn: string | null | undefined): bigint => (lsn ? parseLsn(lsn) : 0n);
+
+export function lsnLe(a: string | null | undefined, b: string | null | undefined): boolean {
+  return lsnValue(a) <= lsnValue(b);
+}
+
+/**
+ * Postgres re-sends every transaction whose commit record is at or after the slot's
+ * confirmed_flush_lsn, so the delivery promise is exactly: while a transaction is unconfirmed, the
+ * slot stays at or before its commit LSN (tx.lsn). A position inside a transaction still being
+ * written (a keepalive can report one) is not a pass. `held` was read while the transaction was
+ * unconfirmed; returns the event of row `rowId`.
+ */
+export function assertSlotNotPassed<B extends { new?: { id?: unknown }; old?: { id?: unknown }; tx: { lsn: string } }>(
+  held: string | null,
+  bodies: B[],
+  rowId: number,
+  what: string,
+): B {
+  const event = bodies.find((b) => `${b.new?.id ?? b.old?.id}` === String(rowId));
+  assert.ok(event, `the event for row ${rowId} arrived`);
+  // null: the slot never confirmed anything
+  if (held !== null) assert.ok(lsnLe(held, event.tx.lsn), `slot at ${held} passed ${what} (commit ${event.tx.lsn}) before the broker confirmed it`);
+  return event;
 }
