@@ -27,6 +27,14 @@ const CONCURRENCY = Math.max(1, Number(process.env.PGWARREN_TEST_CONCURRENCY) ||
 // A file that changes what every other file shares (a broker-wide alarm, a broker restart, a
 // cluster-wide setting) carries this line and runs by itself, after the others.
 const ALONE = /^\/\/ test-runner: alone\b/m;
+// A file that takes a minute or more carries `// test-runner: long (why)` and starts first.
+const LONG = /^\/\/ test-runner: long\b/m;
+/** Start order: long files, then other integration files, then unit files (seconds each). */
+function weight(file) {
+  const text = readFileSync(file, 'utf8');
+  if (LONG.test(text)) return 2;
+  return file.includes(`${join('test', 'integration')}`) ? 1 : 0;
+}
 
 function findTests(paths) {
   const explicit = paths.length > 0;
@@ -201,7 +209,9 @@ async function main() {
       PGWARREN_TEST_RUN: runId,
     };
     const alone = files.filter((f) => ALONE.test(readFileSync(f, 'utf8')));
-    const together = files.filter((f) => !alone.includes(f));
+    // Files start in this order as slots free up: the long ones first, so that the run does not
+    // end with one long file going on alone while the other slots are idle.
+    const together = files.filter((f) => !alone.includes(f)).sort((a, b) => weight(b) - weight(a));
     const phases = [
       { files: together, concurrency: CONCURRENCY },
       { files: alone, concurrency: 1 },
