@@ -1,7 +1,7 @@
 # syntax=docker/dockerfile:1
 #
 # pgwarren image. Three stages:
-#   build    - dev dependencies, compiles TypeScript to dist/ (the same `npm ci` and `npm run build`
+#   build    - dev dependencies, compiles TypeScript to dist/ and bundles dist/cli.js (the same `npm ci` and `npm run build`
 #              CI runs; test/unit/dockerfile.test.ts keeps them in step with package.json)
 #   examples - the production image plus examples/ (the compose demo consumer and load generator)
 #   runtime  - production dependencies only; the default target
@@ -15,6 +15,7 @@ WORKDIR /app
 COPY package.json package-lock.json ./
 RUN npm ci --no-audit --no-fund
 COPY tsconfig.json ./
+COPY scripts/bundle-cli.mjs ./scripts/
 COPY src ./src
 RUN npm run build
 

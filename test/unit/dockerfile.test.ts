@@ -128,6 +128,8 @@ describe('Dockerfile', () => {
     assert.ok(copied.includes(tsconfig), `the build stage copies ${tsconfig}`);
     const rootDir = (JSON.parse(read(tsconfig)) as { compilerOptions: { rootDir: string; outDir: string } }).compilerOptions;
     assert.ok(copied.includes(rootDir.rootDir), `the build stage copies ${rootDir.rootDir}`);
+    // And every script the build script runs (the bundling of dist/cli.js).
+    for (const [, script] of pkg.scripts.build!.matchAll(/\bnode (\S+)/g)) assert.ok(copied.includes(script!), `the build stage copies ${script}`);
     assert.ok(effective(runtime).some((i) => i.op === 'COPY' && i.args === `--from=build /app/${rootDir.outDir} ./${rootDir.outDir}`), 'the runtime copies the compiled output');
   });
 
