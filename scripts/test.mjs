@@ -64,15 +64,20 @@ async function checkBroker(url) {
 }
 
 /**
- * Queues and exchanges named like pgwarren's defaults (pgwarren, pgwarren.dead, ...) but not like
- * any test run's objects: a test that let a daemon fall back to a default name leaks it into the
- * shared broker. Null when rabbitmqctl cannot tell.
+ * Queues and exchanges with pgwarren's default names (pgwarren, pgwarren.dead, ...): a test that
+ * let a daemon fall back to a default name leaks it into the shared broker. Null when rabbitmqctl
+ * cannot tell.
  */
-function defaultNamed(amqpUrl) {
+async function defaultNamed(amqpUrl) {
   const left = brokerLeftovers(amqpUrl, 'pgwarren');
   if (!left) return null;
-  const mine = (n) => !n.startsWith('pgwarren-test-');
-  return { queues: new Set(left.queues.filter(mine)), exchanges: new Set(left.exchanges.filter(mine)) };
+  // Exactly the option table's default names (and a default stream's partitions), not anything
+  // that merely starts with "pgwarren": another run on the same broker (the demo's
+  // pgwarren-demo-*, a second npm test) owns those, and deleting them would break it.
+  const { OPTIONS } = await import('../dist/config/options.js');
+  const defaults = new Set(OPTIONS.map((o) => o.default).filter((d) => typeof d === 'string' && d.startsWith('pgwarren')));
+  const isDefault = (n) => defaults.has(n) || defaults.has(n.replace(/-\d+$/, ''));
+  return { queues: new Set(left.queues.filter(isDefault)), exchanges: new Set(left.exchanges.filter(isDefault)) };
 }
 
 /** This run's queues and exchanges still on the broker; null when rabbitmqctl cannot tell. */
@@ -178,7 +183,7 @@ async function main() {
 
   // Broker names of this run start with this, so a concurrent run's objects are never touched.
   const runId = randomBytes(3).toString('hex');
-  const defaultsBefore = defaultNamed(amqpUrl);
+  const defaultsBefore = await defaultNamed(amqpUrl);
   const brokerPrefix = `pgwarren-test-${runId}-`;
   let cluster = null;
   // Whatever happens from here on, the cluster goes, even if this process is on its way out.
@@ -256,7 +261,7 @@ async function main() {
     await deleteBrokerObjects(amqpUrl, left).catch((e) => log(`broker cleanup failed: ${e.message}`));
     code = code || 1;
   }
-  const defaultsAfter = defaultsBefore && defaultNamed(amqpUrl);
+  const defaultsAfter = defaultsBefore && (await defaultNamed(amqpUrl));
   if (defaultsBefore && defaultsAfter) {
     const queues = [...defaultsAfter.queues].filter((n) => !defaultsBefore.queues.has(n));
     const exchanges = [...defaultsAfter.exchanges].filter((n) => !defaultsBefore.exchanges.has(n));
