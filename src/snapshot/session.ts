@@ -5,6 +5,7 @@
  * `pgwarren.snapshots`, which the next session resumes from.
  */
 import type pg from 'pg';
+import type { Config } from '../config/load.js';
 import type { Logger } from '../ops/logger.js';
 import type { Metrics } from '../ops/metrics.js';
 import type { EventBuilder } from '../events/envelope.js';
@@ -18,20 +19,17 @@ import { snapshotMetrics } from './metrics.js';
 import { createStore } from './store.js';
 import { requestInitial } from './request.js';
 
-export interface SnapshotSessionSettings {
+/**
+ * What a snapshot session needs: settings of `Config` (the option table lists each once) and the
+ * connection values commands/settings.ts derives from it for every session.
+ */
+export type SnapshotSessionSettings = Pick<Config, 'slot' | 'exchangeType' | 'tables' | 'excludeTables' | 'snapshotChunkSize' | 'rules'> & {
+  /** Snapshots need the AMQP sink or stdout (see the runner's `unsupported`); absent: amqp. */
+  readonly sink?: Config['sink'];
   readonly pg: pg.ClientConfig;
   /** PGWARREN_CONNECT_TIMEOUT / PGWARREN_QUERY_TIMEOUT, for the snapshot's connections. */
   readonly timeouts: PgTimeouts;
-  readonly slot: string;
-  readonly exchangeType: string;
-  readonly tables: readonly string[];
-  readonly excludeTables: readonly string[];
-  readonly snapshotChunkSize: number;
-  /** Where events go; snapshots need the AMQP sink or stdout (see the runner's `unsupported`). */
-  readonly sink?: 'amqp' | 'stream' | 'stdout';
-  /** Per-table rules: a rule's `where` also filters the rows a snapshot reads. */
-  readonly rules?: readonly { readonly match: string; readonly where?: string }[];
-}
+};
 
 export class SnapshotSession {
   readonly tap = new SnapshotTap();
