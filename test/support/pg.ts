@@ -62,7 +62,10 @@ export async function withAdmin<T>(fn: (c: pg.Client) => Promise<T>): Promise<T>
 
 export async function createTestDatabase(prefix: string): Promise<TestDatabase> {
   const name = uniqueName(prefix);
-  await withAdmin((c) => c.query(`CREATE DATABASE ${name}`));
+  // FILE_COPY: Postgres 15's default (WAL_LOG) writes the whole template, about 4.4 MB, into the WAL,
+  // which every test's walsender then reads past; a copy of the files writes none and takes half
+  // the time.
+  await withAdmin((c) => c.query(`CREATE DATABASE ${name} STRATEGY = FILE_COPY`));
   const url = urlFor(name);
   const client = new pg.Client({ connectionString: url });
   // A test may terminate backends on purpose; an unhandled 'error' would crash the test process.
