@@ -204,7 +204,7 @@ async function brokerChecks(config: Config, add: (r: CheckResult) => void, excha
     try {
       // The connection `run` makes (README: TLS), so a broker run reaches is one check reaches.
       const tls = { ca: config.amqpCa, cert: config.amqpCert, key: config.amqpKey };
-      const connecting = connectAmqp(url, { tls, timeoutMs: config.connectTimeout * 1000, connectionName: 'pgwarren-check' }).catch((err: unknown) => {
+      const connecting = connectAmqp(url, { tls, timeoutMs: config.connectTimeout * 1000, heartbeatSeconds: config.brokerHeartbeat, connectionName: 'pgwarren-check' }).catch((err: unknown) => {
         throw classifyConnectError(err, url);
       });
       // Abandoned after the deadline: close it if it still opens.

@@ -28,6 +28,7 @@ export function sessionSettings(config: Config, transform: TransformFn | null = 
     transformTimeoutSeconds: config.transformTimeout,
     shutdownTimeoutSeconds: config.shutdownTimeout,
     timeouts: pgTimeouts(config),
+    brokerHeartbeatSeconds: config.brokerHeartbeat,
     statusIntervalSeconds: config.statusInterval,
     publicationSyncSeconds: config.publicationSyncInterval,
     sink: config.sink,

@@ -72,6 +72,8 @@ export interface Config {
   readonly connectTimeout: number;
   /** Seconds. */
   readonly queryTimeout: number;
+  /** Seconds between broker heartbeats: how quickly a silent broker is noticed (sink/heartbeat.ts). */
+  readonly brokerHeartbeat: number;
   /** Seconds. */
   readonly reconnectMaxDelay: number;
   /** Seconds. */
@@ -197,6 +199,7 @@ export function loadConfig(input: LoadInput): Config {
     shutdownTimeout: get('shutdown-timeout'),
     connectTimeout: get('connect-timeout'),
     queryTimeout: get('query-timeout'),
+    brokerHeartbeat: get('broker-heartbeat'),
     reconnectMaxDelay: get('reconnect-max-delay'),
     statusInterval: get('status-interval'),
     publicationSyncInterval: get('publication-sync-interval'),

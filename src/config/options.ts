@@ -341,6 +341,15 @@ export const OPTIONS = [
     default: '30',
   }),
   option({
+    name: 'broker-heartbeat',
+    group: 'operations',
+    // A whole number: the AMQP heartbeat is negotiated in whole seconds, in a 16-bit field.
+    ...kinds.integer(1, 65535),
+    description:
+      'seconds between heartbeats on the broker connections, i.e. how quickly a silent broker is noticed: AMQP gives up after 2 to 3 missed heartbeats (a heartbeat= in PGWARREN_AMQP_URL wins), the stream sink after 3 x this with no confirm',
+    default: '10',
+  }),
+  option({
     name: 'reconnect-max-delay',
     group: 'operations',
     ...kinds.seconds(false),

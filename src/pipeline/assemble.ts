@@ -95,6 +95,8 @@ export type SessionSettings = Pick<Config, (typeof SESSION_CONFIG_KEYS)[number]>
   readonly publicationSyncSeconds: number;
   /** Bounds on connecting to and querying Postgres (the broker's open uses connectMs). */
   readonly timeouts: PgTimeouts;
+  /** How quickly a silent broker is noticed (sink/heartbeat.ts). */
+  readonly brokerHeartbeatSeconds: number;
   /** Where events go (default amqp); `stream` uses `stream` below. */
   readonly sink?: SinkKind;
   readonly stream?: {
@@ -175,6 +177,7 @@ export class SessionAssembly implements SessionParts {
           ? await control.step(this.openOtherSink())
           : await control.step(AmqpSink.open({
         openTimeoutMs: settings.timeouts.connectMs,
+        heartbeatSeconds: settings.brokerHeartbeatSeconds,
         signal: control.signal,
         urls: settings.amqpUrls,
         firstUrl: opts.firstUrl,
@@ -504,6 +507,7 @@ export class SessionAssembly implements SessionParts {
       maxBytes: s.maxBytes,
       amqpUrls: settings.amqpUrls,
       amqpTls: settings.amqpTls,
+      heartbeatSeconds: settings.brokerHeartbeatSeconds,
       encoder: bodyEncoder(settings.compression),
       log: log.child({ component: 'stream' }),
       onDeduplicated: (n) => opts.metrics.streamDeduplicated.inc(n),

@@ -1,13 +1,15 @@
 /**
  * Opening one RabbitMQ connection, the single way both `run` (the AMQP sink, the stream sink's
  * topology) and `check` do it, so a broker `run` reaches is one `check` reaches: the heartbeat
- * default, the TLS material of PGWARREN_AMQP_CA/CERT/KEY, and amqplib's handshake timeout.
+ * (PGWARREN_BROKER_HEARTBEAT), the TLS material of PGWARREN_AMQP_CA/CERT/KEY, and amqplib's
+ * handshake timeout.
  * Classifying a failed connect is the caller's (README: Failure handling).
  */
 import { readFileSync } from 'node:fs';
 import amqp, { type ChannelModel } from 'amqplib';
 import { closeWithin } from '../ops/close.js';
 import { exposeHandshakeReplyCodes } from './amqp-handshake.js';
+import { withHeartbeat } from './heartbeat.js';
 
 exposeHandshakeReplyCodes();
 
@@ -25,12 +27,14 @@ export interface AmqpConnectOptions {
    * and says nothing is dropped (and its socket destroyed) by amqplib itself.
    */
   readonly timeoutMs: number;
+  /** PGWARREN_BROKER_HEARTBEAT: used unless the URL names its own `heartbeat=`. */
+  readonly heartbeatSeconds: number;
   /** Shown in the broker's management UI. */
   readonly connectionName?: string;
 }
 
 export function connectAmqp(url: string, options: AmqpConnectOptions): Promise<ChannelModel> {
-  return amqp.connect(withHeartbeat(url), {
+  return amqp.connect(withHeartbeat(url, options.heartbeatSeconds), {
     ...tlsSocketOptions(options.tls),
     clientProperties: { connection_name: options.connectionName ?? 'pgwarren' },
     timeout: options.timeoutMs,
@@ -41,12 +45,6 @@ export function connectAmqp(url: string, options: AmqpConnectOptions): Promise<C
 export async function closeAmqp(model: ChannelModel): Promise<void> {
   const connection = (model as unknown as { connection?: { stream?: { destroy(): void } } }).connection;
   await closeWithin(() => model.close(), () => connection);
-}
-
-function withHeartbeat(url: string): string {
-  // Half-open TCP connections are only noticed through heartbeats; amqplib's default is none.
-  if (/[?&]heartbeat=/.test(url)) return url;
-  return url + (url.includes('?') ? '&' : '?') + 'heartbeat=10';
 }
 
 function tlsSocketOptions(tls: AmqpTls | undefined): Record<string, unknown> {

@@ -53,6 +53,8 @@ export interface AmqpSinkOptions {
    * exchange declarations together. A broker that accepts TCP and never answers is given up on.
    */
   readonly openTimeoutMs: number;
+  /** PGWARREN_BROKER_HEARTBEAT: how quickly a silent broker ends the sink. */
+  readonly heartbeatSeconds: number;
   /** Aborting gives up the open at once (SIGTERM while connecting); whatever opened is closed. */
   readonly signal?: AbortSignal;
 }
@@ -168,7 +170,7 @@ export class AmqpSink implements Sink {
   private static async openOne(url: string, index: number, options: AmqpSinkOptions): Promise<AmqpSink> {
     let model: ChannelModel;
     try {
-      model = await connectAmqp(url, { tls: options.tls, timeoutMs: options.openTimeoutMs });
+      model = await connectAmqp(url, { tls: options.tls, timeoutMs: options.openTimeoutMs, heartbeatSeconds: options.heartbeatSeconds });
     } catch (err) {
       throw classifyConnectError(err, url);
     }

@@ -199,7 +199,8 @@ describe('stream sink: a silent broker', () => {
   test('confirms that stop coming end the session within the stall bound; nothing lost or doubled', async (t) => {
     const proxy = await startProxy({ host: new URL(testEnv().amqpUrl).hostname, port: 5552 });
     t.after(() => proxy.close());
-    const f = await fixture('streams', { PGWARREN_STREAM_URL: streamUrl(proxy.port) });
+    // The stall bound is 3 broker heartbeats (README "Failure handling"): 3 s here, not the default 30 s.
+    const f = await fixture('streams', { PGWARREN_STREAM_URL: streamUrl(proxy.port), PGWARREN_BROKER_HEARTBEAT: '1' });
     t.after(() => f.cleanup());
     const daemon = await start(f.env);
     t.after(() => daemon.stop());
@@ -210,7 +211,8 @@ describe('stream sink: a silent broker', () => {
     // The connection stays open, but nothing comes back: no confirm, no close.
     proxy.stall();
     await f.db.query("INSERT INTO orders VALUES (2, 'during')");
-    await daemon.waitForLog((l) => /no confirm for \d+ s/.test(String(l.err ?? l.msg)), 60_000);
+    const stalled = await daemon.waitForLog((l) => /no confirm for \d+ s/.test(String(l.err ?? l.msg)), 60_000);
+    assert.match(String(stalled.err ?? stalled.msg), /no confirm for 3 s \(3 x PGWARREN_BROKER_HEARTBEAT\)/);
     proxy.resume();
     await daemon.waitReady(60_000);
     await f.db.query("INSERT INTO orders VALUES (3, 'after')");

@@ -34,6 +34,7 @@ import { atOrBefore, tailEntryOf, INDEX_PROPERTY, PUBLISHING_ID_PROPERTY, type P
 import { declareSuperStream, partitionNames } from './topology.js';
 import type { AmqpTls } from '../amqp-connect.js';
 import { PublishFrames } from './frame.js';
+import { CONFIRM_STALL_HEARTBEATS, confirmStallMs } from '../heartbeat.js';
 
 export interface StreamSinkOptions {
   readonly url: string;
@@ -51,12 +52,15 @@ export interface StreamSinkOptions {
   readonly encoder?: BodyEncoder;
   readonly log: Logger;
   readonly timeoutMs?: number;
+  /**
+   * PGWARREN_BROKER_HEARTBEAT: the client's heartbeat, and the confirm stall bound derived from
+   * it (confirmStallMs): messages waiting that long without any confirm fail the session.
+   */
+  readonly heartbeatSeconds: number;
   /** Messages not sent because the stream already holds them. */
   readonly onDeduplicated?: (count: number) => void;
   /** A message larger than the broker's frame size: logged and skipped (README "Failure handling"). */
   readonly onTooLarge?: (info: { stream: string; messageId: string; bytes: number }) => void;
-  /** Fail when messages wait this long without any confirm (default CONFIRM_STALL_MS). */
-  readonly confirmStallMs?: number;
 }
 
 type Confirm = (err: Error | null) => void;
@@ -101,12 +105,6 @@ class Multi {
 }
 
 const DEFAULT_TIMEOUT_MS = 15_000;
-/**
- * Messages awaiting confirms and none arriving for this long: the connection is dead or the broker
- * stuck. The client's own heartbeat does not notice a silent peer (and then closes politely, which
- * waits for that peer), so the sink watches confirms itself, like amqplib's heartbeat for AMQP.
- */
-export const CONFIRM_STALL_MS = 30_000;
 
 export class StreamSink implements Sink {
   private failure: SinkError | null = null;
@@ -161,7 +159,7 @@ export class StreamSink implements Sink {
         password: ep.password,
         vhost: ep.vhost,
         ssl: ep.tls,
-        heartbeat: 10,
+        heartbeat: options.heartbeatSeconds,
         // Always connect through the configured endpoint: behind a load balancer, a proxy or
         // Docker the nodes' advertised host names are often unreachable.
         addressResolver: { enabled: true, endpoint: { host: ep.hostname, port: ep.port } },
@@ -189,7 +187,9 @@ export class StreamSink implements Sink {
     if (options.maxAge) args['max-age'] = options.maxAge;
     if (options.maxBytes) args['max-length-bytes'] = options.maxBytes;
     for (const name of names) await within(client.createStream({ stream: name, arguments: args }), timeout, `declaring stream ${name}`);
-    if (options.partitions > 1) await declareSuperStream({ urls: options.amqpUrls, tls: options.amqpTls, stream: options.stream, partitions: names, timeoutMs: timeout, log });
+    if (options.partitions > 1) {
+      await declareSuperStream({ urls: options.amqpUrls, tls: options.amqpTls, stream: options.stream, partitions: names, timeoutMs: timeout, heartbeatSeconds: options.heartbeatSeconds, log });
+    }
     for (const name of names) {
       const producer = await within(
         client.declarePublisher({ stream: name, publisherRef: options.producer }),
@@ -212,10 +212,13 @@ export class StreamSink implements Sink {
         part.last ? `stream ${name} continues after publishing id ${part.lastId}` : `stream ${name}: nothing published by ${options.producer} yet`,
       );
     }
-    const stallMs = options.confirmStallMs ?? CONFIRM_STALL_MS;
+    // Messages awaiting confirms and none arriving for this long: the connection is dead or the
+    // broker stuck. The client's own heartbeat does not notice a silent peer (and then closes
+    // politely, which waits for that peer), so the sink watches confirms itself.
+    const stallMs = confirmStallMs(options.heartbeatSeconds);
     this.watchdog = setInterval(() => {
       if (this.pendingTotal > 0 && Date.now() - this.lastProgress > stallMs) {
-        this.fail(new SinkError(`stream: no confirm for ${Math.round(stallMs / 1000)} s with ${this.pendingTotal} message(s) waiting; reconnecting`, 'transient'));
+        this.fail(new SinkError(`stream: no confirm for ${Math.round(stallMs / 1000)} s (${CONFIRM_STALL_HEARTBEATS} x PGWARREN_BROKER_HEARTBEAT) with ${this.pendingTotal} message(s) waiting; reconnecting`, 'transient'));
       }
     }, Math.min(1000, stallMs));
     this.watchdog.unref();

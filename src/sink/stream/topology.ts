@@ -23,6 +23,7 @@ export interface SuperStreamDeclaration {
   readonly stream: string;
   readonly partitions: readonly string[];
   readonly timeoutMs: number;
+  readonly heartbeatSeconds: number;
   /** PGWARREN_AMQP_CA/CERT/KEY, as for the AMQP sink. */
   readonly tls?: AmqpTls;
   readonly log: Logger;
@@ -34,7 +35,7 @@ export async function declareSuperStream(d: SuperStreamDeclaration): Promise<voi
     let model: ChannelModel | undefined;
     const timer = setTimeout(() => void (model && closeAmqp(model)), d.timeoutMs);
     try {
-      model = await connectAmqp(url, { tls: d.tls, timeoutMs: d.timeoutMs, connectionName: 'pgwarren-topology' });
+      model = await connectAmqp(url, { tls: d.tls, timeoutMs: d.timeoutMs, heartbeatSeconds: d.heartbeatSeconds, connectionName: 'pgwarren-topology' });
       model.on('error', () => undefined);
       const ch = await model.createChannel();
       ch.on('error', () => undefined);
