@@ -1,4 +1,4 @@
-// test-runner: alone (changes what every test on the machine shares: a broker-wide disk alarm, a cluster-wide WAL budget)
+// test-runner: alone (changes what every test on the machine shares: a broker restart, a broker-wide disk alarm, a cluster-wide WAL budget)
 /**
  * The few tests that change the broker or the Postgres cluster for everybody. They run by
  * themselves, after the other files (scripts/test.mjs, docs/architecture.md), and are kept short:
@@ -11,6 +11,7 @@ import { rabbitmqctl } from '../support/amqp.js';
 import { freePort, runCli, start } from '../support/daemon.js';
 import { testEnv, uniqueName } from '../support/env.js';
 import { sleep, waitUntil } from '../support/wait.js';
+import { assertExactlyOnceInOrder, events, rowsOf, streamFixture } from '../support/stream.js';
 import { scene } from '../support/scene.js';
 
 type Body = Record<string, any>;
@@ -115,3 +116,41 @@ test('a slot Postgres invalidated (wal_status lost): run and check exit 3 with i
   assert.equal(down.code, 0, down.stderr);
 });
 
+test('stream sink: a broker restart mid-stream (stop_app, start_app): every change once, in commit order', async (t) => {
+  const f = await streamFixture('streamr');
+  t.after(() => f.cleanup());
+  const daemon = await start(f.env);
+  t.after(() => daemon.stop());
+  await daemon.waitReady(30_000);
+  let written = 0;
+  let stopWriting = false;
+  const writer = (async () => {
+    while (written < 400 && !stopWriting) {
+      await f.db.query("INSERT INTO orders SELECT g, 'new' FROM generate_series($1::int, $1::int + 4) g", [written + 1]);
+      written += 5;
+      await sleep(10);
+    }
+  })();
+  t.after(async () => {
+    stopWriting = true;
+    await writer.catch(() => undefined);
+  });
+  await sleep(500 + Math.random() * 500);
+  try {
+    rabbitmqctl(['-q', 'stop_app']);
+    await sleep(1000);
+  } finally {
+    rabbitmqctl(['-q', 'start_app']);
+    rabbitmqctl(['-q', 'await_startup']);
+  }
+  await daemon.waitForLog((l) => /session ended/.test(String(l.msg)), 60_000);
+  await daemon.waitReady(60_000);
+  await writer;
+  await f.db.query("INSERT INTO orders VALUES (1000000, 'marker')");
+  // Read only now, from the first message: a consumer from before the restart would have died with it.
+  await f.stream.read();
+  await f.stream.waitFor((ms) => events(ms).some((e) => e.new?.id === 1000000), () => `marker not in the stream (${events(f.stream.messages).length} events)`);
+  const rows = rowsOf(assertExactlyOnceInOrder(f.stream.messages));
+  for (let i = 1; i <= written; i++) assert.ok(rows.has(i), `row ${i} is in the stream`);
+  assert.equal(await daemon.stop(), 0);
+});

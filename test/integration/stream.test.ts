@@ -1,81 +1,19 @@
-// test-runner: alone (restarts the broker, which every other test file uses)
+// test-runner: long (exactly once across crashes, cuts and takeovers, for both plugins)
 /**
  * The stream sink through a real RabbitMQ stream (README "Replay with streams", README "Replay with streams"):
  * every change lands exactly once, in commit order, across kill -9, a cut stream connection, an
- * HA takeover and a broker restart, for both plugins and with batching; partitions keep a row's
+ * HA takeover and a broker restart (that one in machine-wide.test.ts), for both plugins and with batching; partitions keep a row's
  * events together; the stdout sink writes the same events as JSON lines.
  */
 import { execFileSync } from 'node:child_process';
 import { describe, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { createTestDatabase, type TestDatabase } from '../support/pg.js';
+import { createTestDatabase } from '../support/pg.js';
 import { startProxy } from '../support/proxy.js';
 import { freePort, runCli, setupAsOwner, start, type Daemon } from '../support/daemon.js';
 import { testEnv, uniqueName } from '../support/env.js';
 import { sleep, waitUntil } from '../support/wait.js';
-import { createTestStream, events, streamUrl, type StreamMessage, type TestStream } from '../support/stream.js';
-import { parseLsn } from '../../src/source/lsn.js';
-
-interface Fixture {
-  db: TestDatabase;
-  stream: TestStream;
-  env: Record<string, string>;
-  cleanup(): Promise<void>;
-}
-
-async function fixture(prefix: string, extraEnv: Record<string, string> = {}, partitions = 1): Promise<Fixture> {
-  const db = await createTestDatabase(prefix);
-  await db.query('CREATE TABLE orders (id int PRIMARY KEY, status text NOT NULL, n int NOT NULL DEFAULT 0)');
-  const stream = await createTestStream(prefix, partitions);
-  const slot = uniqueName(prefix);
-  const env = await setupAsOwner(db, {
-    PGWARREN_AMQP_URL: testEnv().amqpUrl,
-    PGWARREN_SLOT: slot,
-    PGWARREN_PUBLICATION: slot,
-    PGWARREN_SINK: 'stream',
-    PGWARREN_STREAM_URL: streamUrl(),
-    PGWARREN_STREAM: stream.name,
-    PGWARREN_STREAM_PARTITIONS: String(partitions),
-    PGWARREN_STREAM_MAX_AGE: '1h',
-    PGWARREN_RECONNECT_MAX_DELAY: '1',
-    ...extraEnv,
-  });
-  return {
-    db,
-    stream,
-    env,
-    async cleanup() {
-      await stream.cleanup();
-      await db.drop();
-    },
-  };
-}
-
-const order = (e: { tx: { lsn: string; seq: number } }): [bigint, number] => [parseLsn(e.tx.lsn), e.tx.seq];
-const before = (a: [bigint, number], b: [bigint, number]) => a[0] < b[0] || (a[0] === b[0] && a[1] < b[1]);
-
-/** Every event once (no id twice), each partition in strictly increasing commit order. */
-function assertExactlyOnceInOrder(messages: readonly StreamMessage[]): any[] {
-  const all = events(messages);
-  const ids = new Set<string>();
-  for (const e of all) {
-    assert.ok(!ids.has(e.id), `event ${e.id} is in the stream twice`);
-    ids.add(e.id);
-  }
-  const byPartition = new Map<number, StreamMessage[]>();
-  for (const m of messages) byPartition.set(m.partition, [...(byPartition.get(m.partition) ?? []), m]);
-  for (const [p, ms] of byPartition) {
-    const sorted = [...ms].sort((a, b) => (a.offset < b.offset ? -1 : 1));
-    const evs = events(sorted);
-    for (let i = 1; i < evs.length; i++) assert.ok(before(order(evs[i - 1]), order(evs[i])), `partition ${p}: ${evs[i - 1].id} before ${evs[i].id}`);
-    // The publishing ids the sink stored grow one by one per stream.
-    const pids = sorted.map((m) => BigInt(String(m.props['pgwarren-publishing-id'])));
-    for (let i = 1; i < pids.length; i++) assert.ok(pids[i]! > pids[i - 1]!, `partition ${p}: publishing ids grow`);
-  }
-  return all;
-}
-
-const rowsOf = (all: any[]) => new Set(all.filter((e) => e.op === 'insert').map((e) => e.new.id as number));
+import { assertExactlyOnceInOrder, events, rowsOf, streamFixture as fixture, streamUrl } from '../support/stream.js';
 
 async function exactlyOnce(t: { after(fn: () => Promise<unknown>): void }, prefix: string, extraEnv: Record<string, string>) {
   const target = { host: new URL(testEnv().amqpUrl).hostname, port: 5552 };
@@ -152,47 +90,6 @@ describe('stream sink: exactly once', () => {
     await exactlyOnce(t, 'streamb', { PGWARREN_PLUGIN: 'wal2json', PGWARREN_BATCH_MAX_EVENTS: '7' });
   });
 
-  test('a broker restart mid-stream (stop_app, start_app): every change once, in commit order', async (t) => {
-    // The broker is shared by the whole machine: test files run one at a time (scripts/test.mjs), so
-    // nothing else of this run is talking to it while it restarts.
-    const f = await fixture('streamr');
-    t.after(() => f.cleanup());
-    const daemon = await start(f.env);
-    t.after(() => daemon.stop());
-    await daemon.waitReady(30_000);
-    let written = 0;
-    let stopWriting = false;
-    const writer = (async () => {
-      while (written < 400 && !stopWriting) {
-        await f.db.query("INSERT INTO orders SELECT g, 'new' FROM generate_series($1::int, $1::int + 4) g", [written + 1]);
-        written += 5;
-        await sleep(10);
-      }
-    })();
-    t.after(async () => {
-      stopWriting = true;
-      await writer.catch(() => undefined);
-    });
-    await sleep(500 + Math.random() * 500);
-    const rabbitmqctl = (...args: string[]) => execFileSync('rabbitmqctl', args, { encoding: 'utf8', timeout: 120_000 });
-    try {
-      rabbitmqctl('-q', 'stop_app');
-      await sleep(1000);
-    } finally {
-      rabbitmqctl('-q', 'start_app');
-      rabbitmqctl('-q', 'await_startup');
-    }
-    await daemon.waitForLog((l) => /session ended/.test(String(l.msg)), 60_000);
-    await daemon.waitReady(60_000);
-    await writer;
-    await f.db.query("INSERT INTO orders VALUES (1000000, 'marker')");
-    // Read only now, from the first message: a consumer from before the restart would have died with it.
-    await f.stream.read();
-    await f.stream.waitFor((ms) => events(ms).some((e) => e.new?.id === 1000000), () => `marker not in the stream (${events(f.stream.messages).length} events)`);
-    const rows = rowsOf(assertExactlyOnceInOrder(f.stream.messages));
-    for (let i = 1; i <= written; i++) assert.ok(rows.has(i), `row ${i} is in the stream`);
-    assert.equal(await daemon.stop(), 0);
-  });
 });
 
 describe('stream sink: a silent broker', () => {
