@@ -139,6 +139,48 @@ function startTypecheck() {
   });
 }
 
+/** Process groups of the test files running now (each file runs in a group of its own). */
+const running = new Set();
+
+/**
+ * One test file in its own `node --test` process and process group: this script, not node's
+ * runner, decides the order files start in (node 20 sorts the files it is given by name), and
+ * whatever a file leaves running is found in its group and ended. The file's TAP output is
+ * printed in one piece when it ends, so that files running side by side do not interleave.
+ */
+async function runFile(file, { env, nodeFlags }) {
+  const t0 = Date.now();
+  // --test-force-exit: once a file's tests are done, its process ends even if a library left a
+  // socket or timer behind (the stream client does after a refused connect); without it the
+  // file sat until FILE_TIMEOUT_MS. Daemons and broker objects are still checked.
+  const argv = ['--import', 'tsx', '--test', '--test-reporter=tap', '--test-force-exit', `--test-timeout=${FILE_TIMEOUT_MS}`, ...nodeFlags, file];
+  const child = spawn(process.execPath, argv, { cwd: root, env, stdio: ['ignore', 'pipe', 'pipe'], detached: true });
+  running.add(child.pid);
+  const chunks = [];
+  child.stdout.on('data', (d) => chunks.push(d));
+  child.stderr.on('data', (d) => chunks.push(d));
+  let code = await new Promise((done) => child.on('close', (c, signal) => done(c ?? (signal ? 1 : 0))));
+  running.delete(child.pid);
+  const output = Buffer.concat(chunks).toString('utf8');
+  const counts = {};
+  for (const [, key, n] of output.matchAll(/^# (tests|pass|fail|cancelled|skipped|todo) (\d+)$/gm)) counts[key] = Number(n);
+
+  let left = groupMembers(child.pid);
+  for (let i = 0; i < 20 && left.length > 0; i++) {
+    await sleep(100); // a test process's helpers (esbuild) may still be on their way out
+    left = groupMembers(child.pid);
+  }
+  const name = relative(root, file);
+  process.stdout.write(`# file: ${name}\n${output}${output.endsWith('\n') ? '' : '\n'}`);
+  if (left.length > 0) {
+    log(`${name} left processes running (killing them):\n  ${left.join('\n  ')}`);
+    killGroup(child.pid, 'SIGKILL');
+    code = code || 1;
+  }
+  log(`${name}: ${code === 0 ? 'ok' : `FAILED (exit ${code})`}, ${counts.pass ?? 0} of ${counts.tests ?? 0} passed in ${((Date.now() - t0) / 1000).toFixed(1)} s`);
+  return { code, counts };
+}
+
 async function main() {
   const args = process.argv.slice(2).filter((a) => a !== '--typecheck');
   // The type check of the tests (tsconfig.test.json) runs beside them instead of before them: it
@@ -166,15 +208,14 @@ async function main() {
     return 1;
   }
 
-  let runner = null;
   let interrupted = null;
   const onSignal = (sig) => {
     if (interrupted) return;
     interrupted = sig;
     log(`${sig}: stopping the tests`);
-    if (runner) {
-      killGroup(runner.pid, 'SIGTERM');
-      setTimeout(() => killGroup(runner.pid, 'SIGKILL'), 10_000).unref();
+    for (const pid of running) {
+      killGroup(pid, 'SIGTERM');
+      setTimeout(() => killGroup(pid, 'SIGKILL'), 10_000).unref();
     }
   };
   process.on('SIGINT', onSignal);
@@ -222,29 +263,26 @@ async function main() {
       { files: alone, concurrency: 1 },
     ].filter((p) => p.files.length > 0);
     code = 0;
+    const totals = { tests: 0, pass: 0, fail: 0, cancelled: 0, skipped: 0, todo: 0 };
+    const failed = [];
     for (const phase of phases) {
       if (interrupted) break;
-      // --test-force-exit: once a file's tests are done, its process ends even if a library left a
-      // socket or timer behind (the stream client does after a refused connect); without it the
-      // file sat until FILE_TIMEOUT_MS. Daemons and broker objects are still checked below.
-      const argv = ['--import', 'tsx', '--test', '--test-force-exit', `--test-concurrency=${phase.concurrency}`, `--test-timeout=${FILE_TIMEOUT_MS}`, ...nodeFlags, ...phase.files];
-      log(`node --test (${phase.concurrency} at a time) ${phase.files.map((f) => relative(root, f)).join(' ')}`);
-      // Its own process group: afterwards, whatever the tests started and left running can be found and ended.
-      runner = spawn(process.execPath, argv, { cwd: root, env, stdio: 'inherit', detached: true });
-      const exit = await new Promise((done) => runner.on('exit', (c, signal) => done(c ?? (signal ? 1 : 0))));
-      code = code || exit;
-
-      let left = groupMembers(runner.pid);
-      for (let i = 0; i < 20 && left.length > 0; i++) {
-        await sleep(100); // a test process's helpers (esbuild) may still be on their way out
-        left = groupMembers(runner.pid);
-      }
-      if (left.length > 0) {
-        log(`the tests left processes running (killing them):\n  ${left.join('\n  ')}`);
-        killGroup(runner.pid, 'SIGKILL');
-        code = code || 1;
-      }
+      log(`${phase.files.length} file(s), ${phase.concurrency} at a time: ${phase.files.map((f) => relative(root, f)).join(' ')}`);
+      const queue = [...phase.files];
+      const worker = async () => {
+        for (let file = queue.shift(); file && !interrupted; file = queue.shift()) {
+          const result = await runFile(file, { env, nodeFlags });
+          for (const k of Object.keys(totals)) totals[k] += result.counts[k] ?? 0;
+          if (result.code !== 0) {
+            failed.push(relative(root, file));
+            code = 1;
+          }
+        }
+      };
+      await Promise.all(Array.from({ length: phase.concurrency }, worker));
     }
+    log(`tests ${totals.tests}, pass ${totals.pass}, fail ${totals.fail}, cancelled ${totals.cancelled}, skipped ${totals.skipped}, todo ${totals.todo}`);
+    if (failed.length > 0) log(`failed: ${failed.join(', ')}`);
   } catch (err) {
     log(`setup failed: ${err.message}`);
     code = 1;
