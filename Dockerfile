@@ -15,7 +15,7 @@ WORKDIR /app
 COPY package.json package-lock.json ./
 RUN npm ci --no-audit --no-fund
 COPY tsconfig.json ./
-COPY scripts/bundle-cli.mjs ./scripts/
+COPY scripts/build.mjs ./scripts/
 COPY src ./src
 RUN npm run build
 
