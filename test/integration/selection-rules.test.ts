@@ -4,7 +4,7 @@
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { mkdtempSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { type TestDatabase } from '../support/pg.js';
@@ -113,6 +113,7 @@ test('per-table rules: routing key and exchange, excluded columns, message TTL, 
   const usersExchange = uniqueName('rules-users', 'amqp');
   await c.broker.declareExchange(usersExchange, 'topic');
   const dir = mkdtempSync(join(tmpdir(), 'pgwarren-rules-'));
+  t.after(() => rmSync(dir, { recursive: true, force: true }));
   const file = join(dir, 'rules.yaml');
   writeFileSync(
     file,
@@ -206,6 +207,7 @@ test('replica identity DEFAULT, FULL, USING INDEX and a key change: key, old and
 test('excluded columns stay inside Postgres: the column list leaves them out where the replica identity allows', async (t) => {
   const c = await context(t, 'collist', { PGWARREN_PUBLICATION_SYNC_INTERVAL: '1' });
   const dir = mkdtempSync(join(tmpdir(), 'pgwarren-collist-'));
+  t.after(() => rmSync(dir, { recursive: true, force: true }));
   const file = join(dir, 'rules.yaml');
   writeFileSync(
     file,

@@ -1,6 +1,6 @@
-import { describe, test } from 'node:test';
+import { after, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir, userInfo } from 'node:os';
 import { join } from 'node:path';
 import yargs from 'yargs';
@@ -9,6 +9,7 @@ import { ConfigError, describeConfig, loadConfig, pgClientConfig, redactUrl, typ
 import { OPTIONS, exampleEnvFile, optionsMarkdownTable } from '../../src/config/options.js';
 
 const dir = mkdtempSync(join(tmpdir(), 'pgwarren-config-'));
+after(() => rmSync(dir, { recursive: true, force: true }));
 const file = (name: string, text: string) => {
   const p = join(dir, name);
   writeFileSync(p, text);
