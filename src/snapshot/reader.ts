@@ -68,6 +68,19 @@ interface TablePlan {
   readonly from: string;
 }
 
+/** What every chunk of one table's snapshot shares. */
+interface TableRead {
+  readonly query: QueryFn;
+  readonly snap: SnapshotRow;
+  readonly tableIndex: number;
+  readonly plan: TablePlan;
+  /** The table's greatest key when its snapshot began: no chunk reads past it. */
+  readonly upper: readonly string[];
+  /** Rows per chunk. */
+  readonly limit: number;
+  readonly routingKey: ReturnType<typeof compileRoutingKey> | undefined;
+}
+
 /** A chunk read and its watermarks emitted, waiting for the stream to reach its high watermark. */
 interface Flight {
   readonly chunk: number;
@@ -321,6 +334,7 @@ export class SnapshotRunner {
         if (!(await last)) return cancelled();
         continue;
       }
+      const table: TableRead = { query, snap, tableIndex: t, plan, upper, limit, routingKey };
       // Up to READ_AHEAD chunks are read before the stream reaches the first one's high
       // watermark, so the stream's lag is paid once, not once per chunk.
       const flights: Flight[] = [];
@@ -330,7 +344,7 @@ export class SnapshotRunner {
         while (recording.length > 1) if (!(await recording.shift())) return cancelled();
         if (!allRead && flights.length < READ_AHEAD) {
           const began = Date.now();
-          const f = await this.startChunk(query, snap, t, plan, cursor, upper, chunk, limit, routingKey, false);
+          const f = await this.startChunk(table, cursor, chunk, limit, false);
           if (f === 'failed') return;
           flights.push(f);
           cursor = f.cursorAfter;
@@ -370,7 +384,7 @@ export class SnapshotRunner {
         // publishes the table's greatest rows again, the last of them marked.
         record(outcome.confirmed, { cursor: head.cursorAfter, chunk: head.chunk + 1, final: false });
         if (!(await last)) return cancelled();
-        const closed = await this.closeTable(query, snap, t, plan, head.cursorAfter, upper, head.chunk + 1, limit, routingKey);
+        const closed = await this.closeTable(table, head.cursorAfter, head.chunk + 1);
         if (!closed) return;
         record(Promise.resolve(closed.delivery), { cursor: head.cursorAfter, chunk: closed.chunk + 1, final: true });
         if (!(await last)) return cancelled();
@@ -390,20 +404,11 @@ export class SnapshotRunner {
    * greatest two, four, ... rows. Null when the snapshot ended (failed, stopped).
    * When no row is left (all deleted meanwhile) there is nothing to publish.
    */
-  private async closeTable(
-    query: QueryFn,
-    snap: SnapshotRow,
-    tableIndex: number,
-    plan: TablePlan,
-    cursor: readonly string[] | null,
-    upper: readonly string[],
-    chunk: number,
-    limit: number,
-    routingKey: ReturnType<typeof compileRoutingKey> | undefined,
-  ): Promise<{ chunk: number; delivery: ChunkDelivery } | null> {
+  private async closeTable(table: TableRead, cursor: readonly string[] | null, chunk: number): Promise<{ chunk: number; delivery: ChunkDelivery } | null> {
+    const { snap, plan } = table;
     for (let attempt = 1; ; attempt++) {
       if (this.stopped) return null;
-      const f = await this.startChunk(query, snap, tableIndex, plan, cursor, upper, chunk, Math.min(limit, 2 ** (attempt - 1)), routingKey, true);
+      const f = await this.startChunk(table, cursor, chunk, Math.min(table.limit, 2 ** (attempt - 1)), true);
       if (f === 'failed') return null;
       const outcome = await f.done;
       if (outcome.kind === 'redo') {
@@ -421,22 +426,12 @@ export class SnapshotRunner {
   }
 
   /**
-   * Start one chunk: low watermark, SELECT (in key order, after `cursor`, up to `upper`; or, for
-   * the closing read, the greatest `limit` rows up to `upper`), high watermark. Its outcome comes
-   * when the stream reaches the high watermark.
+   * Start one chunk of at most `limit` rows: low watermark, SELECT (in key order, after `cursor`,
+   * up to `upper`; or, for the closing read, the greatest `limit` rows up to `upper`), high
+   * watermark. Its outcome comes when the stream reaches the high watermark.
    */
-  private async startChunk(
-    query: QueryFn,
-    snap: SnapshotRow,
-    tableIndex: number,
-    plan: TablePlan,
-    cursor: readonly string[] | null,
-    upper: readonly string[],
-    chunk: number,
-    limit: number,
-    routingKey: ReturnType<typeof compileRoutingKey> | undefined,
-    closing: boolean,
-  ): Promise<Flight | 'failed'> {
+  private async startChunk(table: TableRead, cursor: readonly string[] | null, chunk: number, limit: number, closing: boolean): Promise<Flight | 'failed'> {
+    const { query, snap, tableIndex, plan, upper, routingKey } = table;
     const { tap, builder } = this.opts;
     let final = false;
     const pending = tap.begin({
