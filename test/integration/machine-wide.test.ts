@@ -18,18 +18,13 @@ type Body = Record<string, any>;
 const ids = (bodies: Body[]): string[] => bodies.map((b) => `${b.new?.id ?? b.old?.id}`);
 
 test('a broker resource alarm (blocked) pauses reading; readiness drops; nothing lost when it clears', async (t) => {
-  const f = await scene(null, 'alarm', {
+  const f = await scene(t, 'alarm', {
     schema: 'CREATE TABLE orders (id int PRIMARY KEY, status text NOT NULL, amount numeric)',
     env: { PGWARREN_STATUS_INTERVAL: '1' },
-    exchangeType: null,
     asOwner: true,
   });
-  t.after(() => f.cleanup());
-  await f.broker.declareExchange(f.broker.exchange, 'topic');
-  const queue = await f.broker.bindQueue('#');
-  const daemon = await start(f.env);
-  t.after(() => daemon.stop());
-  await daemon.waitReady(30_000);
+  const queue = await f.queue();
+  const daemon = await f.daemon();
   await f.db.query("INSERT INTO orders VALUES (1, 'before', 0)");
   await queue.waitForCount(1, 20_000);
 

@@ -10,6 +10,7 @@ import { describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { createTestDatabase } from '../support/pg.js';
 import { startProxy } from '../support/proxy.js';
+import { rabbitmqctl } from '../support/amqp.js';
 import { freePort, runCli, setupAsOwner, start, type Daemon } from '../support/daemon.js';
 import { testEnv, uniqueName } from '../support/env.js';
 import { sleep, waitUntil } from '../support/wait.js';
@@ -170,9 +171,9 @@ describe('stream sink: contents and partitions', () => {
     }
     assert.equal(new Set(partitionOfRow.values()).size, partitions, 'rows spread over every partition');
     // Declared so that 3.11+ super-stream consumers find it: x-super-stream exchange, ordered bindings.
-    const exchanges = rabbitmqctl(['list_exchanges', 'name', 'type', 'arguments']);
+    const exchanges = rabbitmqctl(['-q', 'list_exchanges', 'name', 'type', 'arguments']);
     assert.match(exchanges, new RegExp(`${f.stream.name}\\s+direct\\s+\\[\\{"x-super-stream",true\\}\\]`));
-    const bindings = rabbitmqctl(['list_bindings', 'source_name', 'destination_name', 'routing_key', 'arguments']);
+    const bindings = rabbitmqctl(['-q', 'list_bindings', 'source_name', 'destination_name', 'routing_key', 'arguments']);
     for (let i = 0; i < partitions; i++) {
       assert.match(bindings, new RegExp(`${f.stream.name}\\s+${f.stream.name}-${i}\\s+${i}\\s+\\[\\{"x-stream-partition-order",${i}\\}\\]`));
     }
@@ -291,7 +292,3 @@ describe('check', () => {
     assert.match(off.stdout, /fix: Enable the stream plugin on the broker: "rabbitmq-plugins enable rabbitmq_stream"/);
   });
 });
-
-function rabbitmqctl(args: string[]): string {
-  return execFileSync('rabbitmqctl', ['-q', ...args], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'] });
-}
