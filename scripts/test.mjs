@@ -30,8 +30,7 @@ const ALONE = /^\/\/ test-runner: alone\b/m;
 // A file that takes a minute or more carries `// test-runner: long (why)` and starts first.
 const LONG = /^\/\/ test-runner: long\b/m;
 /** Start order: long files, then other integration files, then unit files (seconds each). */
-function weight(file) {
-  const text = readFileSync(file, 'utf8');
+function weight(file, text) {
   if (LONG.test(text)) return 2;
   return file.includes(`${join('test', 'integration')}`) ? 1 : 0;
 }
@@ -183,9 +182,9 @@ async function runFile(file, { env, nodeFlags }) {
 
 async function main() {
   const args = process.argv.slice(2).filter((a) => a !== '--typecheck');
-  // The type check of the tests (tsconfig.test.json) runs beside them instead of before them: it
-  // is a quarter of a minute of one core that the tests' waiting leaves free. It decides the exit
-  // code like a failing test.
+  // The type check (tsconfig.test.json: src, tests, bench) runs beside the tests instead of before
+  // them: it is a quarter of a minute of one core that the tests' waiting leaves free. It decides
+  // the exit code like a failing test.
   const typecheck = process.argv.includes('--typecheck') ? startTypecheck() : null;
   const nodeFlags = args.filter((a) => a.startsWith('--'));
   let files;
@@ -254,10 +253,12 @@ async function main() {
       PGWARREN_TEST_WAL2JSON: wal2json ? '1' : '0',
       PGWARREN_TEST_RUN: runId,
     };
-    const alone = files.filter((f) => ALONE.test(readFileSync(f, 'utf8')));
+    const text = new Map(files.map((f) => [f, readFileSync(f, 'utf8')]));
+    const alone = files.filter((f) => ALONE.test(text.get(f)));
     // Files start in this order as slots free up: the long ones first, so that the run does not
     // end with one long file going on alone while the other slots are idle.
-    const together = files.filter((f) => !alone.includes(f)).sort((a, b) => weight(b) - weight(a));
+    const weights = new Map(files.map((f) => [f, weight(f, text.get(f))]));
+    const together = files.filter((f) => !alone.includes(f)).sort((a, b) => weights.get(b) - weights.get(a));
     const phases = [
       { files: together, concurrency: CONCURRENCY },
       { files: alone, concurrency: 1 },
@@ -312,9 +313,9 @@ async function main() {
   if (typecheck) {
     const result = await typecheck;
     if (result.code !== 0) {
-      log(`the type check of the tests failed (tsc -p tsconfig.test.json):\n${result.output}`);
+      log(`the type check failed (tsc -p tsconfig.test.json):\n${result.output}`);
       code = code || 1;
-    } else log(`type check of the tests passed in ${result.ms} ms`);
+    } else log(`type check passed in ${result.ms} ms`);
   }
   if (interrupted) code = 128 + ({ SIGHUP: 1, SIGINT: 2, SIGTERM: 15 }[interrupted] ?? 0);
   return code;

@@ -42,7 +42,8 @@ async function execute(argv: Record<string, unknown>, command: (config: Config) 
 }
 
 async function main(): Promise<void> {
-  const cli: Argv = yargs(hideBin(process.argv))
+  const args = hideBin(process.argv);
+  const cli: Argv = yargs(args)
     .scriptName('pgwarren')
     .usage('$0 <command> [options]\n\nPostgres change-data-capture to RabbitMQ.')
     .strict()
@@ -52,7 +53,7 @@ async function main(): Promise<void> {
       if (err && !(err instanceof UsageError)) throw err;
       fail(2, `${msg ?? err?.message}\nRun "pgwarren --help" for the options.`);
     });
-  addOptions(cli, { forHelp: hideBin(process.argv).some((a) => a === '--help' || a === '-h') });
+  addOptions(cli, { forHelp: args.some((a) => a === '--help' || a === '-h') });
   cli
     .command(['run', '$0'], 'stream changes from the slot and publish them until SIGTERM/SIGINT', {}, (argv) => {
       // Before anything slow: a signal during start-up must lead to a clean exit, not a kill.
