@@ -8,6 +8,7 @@ import { fileURLToPath } from 'node:url';
 import { after } from 'node:test';
 import { waitUntil } from './wait.js';
 import { deadLetterExchangeOf } from './env.js';
+import { claimPort } from './ports.js';
 
 const cli = fileURLToPath(new URL('../../dist/cli.js', import.meta.url));
 const running = new Set<Daemon>();
@@ -37,22 +38,18 @@ export interface Daemon {
 }
 
 /**
- * A port for a daemon to listen on later. Taken below the kernel's ephemeral range (32768-60999
- * here): a port from listen(0) is free only until the next outgoing connection on the machine
- * takes it, and the daemon binds it a moment later. Test files run in parallel, so the pick is
- * random and checked by binding it.
+ * A port for a daemon to listen on later, claimed for this test process (./ports.ts) so that no
+ * test file running alongside picks it before the daemon binds it; checked free by binding it.
  */
-export async function freePort(): Promise<number> {
-  for (let attempt = 0; ; attempt++) {
-    const port = 20_000 + Math.floor(Math.random() * 12_000);
-    const free = await new Promise<boolean>((resolve) => {
-      const srv = createServer();
-      srv.once('error', () => resolve(false));
-      srv.listen(port, '127.0.0.1', () => srv.close(() => resolve(true)));
-    });
-    if (free) return port;
-    if (attempt >= 100) throw new Error('no free port between 20000 and 32000');
-  }
+export function freePort(): Promise<number> {
+  return claimPort(
+    (port) =>
+      new Promise<boolean>((resolve) => {
+        const srv = createServer();
+        srv.once('error', () => resolve(false));
+        srv.listen(port, '127.0.0.1', () => srv.close(() => resolve(true)));
+      }),
+  );
 }
 
 /** Run a one-shot command (`status`, `check`, `setup`, ...) and collect its output. */

@@ -26,6 +26,7 @@
  *                      (it must time out by itself; `pass()` does not revive it)
  */
 import net from 'node:net';
+import { claimPort, PORT_RANGE } from './ports.js';
 
 export type Admission = 'accept' | 'refuse' | 'down' | 'blackhole';
 export type Flow = 'pass' | 'freeze' | 'slow';
@@ -112,23 +113,14 @@ export interface FaultProxyOptions {
   readonly preferPorts?: readonly number[];
 }
 
-/**
- * The proxy's port must stay free while it is `down` and be listened on again after, so it comes
- * from below the kernel's ephemeral range (32768-60999 here), where no outgoing connection of a
- * test file running alongside can take it in between.
- */
-const BELOW_EPHEMERAL = { from: 20_000, to: 32_000 };
-
 /** Ports whose text contains "403": a classifier that greps messages for 403 trips on them. */
-const PORTS_403 = Array.from({ length: 32_000 - 1_024 }, (_, i) => i + 1_024).filter((p) => String(p).includes('403'));
+const PORTS_403 = Array.from({ length: PORT_RANGE.to - 1_024 }, (_, i) => i + 1_024).filter(
+  (p) => String(p).includes('403') && p >= PORT_RANGE.from,
+);
 
-/** Random ports whose text contains "403", all below the ephemeral range. */
+/** Random ports whose text contains "403", all in the range test ports are claimed from. */
 export function ports403(count = 8): number[] {
   return Array.from({ length: count }, () => PORTS_403[Math.floor(Math.random() * PORTS_403.length)]!);
-}
-
-function randomPorts(count: number): number[] {
-  return Array.from({ length: count }, () => BELOW_EPHEMERAL.from + Math.floor(Math.random() * (BELOW_EPHEMERAL.to - BELOW_EPHEMERAL.from)));
 }
 
 export async function startFaultProxy(target: { host: string; port: number }, options: FaultProxyOptions = {}): Promise<FaultProxy> {
@@ -269,17 +261,17 @@ export async function startFaultProxy(target: { host: string; port: number }, op
         resolve();
       });
     });
-  let port = 0;
-  for (const p of [...(options.preferPorts ?? []), ...randomPorts(100)]) {
+  // The port is claimed for this process (../support/ports.ts): while the proxy is `down` its
+  // listener is closed, and no other test file may take the port before it is reopened.
+  const port = await claimPort(async (p) => {
     try {
       await listen(p);
-      port = p;
-      break;
+      return true;
     } catch {
       server = net.createServer(onConnection);
+      return false;
     }
-  }
-  if (port === 0) throw new Error(`fault proxy: no free port between ${BELOW_EPHEMERAL.from} and ${BELOW_EPHEMERAL.to}`);
+  }, options.preferPorts);
   let listening = true;
 
   const closeListener = () =>
@@ -290,7 +282,8 @@ export async function startFaultProxy(target: { host: string; port: number }, op
     });
   const reopen = async () => {
     if (listening || closed) return;
-    // The port was ours a moment ago; another process may take it in between, rarely: retry briefly.
+    // The port stays claimed for this process, but a program outside the tests may still take it,
+    // or the old listener may linger a moment: retry briefly.
     for (let i = 0; ; i++) {
       server = net.createServer(onConnection);
       try {
