@@ -6,7 +6,8 @@
  * "007" and every value goes through the same parser as a flag or an env var.
  */
 import { readFileSync } from 'node:fs';
-import YAML, { isAlias, isMap, isScalar, isSeq, type Document } from 'yaml';
+import { createRequire } from 'node:module';
+import type { Document } from 'yaml';
 import { z } from 'zod';
 import type { Raw } from './layers.js';
 import { errorCode } from './layers.js';
@@ -35,6 +36,16 @@ export interface ConfigFile {
   readonly rules: readonly TableRule[];
 }
 
+type Yaml = typeof import('yaml');
+let yamlModule: Yaml | undefined;
+/**
+ * The YAML library, loaded with the first config file: most deployments configure pgwarren by
+ * environment only, and loading it cost every start (and every CLI command) about 25 ms of CPU.
+ */
+function yaml(): Yaml {
+  return (yamlModule ??= createRequire(import.meta.url)('yaml') as Yaml);
+}
+
 type Plain = string | null | Plain[] | { [key: string]: Plain };
 
 const EMPTY: ConfigFile = { options: new Map(), rules: [] };
@@ -48,7 +59,7 @@ export function readConfigFile(path: string, label: string, problems: string[]):
     problems.push(`${label}: cannot read ${JSON.stringify(path)} (${errorCode(err)}); expected a YAML or JSON file`);
     return EMPTY;
   }
-  const doc = YAML.parseDocument(text);
+  const doc = yaml().parseDocument(text);
   if (doc.errors.length > 0) {
     const lines = text.split('\n');
     for (const err of doc.errors) {
@@ -103,6 +114,7 @@ function unknownKey(key: string): string {
 /** YAML nodes -> plain values holding each scalar's source text (null for YAML null). */
 function plain(node: unknown, doc: Document): Plain {
   if (node === null || node === undefined) return null;
+  const { isAlias, isMap, isScalar, isSeq } = yaml();
   if (isAlias(node)) return plain(node.resolve(doc), doc);
   if (isScalar(node)) return node.value === null ? null : (node.source ?? String(node.value));
   if (isSeq(node)) return node.items.map((item) => plain(item, doc));
