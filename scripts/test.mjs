@@ -6,34 +6,45 @@
  * exchanges behind.
  *
  * Usage: node scripts/test.mjs [--typecheck] [test files or directories...] [--node-test-flags...]
- * Without paths: every *.test.ts under test/unit, then under test/integration.
+ * Without paths: every *.test.ts under test/unit and test/integration. The alone file runs first
+ * beside the unit files, then the integration files run side by side (see the constants below).
  */
 import { spawn, spawnSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { existsSync, readdirSync, readFileSync, statSync } from 'node:fs';
-import { join, relative, resolve } from 'node:path';
-import { fileURLToPath } from 'node:url';
+import { existsSync, mkdirSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { join, relative, resolve, sep } from 'node:path';
+import { fileURLToPath, pathToFileURL } from 'node:url';
 import amqp from 'amqplib';
+import { build } from 'esbuild';
 import { startCluster } from './pg-cluster.mjs';
 
 const root = fileURLToPath(new URL('..', import.meta.url));
 const log = (line) => process.stderr.write(`[test] ${line}\n`);
+const runStart = Date.now();
+/** Seconds since the run started, for the per-file timeline. */
+const since = (t) => ((t - runStart) / 1000).toFixed(1);
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 // node 20 applies --test-timeout to each test *file* as a whole, so this is a per-file hang guard.
 const FILE_TIMEOUT_MS = 600_000;
-// Test files run side by side (each makes its own database, slot and broker names). On 2 cores,
-// 4 at a time was fastest (3: 262 s, 4: 229 s, 5: 238 s for the whole run).
-const CONCURRENCY = Math.max(1, Number(process.env.PGWARREN_TEST_CONCURRENCY) || 4);
+// Integration files run side by side (each makes its own database, slot and broker names). Many of
+// their seconds are spent waiting (on a timeout, a reconnect, a broker's confirm), so on 2 cores
+// six at a time kept the cores busiest: whole runs took 175 s with four, 156 s with six.
+const CONCURRENCY = Math.max(1, Number(process.env.PGWARREN_TEST_CONCURRENCY) || 6);
 // A file that changes what every other file shares (a broker-wide alarm, a broker restart, a
-// cluster-wide setting) carries this line and runs by itself, after the others.
+// cluster-wide setting) carries this line. It runs first, by itself among the files that use the
+// services; the unit files, which never touch them (they get no service URLs), and the type check
+// fill the cores it leaves idle while it waits on the broker.
 const ALONE = /^\/\/ test-runner: alone\b/m;
-// A file that takes a minute or more carries `// test-runner: long (why)` and starts first.
-const LONG = /^\/\/ test-runner: long\b/m;
-/** Start order: long files, then other integration files, then unit files (seconds each). */
-function weight(file, text) {
-  if (LONG.test(text)) return 2;
-  return file.includes(`${join('test', 'integration')}`) ? 1 : 0;
+// A file that takes a minute or more carries `// test-runner: long ~N s (why)` and starts before
+// the other integration files, the longest first, so that the run does not end with one long file
+// going on alone while the other slots are idle. N is its time in a whole run on 2 cores.
+const LONG = /^\/\/ test-runner: long\b(?:\s+~(\d+)\s*s)?/m;
+/** Start order among the integration files: long ones by their estimate, then the rest (seconds each). */
+function weight(text) {
+  const m = LONG.exec(text);
+  return m ? Number(m[1] ?? 60) : 0;
 }
+const isUnit = (file) => file.includes(`${join('test', 'unit')}`);
 
 function findTests(paths) {
   const explicit = paths.length > 0;
@@ -124,6 +135,55 @@ function killGroup(pgid, signal) {
   }
 }
 
+/**
+ * The tests and the sources they import, compiled once per run to plain JavaScript under
+ * node_modules/.cache (a directory per run, removed after it), in the same layout, so that each
+ * test file starts as plain node. Loading
+ * them through tsx instead cost about a third of a second of CPU per test process (a loader
+ * thread, every import translated on the way), some seventy times a run.
+ *
+ * `import.meta.url` is replaced by the source file's own URL: the tests find the repository's
+ * files (dist/cli.js, README.md, examples/) relative to where they are written, not where they
+ * run from. Inline source maps make a failure's stack point at the .ts lines.
+ */
+async function compileTests(compiledRoot) {
+  const sourcesOf = (dir) =>
+    readdirSync(dir, { withFileTypes: true }).flatMap((e) =>
+      e.isDirectory() ? sourcesOf(join(dir, e.name)) : e.name.endsWith('.ts') && !e.name.endsWith('.d.ts') ? [join(dir, e.name)] : [],
+    );
+  const ownUrl = {
+    name: 'own-import-meta-url',
+    setup(b) {
+      b.onLoad({ filter: /\.ts$/ }, (args) => ({
+        contents: readFileSync(args.path, 'utf8').replaceAll('import.meta.url', JSON.stringify(pathToFileURL(args.path).href)),
+        loader: 'ts',
+      }));
+    },
+  };
+  await build({
+    absWorkingDir: root,
+    entryPoints: [...sourcesOf(join(root, 'src')), ...sourcesOf(join(root, 'test'))],
+    outdir: compiledRoot,
+    outbase: root,
+    platform: 'node',
+    format: 'esm',
+    target: 'node20',
+    sourcemap: 'inline',
+    sourcesContent: false,
+    logLevel: 'warning',
+    tsconfig: 'tsconfig.json',
+    plugins: [ownUrl],
+  });
+  // Inside node_modules no package.json above says "module": this one does.
+  mkdirSync(compiledRoot, { recursive: true });
+  writeFileSync(join(compiledRoot, 'package.json'), '{ "type": "module" }\n');
+}
+/** Where a test file's compiled JavaScript is; null for a file outside test/ (run through tsx). */
+function compiledOf(compiledRoot, file) {
+  const rel = relative(root, file);
+  return rel.startsWith(`test${sep}`) && rel.endsWith('.ts') ? join(compiledRoot, rel.replace(/\.ts$/, '.js')) : null;
+}
+
 /** `tsc -p tsconfig.test.json` in the background; resolves with its exit code and output. */
 function startTypecheck() {
   const t0 = Date.now();
@@ -147,12 +207,14 @@ const running = new Set();
  * whatever a file leaves running is found in its group and ended. The file's TAP output is
  * printed in one piece when it ends, so that files running side by side do not interleave.
  */
-async function runFile(file, { env, nodeFlags }) {
+async function runFile(file, { env, nodeFlags, compiledRoot }) {
   const t0 = Date.now();
   // --test-force-exit: once a file's tests are done, its process ends even if a library left a
   // socket or timer behind (the stream client does after a refused connect); without it the
   // file sat until FILE_TIMEOUT_MS. Daemons and broker objects are still checked.
-  const argv = ['--import', 'tsx', '--test', '--test-reporter=tap', '--test-force-exit', `--test-timeout=${FILE_TIMEOUT_MS}`, ...nodeFlags, file];
+  const compiled = compiledOf(compiledRoot, file);
+  const load = compiled ? ['--enable-source-maps'] : ['--import', 'tsx'];
+  const argv = [...load, '--test', '--test-reporter=tap', '--test-force-exit', `--test-timeout=${FILE_TIMEOUT_MS}`, ...nodeFlags, compiled ?? file];
   const child = spawn(process.execPath, argv, { cwd: root, env, stdio: ['ignore', 'pipe', 'pipe'], detached: true });
   running.add(child.pid);
   const chunks = [];
@@ -176,7 +238,7 @@ async function runFile(file, { env, nodeFlags }) {
     killGroup(child.pid, 'SIGKILL');
     code = code || 1;
   }
-  log(`${name}: ${code === 0 ? 'ok' : `FAILED (exit ${code})`}, ${counts.pass ?? 0} of ${counts.tests ?? 0} passed in ${((Date.now() - t0) / 1000).toFixed(1)} s`);
+  log(`${name}: ${code === 0 ? 'ok' : `FAILED (exit ${code})`}, ${counts.pass ?? 0} of ${counts.tests ?? 0} passed in ${((Date.now() - t0) / 1000).toFixed(1)} s (${since(t0)}-${since(Date.now())} s into the run)`);
   return { code, counts };
 }
 
@@ -225,13 +287,22 @@ async function main() {
   const runId = randomBytes(3).toString('hex');
   const defaultsBefore = await defaultNamed(amqpUrl);
   const brokerPrefix = `pgwarren-test-${runId}-`;
+  const compiledRoot = join(root, 'node_modules', '.cache', 'pgwarren-tests', runId);
   let cluster = null;
   // Whatever happens from here on, the cluster goes, even if this process is on its way out.
   process.on('exit', () => cluster?.stop());
   let code = 1;
   try {
     const t0 = Date.now();
+    // Compiling (under a second) overlaps the cluster's start; its failure is awaited after the
+    // cluster is ours, so that the cleanup below always knows the cluster.
+    const compiling = compileTests(compiledRoot).then(
+      () => null,
+      (err) => err,
+    );
     cluster = await startCluster();
+    const compileError = await compiling;
+    if (compileError) throw new Error(`compiling the tests failed: ${compileError.message}`);
     const { port, bindir, datadir, wal2json } = cluster;
     log(`private Postgres ${bindir} on 127.0.0.1:${port} ready in ${Date.now() - t0} ms; wal2json ${wal2json ? 'available' : 'missing'}; run ${runId}`);
     if (interrupted) throw new Error(`interrupted by ${interrupted}`);
@@ -253,34 +324,47 @@ async function main() {
       PGWARREN_TEST_WAL2JSON: wal2json ? '1' : '0',
       PGWARREN_TEST_RUN: runId,
     };
+    // Unit files get no service URLs: one that reached for Postgres or RabbitMQ would fail at
+    // testEnv(), instead of being disturbed by the alone file running beside it.
+    const unitEnv = Object.fromEntries(Object.entries(env).filter(([k]) => !k.startsWith('PGWARREN_TEST_')));
     const text = new Map(files.map((f) => [f, readFileSync(f, 'utf8')]));
     const alone = files.filter((f) => ALONE.test(text.get(f)));
-    // Files start in this order as slots free up: the long ones first, so that the run does not
-    // end with one long file going on alone while the other slots are idle.
-    const weights = new Map(files.map((f) => [f, weight(f, text.get(f))]));
-    const together = files.filter((f) => !alone.includes(f)).sort((a, b) => weights.get(b) - weights.get(a));
+    const units = files.filter((f) => isUnit(f) && !alone.includes(f));
+    const integration = files
+      .filter((f) => !isUnit(f) && !alone.includes(f))
+      .sort((a, b) => weight(text.get(b)) - weight(text.get(a)));
+    // Each phase is a set of queues run side by side, each queue with its own number of slots.
     const phases = [
-      { files: together, concurrency: CONCURRENCY },
-      { files: alone, concurrency: 1 },
-    ].filter((p) => p.files.length > 0);
+      [
+        { files: alone, concurrency: 1, env },
+        { files: units, concurrency: Math.min(2, CONCURRENCY), env: unitEnv },
+      ],
+      [{ files: integration, concurrency: CONCURRENCY, env }],
+    ]
+      .map((queues) => queues.filter((q) => q.files.length > 0))
+      .filter((queues) => queues.length > 0);
     code = 0;
     const totals = { tests: 0, pass: 0, fail: 0, cancelled: 0, skipped: 0, todo: 0 };
     const failed = [];
-    for (const phase of phases) {
+    for (const queues of phases) {
       if (interrupted) break;
-      log(`${phase.files.length} file(s), ${phase.concurrency} at a time: ${phase.files.map((f) => relative(root, f)).join(' ')}`);
-      const queue = [...phase.files];
-      const worker = async () => {
-        for (let file = queue.shift(); file && !interrupted; file = queue.shift()) {
-          const result = await runFile(file, { env, nodeFlags });
-          for (const k of Object.keys(totals)) totals[k] += result.counts[k] ?? 0;
-          if (result.code !== 0) {
-            failed.push(relative(root, file));
-            code = 1;
+      const workers = [];
+      for (const q of queues) {
+        log(`${q.files.length} file(s), ${q.concurrency} at a time: ${q.files.map((f) => relative(root, f)).join(' ')}`);
+        const pending = [...q.files];
+        const worker = async () => {
+          for (let file = pending.shift(); file && !interrupted; file = pending.shift()) {
+            const result = await runFile(file, { env: q.env, nodeFlags, compiledRoot });
+            for (const k of Object.keys(totals)) totals[k] += result.counts[k] ?? 0;
+            if (result.code !== 0) {
+              failed.push(relative(root, file));
+              code = 1;
+            }
           }
-        }
-      };
-      await Promise.all(Array.from({ length: phase.concurrency }, worker));
+        };
+        workers.push(...Array.from({ length: q.concurrency }, worker));
+      }
+      await Promise.all(workers);
     }
     log(`tests ${totals.tests}, pass ${totals.pass}, fail ${totals.fail}, cancelled ${totals.cancelled}, skipped ${totals.skipped}, todo ${totals.todo}`);
     if (failed.length > 0) log(`failed: ${failed.join(', ')}`);
@@ -290,6 +374,7 @@ async function main() {
   } finally {
     cluster?.stop();
     cluster = null;
+    rmSync(compiledRoot, { recursive: true, force: true });
   }
 
   const left = brokerLeftovers(amqpUrl, brokerPrefix);

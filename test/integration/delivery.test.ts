@@ -1,4 +1,4 @@
-// test-runner: long (crash, outage and slot-position tests, one after another)
+// test-runner: long ~60 s (crash, outage and slot-position tests, one after another)
 /**
  * The delivery promise through real Postgres and RabbitMQ (README "Events", "Delivery"): every committed change
  * arrives, in commit order, with the contract's fields and properties; crashes, broker outages and

@@ -1,4 +1,4 @@
-// test-runner: long (48 fault cells, four at a time)
+// test-runner: long ~85 s (48 fault cells, four at a time)
 /**
  * The fault matrix (issue 12, README "Delivery", "Failure handling"): a fault proxy (test/support/fault-proxy.ts) in
  * front of Postgres and in front of RabbitMQ, a fault applied in each lifecycle state, plus kill -9

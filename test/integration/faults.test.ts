@@ -1,4 +1,4 @@
-// test-runner: long (silent peers timed out, slot creation held by an open transaction, a decoding stall)
+// test-runner: long ~58 s (silent peers timed out, slot creation held by an open transaction, a decoding stall)
 /**
  * Failure handling (README "Failure handling", issue 12): every fault ends in a retry or in exit 3 with the
  * fix, classified by code; a silent peer is timed out, not waited on forever; SIGTERM is honoured

@@ -1,4 +1,4 @@
-// test-runner: long (stall watch, lag warning, role and password checks, one after another)
+// test-runner: long ~45 s (stall watch, lag warning, role and password checks, one after another)
 /**
  * Operations (README "Health and metrics", "Configuration", "Commands"): readiness and metrics through real outages, a stalled
  * replication stream, failover across a list of broker URLs, passwords kept out of every output,

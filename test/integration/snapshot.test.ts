@@ -1,4 +1,4 @@
-// test-runner: long (snapshots under writes, crashes, outages and takeovers, one after another)
+// test-runner: long ~95 s (snapshots under writes, crashes, outages and takeovers, one after another)
 /**
  * Snapshots (README "Snapshots") through real Postgres and RabbitMQ, with the daemon run as the README
  * deploys it: the owner runs setup, the daemon runs as a REPLICATION+SELECT role with the one

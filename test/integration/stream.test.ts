@@ -1,4 +1,4 @@
-// test-runner: long (exactly once across crashes, cuts and takeovers, for both plugins)
+// test-runner: long ~60 s (exactly once across crashes, cuts and takeovers, for both plugins)
 /**
  * The stream sink through a real RabbitMQ stream (README "Replay with streams", README "Replay with streams"):
  * every change lands exactly once, in commit order, across kill -9, a cut stream connection, an
