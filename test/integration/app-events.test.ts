@@ -12,24 +12,19 @@
  */
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { createTestDatabase, type TestDatabase } from '../support/pg.js';
-import { createTestBroker, type Collector, type Received, type TestBroker } from '../support/amqp.js';
-import { start, type Daemon } from '../support/daemon.js';
-import { testEnv, uniqueName } from '../support/env.js';
+import type { TestDatabase } from '../support/pg.js';
+import type { Collector, Received } from '../support/amqp.js';
+import { pluginScenes, type PluginScenes, type PluginSide } from '../support/scene.js';
+import { deadLetterExchangeOf, testEnv } from '../support/env.js';
 import { waitUntil } from '../support/wait.js';
 
 const wal2jsonMissing = !testEnv().wal2json;
 
-interface Side {
-  readonly plugin: 'pgoutput' | 'wal2json';
-  readonly slot: string;
-  readonly broker: TestBroker;
+interface Side extends PluginSide {
   readonly all: Collector;
   readonly checkout: Collector;
   /** Bound to the daemon's own dead-letter exchange (README "Failure handling"). */
-  dead?: Collector;
-  readonly deadExchange: string;
-  readonly daemon: Daemon;
+  readonly dead: Collector;
 }
 
 /** A payload with what JSON.parse would lose: digits beyond a double, unicode, escapes, spacing. */
@@ -61,43 +56,26 @@ describe('application, schema and commit events (README "Beyond rows"), pgoutput
   let db: TestDatabase;
   const sides: Side[] = [];
 
+  let scenes: PluginScenes | undefined;
   before(async () => {
-    db = await createTestDatabase('appev');
-    await db.query(`
+    scenes = await pluginScenes('appev', {
+      schema: `
       CREATE TABLE shape_t (id int4 PRIMARY KEY, a1 int4, a2 text, b text);
       CREATE TABLE other_t (id int4 PRIMARY KEY, v text);
-      CREATE TABLE done_t (id int4 PRIMARY KEY);`);
-    for (const plugin of ['pgoutput', 'wal2json'] as const) {
-      const broker = await createTestBroker(`appev-${plugin}`);
-      await broker.declareExchange(broker.exchange, 'topic');
-      const all = await broker.bindQueue('#');
+      CREATE TABLE done_t (id int4 PRIMARY KEY);`,
+      env: { PGWARREN_TRANSACTION_EVENTS: 'true' },
+    });
+    db = scenes.db;
+    for (const side of scenes.sides) {
       // A consumer of business events that knows nothing of tables.
-      const checkout = await broker.bindQueue('checkout.*');
-      const slot = uniqueName(`appev_${plugin}`);
-      const deadExchange = `${broker.exchange}.dead`;
-      broker.track(deadExchange);
-      const daemon = await start({
-        PGWARREN_DEAD_LETTER_EXCHANGE: deadExchange,
-        PGWARREN_DATABASE_URL: db.url,
-        PGWARREN_AMQP_URL: testEnv().amqpUrl,
-        PGWARREN_PLUGIN: plugin,
-        PGWARREN_SLOT: slot,
-        PGWARREN_PUBLICATION: slot,
-        PGWARREN_EXCHANGE: broker.exchange,
-        PGWARREN_TRANSACTION_EVENTS: 'true',
-      });
-      sides.push({ plugin, slot, broker, all, checkout, deadExchange, daemon });
+      const checkout = await side.scene.queue('checkout.*');
+      // The daemon declared its dead-letter exchange before it became ready.
+      const dead = await side.broker.bindQueue('#', deadLetterExchangeOf(side.broker.exchange));
+      sides.push({ ...side, all: side.queue, checkout, dead });
     }
-    await Promise.all(sides.map((s) => s.daemon.waitReady(30_000)));
-    // The daemon declared its dead-letter exchange before it became ready.
-    for (const s of sides) s.dead = await s.broker.bindQueue('#', s.deadExchange);
   });
 
-  after(async () => {
-    await Promise.all(sides.map((s) => s.daemon.stop()));
-    for (const s of sides) await s.broker.cleanup();
-    await db?.drop();
-  });
+  after(() => scenes?.cleanup());
 
   test('one script: the same events from both plugins, as the contract says', async () => {
     const q = (sql: string) => db.query(sql);
@@ -236,9 +214,9 @@ describe('application, schema and commit events (README "Beyond rows"), pgoutput
     // The malformed payload was dead-lettered with its id (seq 1 of its transaction), not published.
     const refusedId = `${event(19).tx.lsn}:1`;
     for (const s of sides) {
-      await s.dead!.waitForCount(1);
-      assert.equal(s.dead!.messages.length, 1, `${s.plugin}: one dead letter`);
-      const letter = s.dead!.messages[0]!;
+      await s.dead.waitForCount(1);
+      assert.equal(s.dead.messages.length, 1, `${s.plugin}: one dead letter`);
+      const letter = s.dead.messages[0]!;
       assert.equal(letter.properties.messageId, refusedId);
       assert.equal(letter.fields.routingKey, 'pgwarren.event.message');
       assert.match(String(letter.properties.headers?.['pgwarren-error']), /not JSON/);

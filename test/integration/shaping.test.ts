@@ -14,9 +14,10 @@ import { join } from 'node:path';
 import { spawn, type ChildProcess } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 import { brotliDecompressSync, gunzipSync } from 'node:zlib';
-import { createTestDatabase, type TestDatabase } from '../support/pg.js';
-import { createTestBroker, type Collector, type Received, type TestBroker } from '../support/amqp.js';
+import type { TestDatabase } from '../support/pg.js';
+import type { Collector, Received, TestBroker } from '../support/amqp.js';
 import { runCli, start, type Daemon } from '../support/daemon.js';
+import { pluginScenes, scene, type PluginScenes, type PluginSide, type Scene } from '../support/scene.js';
 import { testEnv, uniqueName } from '../support/env.js';
 import { waitUntil } from '../support/wait.js';
 
@@ -32,13 +33,7 @@ rules:
     where: "m IN ('ok', 'happy') AND b AND c = 'ab' AND r > 0.5 AND n <> 1.10 AND u <> 'A0EEBC99-9C0B-4EF8-BB6D-6BB9BD380A11' AND NOT (t < 'b' OR t IS NULL)"
 `;
 
-interface Side {
-  readonly plugin: 'pgoutput' | 'wal2json';
-  readonly slot: string;
-  broker: TestBroker;
-  queue: Collector;
-  daemon: Daemon;
-}
+type Side = PluginSide;
 
 const tmp = mkdtempSync(join(tmpdir(), 'pgwarren-shaping-'));
 after(() => rmSync(tmp, { recursive: true, force: true }));
@@ -52,40 +47,23 @@ describe('row filters: the same events with pgoutput and wal2json', { skip: wal2
   let db: TestDatabase;
   const sides: Side[] = [];
 
+  let scenes: PluginScenes | undefined;
   before(async () => {
-    db = await createTestDatabase('rowfilter');
-    await db.query(`
+    scenes = await pluginScenes('rowfilter', {
+      schema: `
       CREATE TABLE orders (id int4 PRIMARY KEY, status text, amount numeric);
       ALTER TABLE orders REPLICA IDENTITY FULL;
       CREATE TABLE items (id int4 PRIMARY KEY, note text);
       CREATE TABLE unfiltered (id int4 PRIMARY KEY);
       CREATE TABLE typed (id int4 PRIMARY KEY, m text, u uuid, b bool, c char(4), r real, n numeric, t text);
-      ALTER TABLE typed REPLICA IDENTITY FULL;`);
-    const config = file('rowfilter.yaml', RULES);
-    for (const plugin of ['pgoutput', 'wal2json'] as const) {
-      const broker = await createTestBroker(`rf-${plugin}`);
-      await broker.declareExchange(broker.exchange, 'topic');
-      const queue = await broker.bindQueue('#');
-      const slot = uniqueName(`rf_${plugin}`);
-      const daemon = await start({
-        PGWARREN_DATABASE_URL: db.url,
-        PGWARREN_AMQP_URL: testEnv().amqpUrl,
-        PGWARREN_PLUGIN: plugin,
-        PGWARREN_SLOT: slot,
-        PGWARREN_PUBLICATION: slot,
-        PGWARREN_EXCHANGE: broker.exchange,
-        PGWARREN_CONFIG: config,
-      });
-      sides.push({ plugin, slot, broker, queue, daemon });
-    }
-    await Promise.all(sides.map((s) => s.daemon.waitReady(30_000)));
+      ALTER TABLE typed REPLICA IDENTITY FULL;`,
+      env: { PGWARREN_CONFIG: file('rowfilter.yaml', RULES) },
+    });
+    db = scenes.db;
+    sides.push(...scenes.sides);
   });
 
-  after(async () => {
-    await Promise.all(sides.map((s) => s.daemon.stop()));
-    for (const s of sides) await s.broker.cleanup();
-    await db?.drop();
-  });
+  after(() => scenes?.cleanup());
 
   test('inserts, updates moving rows in and out, deletes: identical events, ids included', async () => {
     const [pgo, w2j] = sides as [Side, Side];
@@ -188,15 +166,13 @@ describe('row filters: the same events with pgoutput and wal2json', { skip: wal2
 describe('row filters that cannot work are configuration errors', () => {
   let db: TestDatabase;
   let broker: TestBroker;
+  let sc: Scene | undefined;
+  // Each test starts what it needs with its own settings: the scene gives the database and exchange.
   before(async () => {
-    db = await createTestDatabase('rfbad');
-    await db.query('CREATE TABLE t (id int4 PRIMARY KEY, status text)');
-    broker = await createTestBroker('rfbad');
+    sc = await scene(null, 'rfbad', { schema: 'CREATE TABLE t (id int4 PRIMARY KEY, status text)', exchangeType: null });
+    ({ db, broker } = sc);
   });
-  after(async () => {
-    await broker?.cleanup();
-    await db?.drop();
-  });
+  after(() => sc?.cleanup());
 
   test('wal2json: an expression outside the subset exits 2 at load, naming the rule and the subset', async () => {
     const config = file('bad-subset.yaml', `rules:\n  - match: public.t\n    where: "lower(status) = 'x'"\n`);
@@ -329,36 +305,27 @@ describe('skip-unchanged, compression and the transform hook', () => {
   let daemon: Daemon;
   let deadExchange: string;
 
+  let sc: Scene | undefined;
+
   before(async () => {
-    db = await createTestDatabase('shape');
-    await db.query(`CREATE TABLE t (id int4 PRIMARY KEY, mode text, v int4, j jsonb); ALTER TABLE t REPLICA IDENTITY FULL;`);
-    broker = await createTestBroker('shape');
-    await broker.declareExchange(broker.exchange, 'topic');
+    sc = await scene(null, 'shape', {
+      schema: `CREATE TABLE t (id int4 PRIMARY KEY, mode text, v int4, j jsonb); ALTER TABLE t REPLICA IDENTITY FULL;`,
+      env: {
+        PGWARREN_COMPRESSION: 'gzip',
+        PGWARREN_SKIP_UNCHANGED: 'true',
+        PGWARREN_TRANSFORM: file('transform.mjs', TRANSFORM),
+        PGWARREN_TRANSFORM_TIMEOUT: '0.3',
+      },
+    });
+    ({ db, broker } = sc);
     deadExchange = uniqueName('shape-dead', 'amqp');
     await broker.declareExchange(deadExchange, 'topic');
-    events = await broker.bindQueue('#');
+    events = await sc.queue('#');
     dead = await broker.bindQueue('#', deadExchange);
-    const slot = uniqueName('shape');
-    daemon = await start({
-      PGWARREN_DATABASE_URL: db.url,
-      PGWARREN_AMQP_URL: testEnv().amqpUrl,
-      PGWARREN_SLOT: slot,
-      PGWARREN_PUBLICATION: slot,
-      PGWARREN_EXCHANGE: broker.exchange,
-      PGWARREN_DEAD_LETTER_EXCHANGE: deadExchange,
-      PGWARREN_COMPRESSION: 'gzip',
-      PGWARREN_SKIP_UNCHANGED: 'true',
-      PGWARREN_TRANSFORM: file('transform.mjs', TRANSFORM),
-      PGWARREN_TRANSFORM_TIMEOUT: '0.3',
-    });
-    await daemon.waitReady(30_000);
+    daemon = await sc.daemon({ PGWARREN_DEAD_LETTER_EXCHANGE: deadExchange });
   });
 
-  after(async () => {
-    await daemon?.stop();
-    await broker?.cleanup();
-    await db?.drop();
-  });
+  after(() => sc?.cleanup());
 
   test('each outcome: published, changed, dropped, dead-lettered; bodies gzip-compressed', async () => {
     const q = (sql: string) => db.query(sql);
@@ -414,30 +381,20 @@ describe('compression in batched mode, read by the demo consumer', () => {
   let consumer: ChildProcess | undefined;
   const queue = uniqueName('shape-consumer', 'amqp');
 
+  let sc: Scene | undefined;
+
   before(async () => {
-    db = await createTestDatabase('shapebr');
-    await db.query('CREATE TABLE t (id int4 PRIMARY KEY, v text)');
-    broker = await createTestBroker('shapebr');
-    await broker.declareExchange(broker.exchange, 'topic');
-    const slot = uniqueName('shapebr');
-    daemon = await start({
-      PGWARREN_DATABASE_URL: db.url,
-      PGWARREN_AMQP_URL: testEnv().amqpUrl,
-      PGWARREN_SLOT: slot,
-      PGWARREN_PUBLICATION: slot,
-      PGWARREN_EXCHANGE: broker.exchange,
-      PGWARREN_COMPRESSION: 'br',
-      PGWARREN_BATCH_MAX_EVENTS: '10',
-    });
-    await daemon.waitReady(30_000);
+    sc = await scene(null, 'shapebr', { schema: 'CREATE TABLE t (id int4 PRIMARY KEY, v text)', env: { PGWARREN_COMPRESSION: 'br', PGWARREN_BATCH_MAX_EVENTS: '10' } });
+    ({ db, broker } = sc);
+    daemon = await sc.daemon();
   });
 
   after(async () => {
     if (consumer && consumer.exitCode === null) consumer.kill('SIGKILL');
     await daemon?.stop();
+    // The consumer's own queue, which the broker helper did not make.
     await broker?.channel.deleteQueue(queue).catch(() => undefined);
-    await broker?.cleanup();
-    await db?.drop();
+    await sc?.cleanup();
   });
 
   test('one Brotli-compressed batch per transaction; examples/consumer.mjs prints its events', async () => {

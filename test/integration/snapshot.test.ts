@@ -14,10 +14,11 @@ import assert from 'node:assert/strict';
 import pg from 'pg';
 import { createTestDatabase, slotInfo, type TestDatabase } from '../support/pg.js';
 import { createTestBroker, type Collector, type TestBroker } from '../support/amqp.js';
-import { runCli, setupAsOwner, start, type Daemon } from '../support/daemon.js';
+import { runCli, start, type Daemon } from '../support/daemon.js';
 import { testEnv, uniqueName } from '../support/env.js';
 import { sleep, waitUntil } from '../support/wait.js';
 import { startProxy } from '../support/proxy.js';
+import { scene } from '../support/scene.js';
 
 const wal2jsonMissing = !testEnv().wal2json;
 
@@ -34,31 +35,17 @@ interface Setup {
 type After = { after: (fn: () => Promise<unknown>) => void };
 
 async function setup(t: After, prefix: string, schema: string, env: Record<string, string> = {}): Promise<Setup> {
-  const db = await createTestDatabase(prefix);
-  t.after(() => db.drop());
-  await db.query(schema);
-  await db.query('CREATE TABLE marker (id int PRIMARY KEY)');
-  const broker = await createTestBroker(prefix);
-  t.after(() => broker.cleanup());
-  await broker.declareExchange(broker.exchange, 'topic');
-  const queue = await broker.bindQueue('#');
-  const slot = uniqueName(prefix);
-  const settings = {
-    PGWARREN_AMQP_URL: testEnv().amqpUrl,
-    PGWARREN_SLOT: slot,
-    PGWARREN_PUBLICATION: slot,
-    PGWARREN_EXCHANGE: broker.exchange,
-    PGWARREN_LOG_LEVEL: 'debug',
-    ...env,
-  };
-  const daemonEnv = await setupAsOwner(db, settings);
+  const sc = await scene(t, prefix, {
+    schema: `${schema};\nCREATE TABLE marker (id int PRIMARY KEY)`,
+    env: { PGWARREN_LOG_LEVEL: 'debug', ...env },
+    asOwner: true,
+  });
   // The one grant README "Snapshots" prescribes.
-  const role = await db.daemonRole();
-  await db.query(`GRANT SELECT, INSERT, UPDATE ON pgwarren.snapshots TO ${role.name}`);
-  const daemon = await start(daemonEnv);
-  t.after(() => daemon.stop());
-  await daemon.waitReady(30_000);
-  return { db, broker, queue, daemon, env: daemonEnv, slot };
+  const role = await sc.db.daemonRole();
+  await sc.db.query(`GRANT SELECT, INSERT, UPDATE ON pgwarren.snapshots TO ${role.name}`);
+  const queue = await sc.queue('#');
+  const daemon = await sc.daemon();
+  return { db: sc.db, broker: sc.broker, queue, daemon, env: sc.env, slot: sc.slot };
 }
 
 async function snapshot(s: { env: Record<string, string> }, args: string[]): Promise<number> {

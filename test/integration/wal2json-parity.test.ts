@@ -21,10 +21,10 @@ import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
 import { parse as parseLossless, stringify as stringifyLossless } from 'lossless-json';
-import { createTestDatabase, type TestDatabase } from '../support/pg.js';
-import { createTestBroker, type Collector, type Received, type TestBroker } from '../support/amqp.js';
-import { start, type Daemon } from '../support/daemon.js';
-import { testEnv, uniqueName } from '../support/env.js';
+import type { TestDatabase } from '../support/pg.js';
+import type { Received } from '../support/amqp.js';
+import { pluginScenes, type PluginScenes, type PluginSide } from '../support/scene.js';
+import { testEnv } from '../support/env.js';
 import { waitUntil } from '../support/wait.js';
 
 const wal2jsonMissing = !testEnv().wal2json;
@@ -117,13 +117,7 @@ const ROW3: unknown[] = [
   'small',
 ];
 
-interface Side {
-  readonly plugin: 'pgoutput' | 'wal2json';
-  readonly slot: string;
-  broker: TestBroker;
-  queue: Collector;
-  daemon: Daemon;
-}
+type Side = PluginSide;
 
 /** Compact one-line summaries, for an order mismatch. */
 const summary = (m: Received) => `${m.fields.routingKey} ${m.properties.messageId}`;
@@ -238,33 +232,14 @@ describe('wal2json produces the same events as pgoutput', { skip: wal2jsonMissin
   const bigF1 = bigText();
   const bigF2 = bigText();
 
+  let scenes: PluginScenes | undefined;
   before(async () => {
-    db = await createTestDatabase('w2jparity');
-    await db.query(SCHEMA);
-    for (const plugin of ['pgoutput', 'wal2json'] as const) {
-      const broker = await createTestBroker(`w2jp-${plugin}`);
-      await broker.declareExchange(broker.exchange, 'topic');
-      const queue = await broker.bindQueue('#');
-      const slot = uniqueName(`w2jp_${plugin}`);
-      const daemon = await start({
-        PGWARREN_DATABASE_URL: db.url,
-        PGWARREN_AMQP_URL: testEnv().amqpUrl,
-        PGWARREN_PLUGIN: plugin,
-        PGWARREN_SLOT: slot,
-        PGWARREN_PUBLICATION: slot,
-        PGWARREN_EXCHANGE: broker.exchange,
-      });
-      sides.push({ plugin, slot, broker, queue, daemon });
-    }
-    // Both slots must exist before the first change, or one side would miss it.
-    await Promise.all(sides.map((s) => s.daemon.waitReady(30_000)));
+    scenes = await pluginScenes('w2jparity', { schema: SCHEMA });
+    db = scenes.db;
+    sides.push(...scenes.sides);
   });
 
-  after(async () => {
-    await Promise.all(sides.map((s) => s.daemon.stop()));
-    for (const s of sides) await s.broker.cleanup();
-    await db?.drop();
-  });
+  after(() => scenes?.cleanup());
 
   test('one DML script, byte-identical events from both plugins', async () => {
     const [pgo, w2j] = sides as [Side, Side];
@@ -540,36 +515,18 @@ describe('a table selection names partitioned tables by their root, with both pl
   let db: TestDatabase;
   const sides: Side[] = [];
 
+  let scenes: PluginScenes | undefined;
   before(async () => {
-    db = await createTestDatabase('w2jparts');
-    // No partition yet: the wal2json side starts with its table filters pushed down.
-    await db.query('CREATE TABLE plain (id int4 PRIMARY KEY, v text); CREATE TABLE other (id int4 PRIMARY KEY)');
-    for (const plugin of ['pgoutput', 'wal2json'] as const) {
-      const broker = await createTestBroker(`w2jparts-${plugin}`);
-      await broker.declareExchange(broker.exchange, 'topic');
-      const queue = await broker.bindQueue('#');
-      const slot = uniqueName(`w2jparts_${plugin}`);
-      const daemon = await start({
-        PGWARREN_DATABASE_URL: db.url,
-        PGWARREN_AMQP_URL: testEnv().amqpUrl,
-        PGWARREN_PLUGIN: plugin,
-        PGWARREN_SLOT: slot,
-        PGWARREN_PUBLICATION: slot,
-        PGWARREN_EXCHANGE: broker.exchange,
-        PGWARREN_TABLES: 'public.plain,public.later',
-        PGWARREN_PUBLICATION_SYNC_INTERVAL: '1',
-        PGWARREN_RECONNECT_MAX_DELAY: '1',
-      });
-      sides.push({ plugin, slot, broker, queue, daemon });
-    }
-    await Promise.all(sides.map((s) => s.daemon.waitReady(30_000)));
+    scenes = await pluginScenes('w2jparts', {
+      // No partition yet: the wal2json side starts with its table filters pushed down.
+      schema: 'CREATE TABLE plain (id int4 PRIMARY KEY, v text); CREATE TABLE other (id int4 PRIMARY KEY)',
+      env: { PGWARREN_TABLES: 'public.plain,public.later', PGWARREN_PUBLICATION_SYNC_INTERVAL: '1', PGWARREN_RECONNECT_MAX_DELAY: '1' },
+    });
+    db = scenes.db;
+    sides.push(...scenes.sides);
   });
 
-  after(async () => {
-    await Promise.all(sides.map((s) => s.daemon.stop()));
-    for (const s of sides) await s.broker.cleanup();
-    await db?.drop();
-  });
+  after(() => scenes?.cleanup());
 
   test('a partitioned table created while running is published under its root, identically', async () => {
     const [pgo, w2j] = sides as [Side, Side];

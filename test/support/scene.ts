@@ -25,6 +25,12 @@ export interface SceneOptions {
   readonly exchangeType?: 'topic' | 'direct' | 'fanout' | null;
   /** Deploy as the README says: `setup` as the owner, the daemon as a REPLICATION+SELECT role. */
   readonly asOwner?: boolean;
+  /**
+   * Another scene's database, shared instead of making one (`schema` is not applied): a second
+   * slot, exchange and daemon reading the same tables, one per plugin say. The scene that made it
+   * drops it, so clean that one up last.
+   */
+  readonly database?: TestDatabase;
 }
 
 export interface Scene {
@@ -51,9 +57,11 @@ export async function scene(t: After | null, prefix: string, options: SceneOptio
   };
   t?.after(cleanup);
   try {
-    const db = await createTestDatabase(prefix);
-    undo.push(() => db.drop());
-    if (options.schema) await db.query(options.schema);
+    const db = options.database ?? (await createTestDatabase(prefix));
+    if (!options.database) {
+      undo.push(() => db.drop());
+      if (options.schema) await db.query(options.schema);
+    }
     const broker = await createTestBroker(prefix);
     undo.push(() => broker.cleanup());
     const exchangeType = options.exchangeType === undefined ? 'topic' : options.exchangeType;
@@ -84,6 +92,61 @@ export async function scene(t: After | null, prefix: string, options: SceneOptio
     };
   } catch (err) {
     if (!t) await cleanup();
+    throw err;
+  }
+}
+
+export type Plugin = 'pgoutput' | 'wal2json';
+
+/** One plugin's side of a parity test: its scene, a queue bound to every event, its daemon. */
+export interface PluginSide {
+  readonly plugin: Plugin;
+  readonly scene: Scene;
+  readonly slot: string;
+  readonly broker: TestBroker;
+  readonly queue: Collector;
+  readonly daemon: Daemon;
+}
+
+export interface PluginScenes {
+  readonly db: TestDatabase;
+  /** pgoutput, then wal2json. */
+  readonly sides: readonly [PluginSide, PluginSide];
+  cleanup(): Promise<void>;
+}
+
+/**
+ * The recipe of the tests that both plugins give the same events: one database (made with
+ * `options.schema`), and per plugin a scene on it with its own slot, exchange, queue and daemon
+ * (`options.env` plus PGWARREN_PLUGIN). Both daemons are ready, so both slots exist, before it
+ * returns: neither side can miss the first change. `cleanup()` removes it all, the database last.
+ */
+export async function pluginScenes(prefix: string, options: Omit<SceneOptions, 'database'> = {}): Promise<PluginScenes> {
+  const made: Scene[] = [];
+  const cleanup = async () => {
+    for (const s of made.splice(0).reverse()) await s.cleanup();
+  };
+  try {
+    const plugins = ['pgoutput', 'wal2json'] as const;
+    const scenes: Scene[] = [];
+    for (const plugin of plugins) {
+      const s = await scene(null, `${prefix}-${plugin}`, { ...options, database: made[0]?.db, env: { ...options.env, PGWARREN_PLUGIN: plugin } });
+      made.push(s);
+      scenes.push(s);
+    }
+    const queues = await Promise.all(scenes.map((s) => s.queue('#')));
+    const daemons = await Promise.all(scenes.map((s) => s.daemon()));
+    const side = (i: 0 | 1): PluginSide => ({
+      plugin: plugins[i],
+      scene: scenes[i]!,
+      slot: scenes[i]!.slot,
+      broker: scenes[i]!.broker,
+      queue: queues[i]!,
+      daemon: daemons[i]!,
+    });
+    return { db: scenes[0]!.db, sides: [side(0), side(1)], cleanup };
+  } catch (err) {
+    await cleanup();
     throw err;
   }
 }
