@@ -52,6 +52,36 @@ function pgTool(bindir, tool, args) {
 }
 
 /**
+ * Stops every cluster whose data directory lies under `dir` (at most three levels down), the way
+ * a crash would (immediate): for clusters whose owner is gone without calling stop(), a test file
+ * ended by a signal say. pg_ctl starts the server in a session of its own, so ending the test's
+ * process group does not end it. Returns the data directories it stopped.
+ */
+export function stopClustersUnder(dir) {
+  const stopped = [];
+  const walk = (d, depth) => {
+    let entries;
+    try {
+      entries = readdirSync(d, { withFileTypes: true });
+    } catch {
+      return;
+    }
+    if (entries.some((e) => e.name === 'postmaster.pid')) {
+      try {
+        pgTool(pgBindir(), 'pg_ctl', ['-D', d, '-m', 'immediate', '-w', '-t', '20', 'stop']);
+        stopped.push(d);
+      } catch {
+        /* not running after all (a stale pid file) */
+      }
+      return;
+    }
+    if (depth < 3) for (const e of entries) if (e.isDirectory()) walk(join(d, e.name), depth + 1);
+  };
+  walk(dir, 0);
+  return stopped;
+}
+
+/**
  * Start a cluster; returns { url, port, bindir, datadir, wal2json, stop() }. `stop()` is
  * synchronous so that signal and exit handlers can call it. `settings` adds or overrides
  * `-c name=value` server settings.

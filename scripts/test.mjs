@@ -11,12 +11,13 @@
  */
 import { spawn, spawnSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { existsSync, mkdirSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { chmodSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
 import { join, relative, resolve, sep } from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
 import amqp from 'amqplib';
 import { build } from 'esbuild';
-import { startCluster } from './pg-cluster.mjs';
+import { startCluster, stopClustersUnder } from './pg-cluster.mjs';
 
 const root = fileURLToPath(new URL('..', import.meta.url));
 const log = (line) => process.stderr.write(`[test] ${line}\n`);
@@ -289,8 +290,26 @@ async function main() {
   const brokerPrefix = `pgwarren-test-${runId}-`;
   const compiledRoot = join(root, 'node_modules', '.cache', 'pgwarren-tests', runId);
   let cluster = null;
-  // Whatever happens from here on, the cluster goes, even if this process is on its way out.
-  process.on('exit', () => cluster?.stop());
+  // The tests' temporary files go here (their TMPDIR), and go with it at the end, whatever state
+  // a test file was ended in: its directories, and any private cluster it started (tls.test.ts
+  // does), which would otherwise keep running after a file killed by a signal or the timeout.
+  // Readable by all: as root, the clusters run as the postgres user and must reach their files.
+  const runTmp = mkdtempSync(join(tmpdir(), `pgwarren-test-${runId}-`));
+  chmodSync(runTmp, 0o755);
+  let runTmpLeft = true;
+  const removeRunTmp = () => {
+    if (!runTmpLeft) return 0;
+    runTmpLeft = false;
+    const stopped = stopClustersUnder(runTmp);
+    if (stopped.length > 0) log(`stopped Postgres clusters the tests left running: ${stopped.map((d) => relative(runTmp, d)).join(', ')}`);
+    rmSync(runTmp, { recursive: true, force: true });
+    return stopped.length;
+  };
+  // Whatever happens from here on, the clusters go, even if this process is on its way out.
+  process.on('exit', () => {
+    cluster?.stop();
+    removeRunTmp();
+  });
   let code = 1;
   try {
     const t0 = Date.now();
@@ -323,10 +342,14 @@ async function main() {
       PGWARREN_TEST_AMQP_URL: amqpUrl,
       PGWARREN_TEST_WAL2JSON: wal2json ? '1' : '0',
       PGWARREN_TEST_RUN: runId,
+      TMPDIR: runTmp,
+      // Shared by every run on the machine (test/support/ports.ts claims ports there).
+      PGWARREN_TEST_MACHINE_TMP: tmpdir(),
     };
     // Unit files get no service URLs: one that reached for Postgres or RabbitMQ would fail at
     // testEnv(), instead of being disturbed by the alone file running beside it.
-    const unitEnv = Object.fromEntries(Object.entries(env).filter(([k]) => !k.startsWith('PGWARREN_TEST_')));
+    const services = /^PGWARREN_TEST_(PG_|AMQP_URL|WAL2JSON)/;
+    const unitEnv = Object.fromEntries(Object.entries(env).filter(([k]) => !services.test(k)));
     const text = new Map(files.map((f) => [f, readFileSync(f, 'utf8')]));
     const alone = files.filter((f) => ALONE.test(text.get(f)));
     const units = files.filter((f) => isUnit(f) && !alone.includes(f));
@@ -375,6 +398,9 @@ async function main() {
     cluster?.stop();
     cluster = null;
     rmSync(compiledRoot, { recursive: true, force: true });
+    // A cluster still running here is a test's that did not stop its own: a failure unless the
+    // run was interrupted (then its files had no chance to).
+    if (removeRunTmp() > 0 && !interrupted) code = code || 1;
   }
 
   const left = brokerLeftovers(amqpUrl, brokerPrefix);

@@ -3,8 +3,11 @@
  * suspect. Private cluster, per-test databases whose drop takes their slots along, broker
  * collectors, the fault proxy, and the daemon runner's diagnostics.
  */
-import { spawn } from 'node:child_process';
-import { join } from 'node:path';
+import { spawn, spawnSync } from 'node:child_process';
+import { existsSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
 import { describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import amqp from 'amqplib';
@@ -211,5 +214,51 @@ describe('daemon runner', () => {
     assert.ok(Date.now() - t0 < 10_000, 'did not wait for the timeout');
     assert.equal((await daemon.exited).code, 2);
     assert.match(daemon.output(), /no-such-plugin/);
+  });
+});
+
+describe('test runner', () => {
+  const root = fileURLToPath(new URL('../..', import.meta.url));
+  const pgCluster = join(root, 'scripts', 'pg-cluster.mjs');
+
+  test('a test file killed while its private cluster runs: the run stops that cluster, fails, and leaves no files', async (t) => {
+    const dir = mkdtempSync(join(tmpdir(), 'pgwarren-runner-'));
+    t.after(() => rmSync(dir, { recursive: true, force: true }));
+    const file = join(dir, 'killed.test.mjs');
+    // pg_ctl starts the server in a session of its own: ending the file's process group does not end it.
+    writeFileSync(
+      file,
+      `import { test } from 'node:test';
+import { startCluster } from ${JSON.stringify(pgCluster)};
+test('starts a private cluster, then dies without stopping it', async () => {
+  const cluster = await startCluster();
+  console.log('DATADIR=' + cluster.datadir);
+  process.kill(process.pid, 'SIGKILL');
+});
+`,
+    );
+    // Without NODE_TEST_CONTEXT, which node sets in test files and which would make the inner
+    // `node --test` refuse to run files.
+    const { NODE_TEST_CONTEXT: _, ...env } = process.env;
+    const run = spawn(process.execPath, [join(root, 'scripts', 'test.mjs'), file], { cwd: root, env, stdio: ['ignore', 'pipe', 'pipe'] });
+    let stdout = '';
+    let stderr = '';
+    run.stdout.on('data', (d) => (stdout += d));
+    run.stderr.on('data', (d) => (stderr += d));
+    const code = await new Promise<number | null>((resolve) => run.on('close', resolve));
+    const datadir = /DATADIR=(\S+)/.exec(stdout)?.[1];
+    assert.ok(datadir, `the file started its cluster; output:\n${stdout}\n${stderr}`);
+    t.after(async () => {
+      // Only if the runner did not: stop it and remove it.
+      if (!existsSync(datadir)) return;
+      const { stopClustersUnder } = (await import(pgCluster)) as { stopClustersUnder(dir: string): string[] };
+      stopClustersUnder(dirname(datadir));
+      rmSync(dirname(datadir), { recursive: true, force: true });
+    });
+    assert.notEqual(code, 0, 'the run failed');
+    assert.match(stderr, /stopped Postgres clusters the tests left running/);
+    assert.equal(existsSync(datadir), false, 'its files are gone');
+    const left = spawnSync('pgrep', ['-f', datadir], { encoding: 'utf8' });
+    assert.equal(left.stdout.trim(), '', 'no process of that cluster is left');
   });
 });

@@ -6,7 +6,7 @@
  * Test files run side by side, and a port that is merely free now is not safe: a fault proxy
  * that is `down` has closed its listener and must get the same port back, and a daemon binds its
  * HTTP port a moment after the pick. So every pick is a claim, made machine-wide by creating
- * `<tmpdir>/pgwarren-test-ports/<port>` exclusively; the file names the claiming process and is
+ * `/tmp/pgwarren-test-ports/<port>` (the machine's temporary directory) exclusively; the file names the claiming process and is
  * removed when that process ends. A claim whose process is gone (kill -9) is taken over.
  */
 import { mkdirSync, openSync, closeSync, readFileSync, readdirSync, rmdirSync, unlinkSync, writeSync } from 'node:fs';
@@ -15,7 +15,8 @@ import { join } from 'node:path';
 
 export const PORT_RANGE = { from: 20_000, to: 32_000 } as const;
 
-const dir = join(tmpdir(), 'pgwarren-test-ports');
+// Machine-wide: scripts/test.mjs gives each run a TMPDIR of its own, and names the shared one.
+const dir = join(process.env.PGWARREN_TEST_MACHINE_TMP || tmpdir(), 'pgwarren-test-ports');
 const mine = new Set<number>();
 
 function alive(pid: number): boolean {
