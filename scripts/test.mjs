@@ -139,9 +139,9 @@ function killGroup(pgid, signal) {
 /**
  * The tests and the sources they import, compiled once per run to plain JavaScript under
  * node_modules/.cache (a directory per run, removed after it), in the same layout, so that each
- * test file starts as plain node. Loading
- * them through tsx instead cost about a third of a second of CPU per test process (a loader
- * thread, every import translated on the way), some seventy times a run.
+ * test file starts as plain node. Loading them through tsx instead cost about a third of a second
+ * of CPU per test process (a loader thread, every import translated on the way), some ninety
+ * test processes a run.
  *
  * `import.meta.url` is replaced by the source file's own URL: the tests find the repository's
  * files (dist/cli.js, README.md, examples/) relative to where they are written, not where they
@@ -334,28 +334,28 @@ async function main() {
       );
     }
 
-    const env = {
+    // Unit files get no service URLs: one that reached for Postgres or RabbitMQ would fail at
+    // testEnv(), instead of being disturbed by the alone file running beside it.
+    const unitEnv = {
       ...process.env,
-      PGWARREN_TEST_PG_URL: cluster.url,
-      PGWARREN_TEST_PG_BINDIR: bindir,
-      PGWARREN_TEST_PG_DATADIR: datadir,
-      PGWARREN_TEST_AMQP_URL: amqpUrl,
-      PGWARREN_TEST_WAL2JSON: wal2json ? '1' : '0',
       PGWARREN_TEST_RUN: runId,
       TMPDIR: runTmp,
       // Shared by every run on the machine (test/support/ports.ts claims ports there).
       PGWARREN_TEST_MACHINE_TMP: tmpdir(),
     };
-    // Unit files get no service URLs: one that reached for Postgres or RabbitMQ would fail at
-    // testEnv(), instead of being disturbed by the alone file running beside it.
-    const services = /^PGWARREN_TEST_(PG_|AMQP_URL|WAL2JSON)/;
-    const unitEnv = Object.fromEntries(Object.entries(env).filter(([k]) => !services.test(k)));
+    const env = {
+      ...unitEnv,
+      PGWARREN_TEST_PG_URL: cluster.url,
+      PGWARREN_TEST_PG_BINDIR: bindir,
+      PGWARREN_TEST_PG_DATADIR: datadir,
+      PGWARREN_TEST_AMQP_URL: amqpUrl,
+      PGWARREN_TEST_WAL2JSON: wal2json ? '1' : '0',
+    };
     const text = new Map(files.map((f) => [f, readFileSync(f, 'utf8')]));
     const alone = files.filter((f) => ALONE.test(text.get(f)));
     const units = files.filter((f) => isUnit(f) && !alone.includes(f));
-    const integration = files
-      .filter((f) => !isUnit(f) && !alone.includes(f))
-      .sort((a, b) => weight(text.get(b)) - weight(text.get(a)));
+    const weights = new Map(files.map((f) => [f, weight(text.get(f))]));
+    const integration = files.filter((f) => !isUnit(f) && !alone.includes(f)).sort((a, b) => weights.get(b) - weights.get(a));
     // Each phase is a set of queues run side by side, each queue with its own number of slots.
     const phases = [
       [

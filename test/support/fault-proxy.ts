@@ -114,9 +114,7 @@ export interface FaultProxyOptions {
 }
 
 /** Ports whose text contains "403": a classifier that greps messages for 403 trips on them. */
-const PORTS_403 = Array.from({ length: PORT_RANGE.to - 1_024 }, (_, i) => i + 1_024).filter(
-  (p) => String(p).includes('403') && p >= PORT_RANGE.from,
-);
+const PORTS_403 = Array.from({ length: PORT_RANGE.to - PORT_RANGE.from }, (_, i) => i + PORT_RANGE.from).filter((p) => String(p).includes('403'));
 
 /** Random ports whose text contains "403", all in the range test ports are claimed from. */
 export function ports403(count = 8): number[] {

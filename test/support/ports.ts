@@ -6,8 +6,9 @@
  * Test files run side by side, and a port that is merely free now is not safe: a fault proxy
  * that is `down` has closed its listener and must get the same port back, and a daemon binds its
  * HTTP port a moment after the pick. So every pick is a claim, made machine-wide by creating
- * `/tmp/pgwarren-test-ports/<port>` (the machine's temporary directory) exclusively; the file names the claiming process and is
- * removed when that process ends. A claim whose process is gone (kill -9) is taken over.
+ * `pgwarren-test-ports/<port>` in the machine's temporary directory exclusively; the file names
+ * the claiming process and is removed when that process ends. A claim whose process is gone
+ * (kill -9) is taken over.
  */
 import { mkdirSync, openSync, closeSync, readFileSync, readdirSync, rmdirSync, unlinkSync, writeSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -62,15 +63,17 @@ function tryCreate(port: number): boolean {
   return false;
 }
 
-function releaseAll(): void {
-  for (const port of mine) {
-    try {
-      unlinkSync(join(dir, String(port)));
-    } catch {
-      /* already gone */
-    }
+function release(port: number): void {
+  mine.delete(port);
+  try {
+    unlinkSync(join(dir, String(port)));
+  } catch {
+    /* already gone */
   }
-  mine.clear();
+}
+
+function releaseAll(): void {
+  for (const port of [...mine]) release(port);
   try {
     if (readdirSync(dir).length === 0) rmdirSync(dir);
   } catch {
@@ -97,13 +100,7 @@ export async function claimPort(usable: (port: number) => Promise<boolean>, pref
     if (mine.has(port) || !tryCreate(port)) continue;
     mine.add(port);
     if (await usable(port)) return port;
-    // Something outside the tests listens there: leave the port alone.
-    mine.delete(port);
-    try {
-      unlinkSync(join(dir, String(port)));
-    } catch {
-      /* already gone */
-    }
+    release(port); // something outside the tests listens there: leave the port alone
   }
   throw new Error(`no free port between ${PORT_RANGE.from} and ${PORT_RANGE.to} that another test process has not claimed`);
 }

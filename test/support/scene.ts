@@ -122,17 +122,15 @@ export interface PluginScenes {
  * returns: neither side can miss the first change. `cleanup()` removes it all, the database last.
  */
 export async function pluginScenes(prefix: string, options: Omit<SceneOptions, 'database'> = {}): Promise<PluginScenes> {
-  const made: Scene[] = [];
+  const scenes: Scene[] = [];
+  // The first scene made the database: it goes last.
   const cleanup = async () => {
-    for (const s of made.splice(0).reverse()) await s.cleanup();
+    for (const s of [...scenes].reverse()) await s.cleanup();
   };
   try {
     const plugins = ['pgoutput', 'wal2json'] as const;
-    const scenes: Scene[] = [];
     for (const plugin of plugins) {
-      const s = await scene(null, `${prefix}-${plugin}`, { ...options, database: made[0]?.db, env: { ...options.env, PGWARREN_PLUGIN: plugin } });
-      made.push(s);
-      scenes.push(s);
+      scenes.push(await scene(null, `${prefix}-${plugin}`, { ...options, database: scenes[0]?.db, env: { ...options.env, PGWARREN_PLUGIN: plugin } }));
     }
     const queues = await Promise.all(scenes.map((s) => s.queue('#')));
     const daemons = await Promise.all(scenes.map((s) => s.daemon()));
