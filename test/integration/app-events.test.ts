@@ -20,8 +20,8 @@ import { waitUntil } from '../support/wait.js';
 
 const wal2jsonMissing = !testEnv().wal2json;
 
+/** `queue` (from pluginScenes) collects every event. */
 interface Side extends PluginSide {
-  readonly all: Collector;
   readonly checkout: Collector;
   /** Bound to the daemon's own dead-letter exchange (README "Failure handling"). */
   readonly dead: Collector;
@@ -71,7 +71,7 @@ describe('application, schema and commit events (README "Beyond rows"), pgoutput
       const checkout = await side.scene.queue('checkout.*');
       // The daemon declared its dead-letter exchange before it became ready.
       const dead = await side.broker.bindQueue('#', deadLetterExchangeOf(side.broker.exchange));
-      sides.push({ ...side, all: side.queue, checkout, dead });
+      sides.push({ ...side, checkout, dead });
     }
   });
 
@@ -146,19 +146,19 @@ describe('application, schema and commit events (README "Beyond rows"), pgoutput
       'commit 7:commit pgwarren.tx.commit',
     ];
     for (const s of sides) {
-      await waitUntil(() => s.all.messages.some((m) => m.body?.op === 'commit' && m.body.counts['public.done_t']), {
+      await waitUntil(() => s.queue.messages.some((m) => m.body?.op === 'commit' && m.body.counts['public.done_t']), {
         timeoutMs: 30_000,
-        message: () => `${s.plugin}: the end marker did not arrive; got:\n${summarize(s.all.messages).join('\n')}\n${s.daemon.output().slice(-3000)}`,
+        message: () => `${s.plugin}: the end marker did not arrive; got:\n${summarize(s.queue.messages).join('\n')}\n${s.daemon.output().slice(-3000)}`,
       });
-      assert.deepEqual(summarize(s.all.messages), expected, `${s.plugin}: events, ids, order and routing keys`);
+      assert.deepEqual(summarize(s.queue.messages), expected, `${s.plugin}: events, ids, order and routing keys`);
     }
 
     const [pgo, w2j] = sides as [Side, Side];
     // Byte for byte the same from both plugins, once each daemon's own slot and plugin are set aside.
     const sourceOf = (s: Side) => `"source":{"name":"pgwarren","db":"${db.name}","slot":"${s.slot}","plugin":"${s.plugin}"}}`;
     for (let i = 0; i < expected.length; i++) {
-      const a = pgo.all.messages[i]!;
-      const b = w2j.all.messages[i]!;
+      const a = pgo.queue.messages[i]!;
+      const b = w2j.queue.messages[i]!;
       const ta = a.content.toString('utf8');
       const tb = b.content.toString('utf8');
       assert.ok(ta.endsWith(sourceOf(pgo)) && tb.endsWith(sourceOf(w2j)), `message ${i} ends with its source`);
@@ -170,20 +170,20 @@ describe('application, schema and commit events (README "Beyond rows"), pgoutput
       );
     }
 
-    const bodies = pgo.all.messages.map((m) => m.content.toString('utf8'));
+    const bodies = pgo.queue.messages.map((m) => m.content.toString('utf8'));
     const event = (i: number) => JSON.parse(bodies[i]!);
     // The application event: payload as given (whitespace aside), digits intact; §5 properties.
     assert.ok(bodies[3]!.includes(`"op":"message","prefix":"pgwarren.event","payload":${CHECKOUT_MINIFIED},"tx":`), bodies[3]);
     const msg = event(3);
     assert.equal(msg.tx.seq, 1);
     assert.equal(msg.id, `${msg.tx.lsn}:1`);
-    const props = pgo.all.messages[3]!.properties;
+    const props = pgo.queue.messages[3]!.properties;
     assert.equal(props.type, 'message');
     assert.equal(props.contentType, 'application/json');
     assert.equal(props.deliveryMode, 2);
     assert.equal(props.appId, 'pgwarren');
     assert.deepEqual(props.headers, { 'pgwarren-schema': '', 'pgwarren-table': 'pgwarren.event', 'pgwarren-op': 'message', 'pgwarren-lsn': msg.tx.lsn, 'pgwarren-xid': msg.tx.xid });
-    const commitProps = pgo.all.messages[5]!.properties;
+    const commitProps = pgo.queue.messages[5]!.properties;
     assert.equal(commitProps.type, 'commit');
     assert.deepEqual(commitProps.headers, { 'pgwarren-schema': '', 'pgwarren-table': '', 'pgwarren-op': 'commit', 'pgwarren-lsn': msg.tx.lsn, 'pgwarren-xid': msg.tx.xid });
     // Commit events count what the transaction published, per table (or prefix) and op.
